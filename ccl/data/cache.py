@@ -1,0 +1,67 @@
+"""Decode once: decoded uint8 arrays are cached as one .npz per data set and source.
+
+The cache sits beside the data when that folder is writable (so it travels with it),
+else in the user cache folder. Its name carries a fingerprint of the source files, so
+changed data is decoded again instead of served stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ccl"
+
+
+def fingerprint(files: list[Path]) -> str:
+    """Hash of the files' names, sizes and modification times (cheap, no reading)."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_path(root: Path, name: str, key: str) -> Path:
+    for folder in (root / ".ccl-cache", user_cache_dir() / "arrays"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder / f"{name}-{key}.npz"
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir()) / f"ccl-{name}-{key}.npz"
+
+
+def cached_arrays(root: Path, name: str, key: str,
+                  decode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays from the cache for (root, name, key), or `decode()` and cache them."""
+    for folder in (root / ".ccl-cache", user_cache_dir() / "arrays"):
+        path = folder / f"{name}-{key}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+                log.warning("cache %s is unreadable (%s); decoding again", path, e)
+                path.unlink(missing_ok=True)
+    arrays = decode()
+    path = _cache_path(root, name, key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only disk costs speed, never the run
+        log.warning("could not write cache %s (%s)", path, e)
+        tmp.unlink(missing_ok=True)
+    return arrays

@@ -1,0 +1,62 @@
+"""`ImageSet`: a data set held as uint8 arrays, the one shape every loader returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ImageSet:
+    """Train and test images of one data set.
+
+    Images are uint8 (N, H, W, C) arrays: a quarter of the bytes of float32, and the
+    form the cache stores. `normalise` turns them into the float tensors models see.
+    """
+    name: str
+    classes: list[str]
+    train_x: np.ndarray  # (N, H, W, C) uint8
+    train_y: np.ndarray  # (N,) int64
+    test_x: np.ndarray   # (M, H, W, C) uint8
+    test_y: np.ndarray   # (M,) int64
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        _, h, w, c = self.train_x.shape
+        return c, h, w
+
+    def normalise(self, x: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, C) -> float32 (N, C, H, W), standardised per channel."""
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return t.sub_(mean).div_(std).contiguous()
+
+    def first_per_class(self, n: int) -> "ImageSet":
+        """Keep the first `n` training images of every class (in data set order)."""
+        keep = np.concatenate([np.flatnonzero(self.train_y == c)[:n] for c in range(self.num_classes)])
+        keep.sort()
+        return ImageSet(self.name, self.classes, self.train_x[keep], self.train_y[keep],
+                        self.test_x, self.test_y, self.mean, self.std)
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images, in [0, 1] units."""
+    f = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255
+    std = np.maximum(f.std(0), 1e-3)  # a constant channel must not divide by zero
+    return tuple(float(v) for v in f.mean(0)), tuple(float(v) for v in std)
+
+
+def denormalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """float (N, C, H, W) in normalised space -> [0, 1] (for image grids)."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x * s + m).clamp(0, 1)

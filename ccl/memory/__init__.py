@@ -1,0 +1,42 @@
+"""Replay memories: the registry `ccl run --memory` and `ccl list` read.
+
+Each entry says how the runner treats it (`kind`) and, for on-device memories, which
+filler fills the slots and which settings dataclass configures it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller
+from ccl.memory.plugin import DeviceMemoryPlugin
+from ccl.memory.slots import slots_per_class
+from ccl.registry import Registry
+
+KINDS = ("none", "device", "reservoir", "joint")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    kind: str                          # one of KINDS
+    filler: type[Filler] | None = None
+    settings: type | None = None       # dataclass of the method's settings, if any
+    method: Callable | None = None     # a ccl.condense method, for CondenseFiller
+
+    def make_filler(self, device, settings: Any) -> Filler:
+        if self.method is not None:
+            return CondenseFiller(device, settings, self.method)
+        return self.filler(device, settings)
+
+
+MEMORIES: Registry[MemorySpec] = Registry("memory")
+MEMORIES.register("none", "no replay: fine-tuning, the lower bound")(MemorySpec("none"))
+MEMORIES.register("joint", "all training data at once, no stream: the upper bound")(MemorySpec("joint"))
+MEMORIES.register("reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
+    MemorySpec("reservoir"))
+MEMORIES.register("random", "class-balanced random real images, on the device")(
+    MemorySpec("device", RandomFiller))
+MEMORIES.register("herding", "iCaRL herding on the learner's features, on the device")(
+    MemorySpec("device", HerdingFiller))
+
+__all__ = ["MEMORIES", "MemorySpec", "DeviceMemoryPlugin", "Filler", "slots_per_class"]

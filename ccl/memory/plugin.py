@@ -1,0 +1,88 @@
+"""`DeviceMemoryPlugin`: a fixed budget of replay images that lives on the training device.
+
+Avalanche's ReplayPlugin collates memory samples on the CPU through its own data
+loader; here the memory is a tensor on the device and its samples are appended to each
+minibatch after the minibatch has been moved there, so replay costs one gather.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from ccl.memory.codec import MemoryCodec
+from ccl.memory.fillers import Filler
+from ccl.memory.slots import slots_per_class
+
+RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class DeviceMemoryPlugin(SupervisedPlugin):
+    """Replay from an on-device memory of at most `mem_size` images.
+
+    Args:
+        mem_size: total images in memory, shared by all classes seen so far.
+        mem_batch: memory samples appended to every training minibatch.
+        filler: what fills the slots of new classes (random, herding, a condenser).
+        real_images: classes -> (images, labels) of their real training data, normalised.
+        device: where the memory lives (the training device).
+        codec: how images are stored (float32 by default; float16 or uint8 pixels
+            to compare memories at equal bytes).
+    """
+
+    def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
+                 device: torch.device, codec: MemoryCodec | None = None):
+        super().__init__()
+        self.mem_size, self.mem_batch = mem_size, mem_batch
+        self.filler, self.real_images, self.device = filler, real_images, torch.device(device)
+        self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
+        self.classes: list[int] = []  # seen classes, in arrival order
+        self.images = torch.empty(0, device=self.device)
+        self.labels = torch.empty(0, dtype=torch.long, device=self.device)
+        self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
+
+    def before_forward(self, strategy, **kwargs):
+        if len(self.labels) == 0 or self.mem_batch == 0:
+            return
+        idx = torch.randint(len(self.labels), (self.mem_batch,), device=self.device)
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        strategy.mbatch[0] = torch.cat([x, self.codec.decode(self.images[idx])])  # (B + mem_batch, C, H, W)
+        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
+        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
+
+    def after_training_exp(self, strategy, **kwargs):
+        new = [c for c in strategy.experience.classes_in_this_experience if c not in self.classes]
+        self.update(sorted(new), strategy.model)
+
+    def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
+        """Shrink the old classes' slots and fill the new classes' ones."""
+        start = time.perf_counter()
+        self.classes += new_classes
+        budget = slots_per_class(self.mem_size, self.classes)
+        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]
+        stats: dict = {}
+        if new_classes:
+            real, labels = self.real_images(new_classes)
+            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner)
+            stats = dict(self.filler.stats)
+            kept.append((self.codec.encode(images.to(self.device)), image_labels.to(self.device)))
+        self.images = torch.cat([x for x, _ in kept])
+        self.labels = torch.cat([y for _, y in kept])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so the time below is the real one
+        self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
+                                "slots": {str(c): n for c, n in budget.items()}, **stats})
+
+    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.nonzero(self.labels == c).flatten()[:k]
+        return self.images[idx], self.labels[idx]
+
+    def state(self) -> dict:
+        return {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
+
+    def load_state(self, state: dict) -> None:
+        self.images = state["images"].to(self.device)
+        self.labels = state["labels"].to(self.device)
+        self.classes = list(state["classes"])

@@ -1,0 +1,46 @@
+"""Name -> factory registries for scenarios' data sets and memories.
+
+The CLI's choices and `ccl list` are read from these, so adding an entry is the only
+step needed to expose a new data set or memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+from ccl.errors import CclError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    description: str
+    value: T
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, description: str) -> Callable[[T], T]:
+        """Decorator: `@registry.register("name", "one line")` on a function or class."""
+        def add(value: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, description, value)
+            return value
+        return add
+
+    def get(self, name: str) -> Entry[T]:
+        if name not in self._entries:
+            raise CclError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return list(self._entries.values())

@@ -1,0 +1,372 @@
+"""One experiment: a scenario, a learner, a replay memory, Avalanche metrics, a run folder.
+
+`prepare` checks everything that can be wrong with the input and loads the data before
+any folder exists, so bad input leaves nothing behind; `run` trains experience by
+experience and writes results atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import platform
+import random
+import resource
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ccl import config as cfgmod
+from ccl.data import ImageSet, load_dataset
+from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
+from ccl.errors import CclError
+from ccl.io import save_torch, write_json
+from ccl.memory import MEMORIES, MemorySpec
+from ccl.models import LEARNERS, NORMS, build_learner
+from ccl.resources import resource_dir
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run; written to config.json fully resolved."""
+    scenario: str = "split-digits"
+    memory: str = "random"
+    mem_size: int = 200            # images in memory, all classes together
+    mem_batch: int = 32            # memory samples appended to every minibatch
+    mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
+    seed: int = 0
+    epochs: int = 5                # per experience
+    batch_size: int = 32           # current-experience samples per minibatch
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    model: str = "convnet"
+    width: int = 128
+    depth: int = 3
+    norm: str = "instance"
+    device: str = "auto"           # auto = cuda when available
+    data_dir: str | None = None    # default: $CCL_DATA_DIR, else the user cache folder
+    download: bool = True          # allow torchvision to download when no local copy exists
+    experiences: int | None = None  # default: the scenario's
+    class_order: list[int] | None = None  # default: a permutation drawn from the seed
+    train_per_class: int | None = None    # keep the first N training images of each class
+    memory_config: str | None = None      # preset name in configs/ or a TOML file
+    memory_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+
+    def __post_init__(self):
+        positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("mem_batch", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative")
+        if self.experiences is not None and self.experiences < 1:
+            raise ValueError(f"experiences must be at least 1, got {self.experiences}")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ValueError(f"train-per-class must be at least 1, got {self.train_per_class}")
+        if self.model not in LEARNERS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(LEARNERS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.mem_dtype not in MEM_DTYPES:
+            raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPES)}")
+
+
+MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+
+
+def make_config(**values: Any) -> RunConfig:
+    """RunConfig from keyword values over the scenario's defaults over RunConfig's own;
+    CclError (not ValueError) for bad values."""
+    defaults = get_scenario(values.get("scenario", RunConfig.scenario)).defaults
+    return cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CclError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CclError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
+    """The memory method's settings: dataclass defaults <- preset file <- overrides."""
+    if spec.settings is None:
+        if cfg.memory_settings or cfg.memory_config:
+            raise CclError(f"memory {cfg.memory!r} takes no settings")
+        return None
+    values: dict[str, Any] = {}
+    preset = cfg.memory_config or cfg.memory
+    path = Path(preset) if preset.endswith(".toml") else resource_dir("configs") / f"{preset}.toml"
+    if path.exists() or cfg.memory_config:
+        values.update(cfgmod.read_toml(path))
+    values.update(cfg.memory_settings)
+    return cfgmod.from_dict(spec.settings, values, f"memory settings ({path.name if path.exists() else cfg.memory})")
+
+
+@dataclass
+class Prepared:
+    """A checked configuration with its data loaded: nothing can fail for bad input after this."""
+    config: RunConfig
+    scenario: Scenario
+    spec: MemorySpec
+    settings: Any
+    data: ImageSet
+    device: torch.device
+    order: list[int]
+    experience_classes: list[list[int]]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    scenario = get_scenario(cfg.scenario)
+    spec = MEMORIES.get(cfg.memory).value
+    settings = memory_settings(spec, cfg)
+    device = pick_device(cfg.device)
+    data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
+    if cfg.train_per_class:
+        data = data.first_per_class(cfg.train_per_class)
+    if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
+        raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
+                       f"({data.num_classes}): every class needs at least one slot")
+    order = class_order(data.num_classes, cfg.seed, cfg.class_order)
+    groups = split_classes(order, cfg.experiences or scenario.experiences)
+    return Prepared(cfg, scenario, spec, settings, data, device, order, groups)
+
+
+def seed_everything(seed: int) -> None:
+    """The one place randomness is seeded; everything below draws from these."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    import avalanche
+    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ccl_version = version("ccl")
+    except PackageNotFoundError:
+        ccl_version = "source"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "avalanche": avalanche.__version__,
+            "numpy": np.__version__, "ccl": ccl_version}
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def new_run_dir(runs_dir: Path, cfg: RunConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"{stamp}-{cfg.scenario}-{cfg.memory}-s{cfg.seed}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def resolved_config(p: Prepared) -> dict[str, Any]:
+    return {"run": dataclasses.asdict(p.config),
+            "memory_settings": cfgmod.to_dict(p.settings),
+            "scenario": dataclasses.asdict(p.scenario),
+            "class_order": p.order, "experience_classes": p.experience_classes,
+            "classes": p.data.classes,
+            "data": {"train_images": int(len(p.data.train_y)), "test_images": int(len(p.data.test_y)),
+                     "shape": list(p.data.shape), "mean": p.data.mean, "std": p.data.std},
+            "device": {"name": str(p.device), "description": device_description(p.device)},
+            "versions": versions(), "host": socket.gethostname(), "argv": sys.argv,
+            "created": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def peak_ram_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _avalanche_dataset(x: torch.Tensor, y: torch.Tensor):
+    from avalanche.benchmarks.utils.classification_dataset import \
+        _make_taskaware_tensor_classification_dataset as tensor_dataset
+    return tensor_dataset(x, y, targets=y, task_labels=0)
+
+
+class _Progress:
+    """Avalanche plugin drawing one tqdm bar per experience with the running loss."""
+
+    def __new__(cls, enabled: bool, label: str):
+        from avalanche.core import SupervisedPlugin
+        from tqdm import tqdm
+
+        class ProgressPlugin(SupervisedPlugin):
+            def __init__(self):
+                super().__init__()
+                self.bar = None
+
+            def before_training_epoch(self, strategy, **kw):
+                if self.bar is None:
+                    total = strategy.train_epochs * len(strategy.dataloader)
+                    exp = strategy.experience.current_experience
+                    self.bar = tqdm(total=total, desc=f"{label} exp {exp}", unit="it",
+                                    disable=not enabled, leave=False, dynamic_ncols=True)
+
+            def after_training_iteration(self, strategy, **kw):
+                self.bar.update(1)
+                if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
+                    self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}")
+
+            def after_training_exp(self, strategy, **kw):
+                self.bar.close()
+                self.bar = None
+
+        return ProgressPlugin()
+
+
+ACC_EXP = "Top1_Acc_Exp/eval_phase/test_stream/Exp{:03d}"
+ACC_STREAM = "Top1_Acc_Stream/eval_phase/test_stream"
+FORGETTING = "StreamForgetting/eval_phase/test_stream"
+BWT = "StreamBWT/eval_phase/test_stream"
+
+
+def _build(p: Prepared, run_dir: Path, progress: bool):
+    """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+    from avalanche.logging import CSVLogger
+    from avalanche.training import JointTraining, Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from ccl.memory import DeviceMemoryPlugin
+    from ccl.memory.codec import MemoryCodec
+    from ccl.memory.reservoir import TimedReplayPlugin
+
+    cfg, data = p.config, p.data
+    train_x, train_y = data.normalise(data.train_x), torch.from_numpy(data.train_y)  # (N, C, H, W)
+    test_x, test_y = data.normalise(data.test_x), torch.from_numpy(data.test_y)
+    bench = class_incremental_benchmark(
+        {"train": _avalanche_dataset(train_x, train_y), "test": _avalanche_dataset(test_x, test_y)},
+        class_order=p.order, num_classes_per_exp=[len(g) for g in p.experience_classes])
+
+    model = build_learner(cfg.model, data.num_classes, data.shape, cfg.width, cfg.depth, cfg.norm)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        bwt_metrics(experience=True, stream=True),
+        loggers=[CSVLogger(log_folder=str(run_dir / "logs"))])
+
+    memory = None
+    if p.spec.kind == "device":
+        def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = torch.isin(train_y, torch.tensor(classes))
+            return train_x[mask], train_y[mask]
+        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings),
+                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std))
+    elif p.spec.kind == "reservoir":
+        memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
+
+    plugins = [_Progress(progress, cfg.memory)] + ([memory] if memory else [])
+    strategy_cls = JointTraining if p.spec.kind == "joint" else Naive
+    strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
+                            train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,
+                            device=p.device, plugins=plugins, evaluator=evaluator)
+    return bench, strategy, memory
+
+
+def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True,
+                       on_experience=None) -> dict[str, Any]:
+    """Train on the stream (or all at once for `joint`), evaluating after every experience.
+
+    Args:
+        on_experience: optional callback(i, partial_results) after experience i.
+    """
+    seed_everything(p.config.seed)
+    bench, strategy, memory = _build(p, run_dir, progress)
+    n = len(p.experience_classes)
+    if p.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(p.device)
+    results: dict[str, Any] = {"accuracy_matrix": [], "seen_accuracy": [], "average_accuracy": [],
+                               "forgetting": [], "bwt": [], "train_seconds": [], "memory_update_seconds": [],
+                               "eval_seconds": [], "memory_updates": []}
+    steps = [bench.train_stream] if p.spec.kind == "joint" else list(bench.train_stream)
+    for i, step in enumerate(steps):
+        start = time.perf_counter()
+        strategy.train(step)
+        elapsed = time.perf_counter() - start
+        update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
+        start = time.perf_counter()
+        metrics = strategy.eval(bench.test_stream)
+        eval_seconds = time.perf_counter() - start
+        row = [float(metrics[ACC_EXP.format(j)]) for j in range(n)]
+        seen = n if p.spec.kind == "joint" else i + 1
+        results["accuracy_matrix"].append(row)
+        results["seen_accuracy"].append(float(np.mean(row[:seen])))
+        results["average_accuracy"].append(float(metrics[ACC_STREAM]))
+        results["forgetting"].append(float(metrics.get(FORGETTING, 0.0)))
+        results["bwt"].append(float(metrics.get(BWT, 0.0)))
+        results["train_seconds"].append(elapsed - update["seconds"])
+        results["memory_update_seconds"].append(update["seconds"])
+        results["eval_seconds"].append(eval_seconds)
+        results["memory_updates"].append(update)
+        if on_experience:
+            on_experience(i, results)
+    results["final_average_accuracy"] = results["average_accuracy"][-1]
+    results["average_forgetting"] = results["forgetting"][-1]
+    results["final_bwt"] = results["bwt"][-1]
+    results["peak_ram_mib"] = peak_ram_mib()
+    results["peak_gpu_mib"] = (torch.cuda.max_memory_allocated(p.device) / 2**20
+                               if p.device.type == "cuda" else None)
+    mem_state = memory.state() if memory else None
+    if mem_state is not None:
+        images = mem_state["images"]
+        results["memory"] = {"images": int(len(mem_state["labels"])), "dtype": str(images.dtype).replace("torch.", ""),
+                             "bytes": int(images.numel() * images.element_size())}
+    else:
+        results["memory"] = {"images": 0, "dtype": None, "bytes": 0}
+    return results, mem_state
+
+
+def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
+    """Run a prepared experiment into a new folder under `runs_dir`; returns the folder."""
+    run_dir = new_run_dir(runs_dir, p.config)
+    write_json(run_dir / "config.json", resolved_config(p))
+    write_json(run_dir / "status.json", {"status": "running"})
+    start = time.perf_counter()
+    try:
+        results, mem_state = train_and_evaluate(p, run_dir, progress)
+        results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
+                   "class_order": p.order, "experience_classes": p.experience_classes,
+                   **results, "total_seconds": time.perf_counter() - start}
+        if mem_state is not None:
+            save_torch(run_dir / "memory.pt", {**{k: v.cpu() if torch.is_tensor(v) else v for k, v in mem_state.items()},
+                                               "mean": p.data.mean, "std": p.data.std,
+                                               "class_names": p.data.classes, "dtype": p.config.mem_dtype})
+        write_json(run_dir / "results.json", results)
+    except KeyboardInterrupt:
+        write_json(run_dir / "status.json", {"status": "interrupted"})
+        raise
+    except BaseException as e:
+        write_json(run_dir / "status.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
+    write_json(run_dir / "status.json", {"status": "finished"})
+    return run_dir
