@@ -339,10 +339,10 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True,
     mem_state = memory.state() if memory else None
     if mem_state is not None:
         images = mem_state["images"]
-        results["memory"] = {"images": int(len(mem_state["labels"])), "dtype": str(images.dtype).replace("torch.", ""),
+        results["memory_size"] = {"images": int(len(mem_state["labels"])), "dtype": str(images.dtype).replace("torch.", ""),
                              "bytes": int(images.numel() * images.element_size())}
     else:
-        results["memory"] = {"images": 0, "dtype": None, "bytes": 0}
+        results["memory_size"] = {"images": 0, "dtype": None, "bytes": 0}
     return results, mem_state
 
 

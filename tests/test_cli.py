@@ -1,0 +1,101 @@
+"""Bad input ends in one line, a non-zero exit and no run folder."""
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ccl.cli import main
+
+TINY = ["--epochs", "1", "--train-per-class", "20", "--mem-size", "20", "--width", "16", "--quiet"]
+
+
+def invoke(tmp_path, *args):
+    result = CliRunner().invoke(main, list(args) + ["--runs-dir", str(tmp_path / "runs")])
+    return result
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scenario", "split-mnist"], "unknown scenario 'split-mnist'"),
+    (["--memory", "magic"], "unknown memory 'magic'"),
+    (["--mem-size", "5"], "--mem-size 5 is smaller than the number of classes (10)"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--mem-batch", "-1"], "mem-batch must not be negative"),
+    (["--lr", "-0.1"], "lr must be positive"),
+    (["--class-order", "0,1,2"], "--class-order must list each class"),
+    (["--scenario", "split-cifar10", "--no-download", "--data-dir", "/nonexistent/data"],
+     "cifar10 not found in /nonexistent/data"),
+    (["--scenario", "split-folder"], "give --data-dir"),
+    (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
+    result = invoke(tmp_path, "run", *args)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and message in result.output
+    assert result.output.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_config_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [unclosed")
+    result = invoke(tmp_path, "run", "--config", str(bad))
+    assert result.exit_code == 2 and "unreadable config file" in result.output
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("epoch = 3\n")
+    result = invoke(tmp_path, "run", "--config", str(unknown))
+    assert result.exit_code == 2 and "unknown key 'epoch'" in result.output
+    wrong_type = tmp_path / "type.toml"
+    wrong_type.write_text('epochs = "three"\n')
+    result = invoke(tmp_path, "run", "--config", str(wrong_type))
+    assert result.exit_code == 2 and "run.epochs: expected an integer" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_data_folder(tmp_path):
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            (tmp_path / "data" / split / name / "0.png").write_bytes(b"not an image")
+    result = invoke(tmp_path, "run", "--scenario", "split-folder", "--data-dir", str(tmp_path / "data"))
+    assert result.exit_code == 2 and "no readable images" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_prints_summary_and_config_file_applies(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('memory = "herding"\nseed = 4\n')
+    result = invoke(tmp_path, "run", "--config", str(config), *TINY)
+    assert result.exit_code == 0, result.output
+    assert "final average accuracy" in result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.endswith("split-digits-herding-s4")
+
+
+def test_list_and_help():
+    runner = CliRunner()
+    out = runner.invoke(main, ["list"]).output
+    assert "split-cifar10" in out and "herding" in out and "reservoir" in out
+    for cmd in (["--help"], ["run", "--help"], ["list", "--help"]):
+        assert runner.invoke(main, cmd).exit_code == 0
+
+
+def test_installed_package_finds_its_scenarios(tmp_path):
+    """After a plain `pip install .`, scenarios/ and configs/ come from the package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([sys.executable, "-c", "import ccl, sys; print(ccl.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("ccl is not installed in this environment (source checkout only)")
+    out = subprocess.run([sys.executable, "-m", "ccl.cli", "list"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "split-digits" in out and "split-cifar100" in out
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    readme_commands = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("python3 -m venv")]
+    assert len(readme_commands) >= 2 and "pytest" in readme_commands[1]
+    assert readme_commands[1] in (root / ".ci" / "run").read_text().splitlines()

@@ -1,0 +1,89 @@
+"""End-to-end runs on tiny split-digits streams: schema, memory, determinism."""
+import json
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+
+from ccl.runner import _build, make_config, prepare, run, seed_everything
+
+
+def test_run_folder_and_results_schema(tmp_path, tiny_run):
+    run_dir = run(prepare(make_config(**tiny_run, memory="random")), tmp_path, progress=False)
+    assert run_dir.parent == tmp_path and run_dir.name.endswith("-split-digits-random-s0")
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "results.json", "status.json", "memory.pt", "logs"}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run"]["mem_size"] == 20 and config["run"]["depth"] == 2  # the scenario's default
+    assert "torch" in config["versions"] and sorted(config["class_order"]) == list(range(10))
+    r = json.loads((run_dir / "results.json").read_text())
+    n = 5
+    assert len(r["accuracy_matrix"]) == n and all(len(row) == n for row in r["accuracy_matrix"])
+    for key in ("seen_accuracy", "average_accuracy", "forgetting", "bwt", "train_seconds", "memory_update_seconds"):
+        assert len(r[key]) == n, key
+    assert all(r["accuracy_matrix"][i][j] == 0 for i in range(n) for j in range(i + 1, n))  # unseen classes
+    assert 0 <= r["final_average_accuracy"] <= 1 and -1 <= r["average_forgetting"] <= 1
+    # Avalanche: forgetting averages first-minus-final accuracy, BWT final-minus-first
+    assert r["final_bwt"] == pytest.approx(-r["average_forgetting"], abs=1e-6)
+    assert r["memory_size"] == {"images": 20, "dtype": "float32", "bytes": 20 * 64 * 4}
+    memory = torch.load(run_dir / "memory.pt")
+    assert memory["images"].shape == (20, 1, 8, 8)
+    assert torch.bincount(memory["labels"], minlength=10).tolist() == [2] * 10
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_same_seed_same_numbers(tmp_path, tiny_run):
+    results = []
+    for i in range(2):
+        run_dir = run(prepare(make_config(**tiny_run, memory="herding", seed=3)), tmp_path / str(i), progress=False)
+        results.append(json.loads((run_dir / "results.json").read_text()))
+    assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
+    assert results[0]["class_order"] == results[1]["class_order"]
+
+
+def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
+    p = prepare(make_config(**tiny_run, memory="random"))
+    seed_everything(0)
+    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    seen = []
+
+    class Spy(SupervisedPlugin):
+        def before_backward(self, s, **kw):
+            expected = torch.nn.functional.cross_entropy(s.mb_output, s.mb_y)
+            seen.append((len(s.mb_y), set(s.mb_y.tolist()), float(s.loss), float(expected)))
+
+    strategy.plugins.append(Spy())
+    strategy.train(bench.train_stream[0])
+    assert all(n <= tiny_run["batch_size"] for n, *_ in seen)  # empty memory: nothing appended
+    seen.clear()
+    strategy.train(bench.train_stream[1])
+    old = set(p.experience_classes[0])
+    assert all(n > tiny_run["mem_batch"] for n, *_ in seen)
+    assert any(labels & old for _, labels, *_ in seen)  # old classes come only from memory
+    assert all(loss == pytest.approx(expected, rel=1e-5) for *_, loss, expected in seen)
+    assert memory.images.device == p.device
+
+
+def test_memory_stays_within_budget_and_balanced(tmp_path, tiny_run):
+    p = prepare(make_config(**{**tiny_run, "mem_size": 23}, memory="herding"))
+    seed_everything(0)
+    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    for i, exp in enumerate(bench.train_stream):
+        strategy.train(exp)
+        counts = torch.bincount(memory.labels, minlength=10)
+        seen = [c for g in p.experience_classes[:i + 1] for c in g]
+        assert counts.sum() == 23 and counts[seen].max() - counts[seen].min() <= 1
+
+
+@pytest.mark.parametrize("memory", ["none", "reservoir", "joint"])
+def test_other_memories_run(tmp_path, tiny_run, memory):
+    run_dir = run(prepare(make_config(**tiny_run, memory=memory)), tmp_path, progress=False)
+    r = json.loads((run_dir / "results.json").read_text())
+    assert len(r["accuracy_matrix"]) == (1 if memory == "joint" else 5)
+    assert r["memory_size"]["images"] == (20 if memory == "reservoir" else 0)
+
+
+def test_uint8_memory_round_trips(tmp_path, tiny_run):
+    run_dir = run(prepare(make_config(**tiny_run, memory="random", mem_dtype="uint8")), tmp_path, progress=False)
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 64}
