@@ -99,21 +99,41 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     return values
 
 
+def _experience_line(i: int, results: dict) -> None:
+    click.echo(f"experience {i}: seen-class accuracy {results['seen_accuracy'][-1]:.3f}, all classes "
+               f"{results['average_accuracy'][-1]:.3f}, forgetting {results['forgetting'][-1]:.3f} "
+               f"(train {results['train_seconds'][-1]:.0f} s, memory {results['memory_update_seconds'][-1]:.0f} s)")
+
+
 @main.command()
 @click.option("--memory", help="replay memory (see `ccl list`) [random]")
 @click.option("--seed", type=int, help="seed of everything random [0]")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="continue an interrupted run folder from its last completed experience")
 @run_options
 @friendly_errors
-def run(config_file, overrides, no_download, class_order, runs_dir, quiet, **flags):
+def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resume_dir, **flags):
     """Train on a class-incremental stream with a replay memory; write a run folder."""
     from ccl.report import summary_table
-    from ccl.runner import make_config, prepare, run as run_experiment
+    from ccl.runner import Interrupted, make_config, prepare, resume_run, run as run_experiment
 
-    cfg = make_config(**config_values(flags, config_file, overrides, no_download, class_order))
-    prepared = prepare(cfg)
-    click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
-               f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images) on {prepared.device}")
-    run_dir = run_experiment(prepared, runs_dir, progress=not quiet)
+    try:
+        if resume_dir is not None:
+            run_dir, ran = resume_run(resume_dir, progress=not quiet, on_experience=_experience_line)
+            if not ran:
+                click.echo(f"{run_dir}: this run has already finished")
+                click.echo(summary_table(run_dir))
+                return
+        else:
+            cfg = make_config(**config_values(flags, config_file, overrides, no_download, class_order))
+            prepared = prepare(cfg)
+            click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
+                       f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images) on {prepared.device}")
+            run_dir = run_experiment(prepared, runs_dir, progress=not quiet, on_experience=_experience_line)
+    except KeyboardInterrupt as e:
+        folder = getattr(e, "run_dir", resume_dir)
+        click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}", err=True)
+        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
     click.echo(summary_table(run_dir))
     click.echo(f"run folder: {run_dir}")
 

@@ -6,13 +6,17 @@ experience and writes results atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
 import platform
 import random
 import resource
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,11 +251,23 @@ FORGETTING = "StreamForgetting/eval_phase/test_stream"
 BWT = "StreamBWT/eval_phase/test_stream"
 
 
+def _csv_logger(folder: Path):
+    """Avalanche's CSVLogger, keeping the rows of an earlier (interrupted) segment of the
+    run: the logger truncates its files when it opens them."""
+    from avalanche.logging import CSVLogger
+    names = ("training_results.csv", "eval_results.csv")
+    earlier = {n: (folder / n).read_text().splitlines(keepends=True)[1:] if (folder / n).exists() else [] for n in names}
+    logger = CSVLogger(log_folder=str(folder))
+    for handle, name in ((logger.training_file, names[0]), (logger.eval_file, names[1])):
+        handle.writelines(earlier[name])
+        handle.flush()
+    return logger
+
+
 def _build(p: Prepared, run_dir: Path, progress: bool):
     """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-    from avalanche.logging import CSVLogger
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -273,7 +289,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         accuracy_metrics(experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
         bwt_metrics(experience=True, stream=True),
-        loggers=[CSVLogger(log_folder=str(run_dir / "logs"))])
+        loggers=[_csv_logger(run_dir / "logs")])
 
     memory = None
     if p.spec.kind == "device":
@@ -293,43 +309,97 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     return bench, strategy, memory
 
 
-def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True,
-                       on_experience=None) -> dict[str, Any]:
-    """Train on the stream (or all at once for `joint`), evaluating after every experience.
+CHECKPOINT = "checkpoint.pt"
+RESULT_SERIES = ("accuracy_matrix", "seen_accuracy", "average_accuracy", "forgetting", "bwt", "train_seconds",
+                 "memory_update_seconds", "eval_seconds", "memory_updates")
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `train_and_evaluate`, or a CclError naming the file."""
+    try:
+        # weights_only=False: the checkpoint holds RNG states and Avalanche metric objects;
+        # it is a file this program wrote into its own run folder.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CclError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CclError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); "
+                       "delete it to restart the run from the beginning") from None
+
+
+def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_experience=None,
+                       resume: bool = False) -> tuple[dict[str, Any], dict | None]:
+    """Train on the stream (or all at once for `joint`), evaluating after every experience
+    and checkpointing after each one into `run_dir`.
 
     Args:
-        on_experience: optional callback(i, partial_results) after experience i.
+        on_experience: optional callback(i, results so far) after experience i.
+        resume: continue from `run_dir`'s checkpoint, if it has one.
+
+    Returns:
+        The results and the final memory state (None without a memory).
     """
     seed_everything(p.config.seed)
     bench, strategy, memory = _build(p, run_dir, progress)
     n = len(p.experience_classes)
+    steps = [bench.train_stream] if p.spec.kind == "joint" else list(bench.train_stream)
+    results: dict[str, Any] = {key: [] for key in RESULT_SERIES}
+    first = 0
+    if resume and (run_dir / CHECKPOINT).exists():
+        ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        strategy.model.load_state_dict(ckpt["model"])
+        strategy.optimizer.load_state_dict(ckpt["optimizer"])
+        # Avalanche resets the optimizer (momentum included) on its first train() call,
+        # recognised by optimized_param_id being None; after the first experience it keeps
+        # the state. Marking the parameters as already optimised keeps the loaded momentum.
+        strategy.optimized_param_id = dict(strategy.model.named_parameters())
+        strategy.evaluator.metrics = ckpt["evaluator_metrics"]
+        if memory is not None:
+            memory.restore(ckpt["memory"])
+        results, first = ckpt["results"], ckpt["experience"] + 1
+        _set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
     if p.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(p.device)
-    results: dict[str, Any] = {"accuracy_matrix": [], "seen_accuracy": [], "average_accuracy": [],
-                               "forgetting": [], "bwt": [], "train_seconds": [], "memory_update_seconds": [],
-                               "eval_seconds": [], "memory_updates": []}
-    steps = [bench.train_stream] if p.spec.kind == "joint" else list(bench.train_stream)
-    for i, step in enumerate(steps):
+    for i in range(first, len(steps)):
         start = time.perf_counter()
-        strategy.train(step)
+        strategy.train(steps[i])
         elapsed = time.perf_counter() - start
         update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
         start = time.perf_counter()
         metrics = strategy.eval(bench.test_stream)
-        eval_seconds = time.perf_counter() - start
         row = [float(metrics[ACC_EXP.format(j)]) for j in range(n)]
         seen = n if p.spec.kind == "joint" else i + 1
-        results["accuracy_matrix"].append(row)
-        results["seen_accuracy"].append(float(np.mean(row[:seen])))
-        results["average_accuracy"].append(float(metrics[ACC_STREAM]))
-        results["forgetting"].append(float(metrics.get(FORGETTING, 0.0)))
-        results["bwt"].append(float(metrics.get(BWT, 0.0)))
-        results["train_seconds"].append(elapsed - update["seconds"])
-        results["memory_update_seconds"].append(update["seconds"])
-        results["eval_seconds"].append(eval_seconds)
-        results["memory_updates"].append(update)
+        for key, value in (("accuracy_matrix", row), ("seen_accuracy", float(np.mean(row[:seen]))),
+                           ("average_accuracy", float(metrics[ACC_STREAM])),
+                           ("forgetting", float(metrics.get(FORGETTING, 0.0))),
+                           ("bwt", float(metrics.get(BWT, 0.0))),
+                           ("train_seconds", elapsed - update["seconds"]),
+                           ("memory_update_seconds", update["seconds"]),
+                           ("eval_seconds", time.perf_counter() - start), ("memory_updates", update)):
+            results[key].append(value)
+        with _signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
+            save_torch(run_dir / CHECKPOINT, {
+                "experience": i, "model": strategy.model.state_dict(), "optimizer": strategy.optimizer.state_dict(),
+                "evaluator_metrics": strategy.evaluator.metrics, "memory": memory.checkpoint() if memory else None,
+                "results": results, "rng": _rng_state(), "class_order": p.order})
         if on_experience:
             on_experience(i, results)
+    results = dict(results)
     results["final_average_accuracy"] = results["average_accuracy"][-1]
     results["average_forgetting"] = results["forgetting"][-1]
     results["final_bwt"] = results["bwt"][-1]
@@ -337,36 +407,113 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True,
     results["peak_gpu_mib"] = (torch.cuda.max_memory_allocated(p.device) / 2**20
                                if p.device.type == "cuda" else None)
     mem_state = memory.state() if memory else None
-    if mem_state is not None:
-        images = mem_state["images"]
-        results["memory_size"] = {"images": int(len(mem_state["labels"])), "dtype": str(images.dtype).replace("torch.", ""),
-                             "bytes": int(images.numel() * images.element_size())}
-    else:
-        results["memory_size"] = {"images": 0, "dtype": None, "bytes": 0}
+    images = mem_state["images"] if mem_state else torch.empty(0)
+    results["memory_size"] = {"images": int(len(mem_state["labels"])) if mem_state else 0,
+                              "dtype": str(images.dtype).replace("torch.", "") if mem_state else None,
+                              "bytes": int(images.numel() * images.element_size())}
     return results, mem_state
 
 
-def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True) -> Path:
-    """Run a prepared experiment into a new folder under `runs_dir`; returns the folder."""
-    run_dir = new_run_dir(runs_dir, p.config)
-    write_json(run_dir / "config.json", resolved_config(p))
-    write_json(run_dir / "status.json", {"status": "running"})
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run folder is left resumable."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted():
+    """Turn SIGINT and SIGTERM into `Interrupted` for the duration of a run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def status(run_dir: Path) -> dict:
+    from ccl.io import read_json
+    return read_json(Path(run_dir) / "status.json")
+
+
+def _set_status(run_dir: Path, state: str, **extra) -> None:
+    write_json(run_dir / "status.json", {"status": state, "pid": os.getpid(),
+                                         "updated": dt.datetime.now().isoformat(timespec="seconds"), **extra})
+
+
+def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True, run_dir: Path | None = None,
+        on_experience=None) -> Path:
+    """Run a prepared experiment into a new folder under `runs_dir` (or continue the one
+    in `run_dir`, from its last checkpoint); returns the folder."""
+    resume = run_dir is not None
+    if run_dir is None:
+        run_dir = new_run_dir(runs_dir, p.config)
+        write_json(run_dir / "config.json", resolved_config(p))
+    _set_status(run_dir, "running")
     start = time.perf_counter()
     try:
-        results, mem_state = train_and_evaluate(p, run_dir, progress)
-        results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
-                   "class_order": p.order, "experience_classes": p.experience_classes,
-                   **results, "total_seconds": time.perf_counter() - start}
-        if mem_state is not None:
-            save_torch(run_dir / "memory.pt", {**{k: v.cpu() if torch.is_tensor(v) else v for k, v in mem_state.items()},
-                                               "mean": p.data.mean, "std": p.data.std,
-                                               "class_names": p.data.classes, "dtype": p.config.mem_dtype})
-        write_json(run_dir / "results.json", results)
-    except KeyboardInterrupt:
-        write_json(run_dir / "status.json", {"status": "interrupted"})
+        with _signals_raise_interrupted():
+            results, mem_state = train_and_evaluate(p, run_dir, progress, on_experience, resume)
+            results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
+                       "class_order": p.order, "experience_classes": p.experience_classes,
+                       **results, "total_seconds": time.perf_counter() - start}
+            with _signals_deferred():
+                if mem_state is not None:
+                    save_torch(run_dir / "memory.pt", {
+                        **{k: v.cpu() if torch.is_tensor(v) else v for k, v in mem_state.items()},
+                        "mean": p.data.mean, "std": p.data.std, "class_names": p.data.classes,
+                        "dtype": p.config.mem_dtype})
+                write_json(run_dir / "results.json", results)
+                _set_status(run_dir, "finished")
+    except KeyboardInterrupt as e:
+        _set_status(run_dir, "interrupted", signal=str(e) or "SIGINT")
+        e.run_dir = run_dir  # so the caller can say what to resume
         raise
     except BaseException as e:
-        write_json(run_dir / "status.json", {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+        _set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    write_json(run_dir / "status.json", {"status": "finished"})
     return run_dir
+
+
+def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tuple[Path, bool]:
+    """Continue an interrupted run; returns (folder, whether anything was left to do)."""
+    from ccl.io import read_json
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise CclError(f"{run_dir}: not a run folder (no config.json)")
+    if (run_dir / "results.json").exists() and status(run_dir).get("status") == "finished":
+        read_json(run_dir / "results.json")  # a corrupt results file is an error, not "finished"
+        return run_dir, False
+    config = read_json(run_dir / "config.json")
+    try:
+        cfg = cfgmod.from_dict(RunConfig, config["run"], f"{run_dir / 'config.json'}: run")
+    except (KeyError, TypeError):
+        raise CclError(f"{run_dir / 'config.json'}: not a ccl run configuration") from None
+    p = prepare(cfg)
+    if p.order != config.get("class_order"):
+        raise CclError(f"{run_dir}: the data set's classes changed since the run started")
+    if (run_dir / CHECKPOINT).exists():
+        load_checkpoint(run_dir / CHECKPOINT)  # fail early, before anything is overwritten
+    return run(p, run_dir=run_dir, progress=progress, on_experience=on_experience), True

@@ -82,7 +82,10 @@ class DeviceMemoryPlugin(SupervisedPlugin):
     def state(self) -> dict:
         return {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
 
-    def load_state(self, state: dict) -> None:
+    def checkpoint(self) -> dict:
+        return self.state()
+
+    def restore(self, state: dict) -> None:
         self.images = state["images"].to(self.device)
         self.labels = state["labels"].to(self.device)
         self.classes = list(state["classes"])

@@ -28,3 +28,9 @@ class TimedReplayPlugin(ReplayPlugin):
         images = torch.stack([x for x, *_ in items]) if items else torch.empty(0)
         labels = torch.tensor([int(y) for _, y, *_ in items], dtype=torch.long)
         return {"images": images, "labels": labels, "classes": sorted(set(labels.tolist()))}
+
+    def checkpoint(self) -> dict:
+        return {"storage_policy": self.storage_policy}
+
+    def restore(self, state: dict) -> None:
+        self.storage_policy = state["storage_policy"]
