@@ -1,0 +1,503 @@
+"""PAD: Prioritize Alignment in Dataset Distillation (Li et al., 2024).
+
+PAD is trajectory matching (MTT, Cazenavette et al., CVPR 2022) with two filters:
+
+1. What is extracted: experts train on each class's samples scheduled easy to hard by
+   EL2N difficulty (`ccl.condense.el2n`, `ccl.condense.experts`).
+2. What is embedded: the matching loss ignores the shallowest floor(alpha * P) of the
+   P parameters, flattened input to output (`deep_parameter_start`).
+
+MTT is this module with the scheduler off and alpha 0 (`mtt_settings`).
+
+One distillation iteration: pick an expert and a start epoch t, copy theta*_t into a
+functional student, train it N steps on minibatches of the synthetic set with a
+learnable learning rate, differentiating through all N steps, and compare with the
+expert M epochs later (`trajectory_matching_loss`). The gradient updates the synthetic
+images and the learnable learning rate.
+
+Departures from the reference code (NUS-HPC-AI-Lab/PAD distill/PAD_depth.py, MTT
+distill.py), each also noted where it happens:
+- The start epoch is uniform over [0, max_start_epoch] inclusive (the reference's
+  `randint(0, max_start_epoch)` excludes the upper end).
+- Hard labels and cross-entropy; the reference PAD also learns soft labels initialised
+  from expert logits and initialises from images an expert classifies correctly.
+- No loss threshold that skips updates (PAD's `threshold`, 1.0 in its configs).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ccl.condense.dsa import DSASettings, augment
+from ccl.condense.el2n import el2n_scores, order_by_difficulty
+from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
+from ccl.models.convnet import NORMS
+
+INITS = ("real", "noise")
+
+# PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
+# 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
+REFERENCE_ALPHA: tuple[tuple[int, float], ...] = ((1, 0.0), (10, 0.5), (50, 0.25))
+
+
+@dataclass(frozen=True)
+class PADSettings:
+    """Settings of PAD (and of MTT via `mtt_settings`).
+
+    Defaults are the reference's CIFAR-10 IPC 10 values (methods.md table): N 80, M 2,
+    max start epoch 20, lr_img 100, lr_lr 1e-5; IPC 1 and IPC 50 differ, see there.
+    """
+
+    # --- distillation (trajectory matching) ---
+    iterations: int = 10_000        # matching iterations (reference 10,000)
+    syn_steps: int = 80             # N: student steps on the synthetic set per iteration
+    expert_epochs: int = 2          # M: expert epochs the N student steps must cover
+    max_start_epoch: int = 20       # start epoch t is uniform in [0, max_start_epoch]
+    lr_img: float = 100.0           # SGD (momentum 0.5) lr on the pixels (IPC 50: 1000)
+    lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
+    lr_init: float = 0.01           # initial student lr (= the experts' lr)
+    batch_syn: int | None = None    # synthetic minibatch; None = the whole set (reference)
+    # Fraction of shallow parameters left out of the loss; None = REFERENCE_ALPHA by the
+    # smallest per-class budget (the largest reference IPC <= it).
+    alpha: float | None = None
+    # --- experts (trained on the real data of the classes being condensed) ---
+    num_experts: int = 100          # reference 100; a handful already works
+    expert_train_epochs: int = 100  # E: length of each trajectory (theta_0 .. theta_E)
+    expert_lr: float = 0.01         # SGD, no momentum (reference lr_teacher)
+    expert_batch: int = 256
+    # --- PAD's data scheduler (phase ends as fractions of expert_train_epochs) ---
+    scheduler: bool = True
+    schedule_init_ratio: float = 0.75
+    schedule_add_end: float = 0.2       # reference epoch 20 of 100
+    schedule_rm_first: float = 0.4      # reference epoch 40 of 100
+    schedule_rm_second: float = 0.6     # reference epoch 60 of 100
+    schedule_rm_ratio_first: float = 0.1
+    schedule_rm_ratio_second: float = 0.2
+    # --- EL2N scoring (only when the scheduler is on) ---
+    score_networks: int = 10        # EL2N paper: mean over 10 networks ...
+    score_epochs: int = 20          # ... each trained 20 epochs (the reference ships files)
+    # --- network, augmentation, init, reporting ---
+    width: int = 128
+    depth: int = 3
+    norm: str = "instance"
+    dsa: bool = True                # DSA on the experts', scorers' and student's batches
+    dsa_settings: DSASettings = field(default_factory=DSASettings)
+    init: str = "real"              # "real" (random real images of the class) or "noise"
+    progress_every: int = 50        # iterations between finiteness checks / bar updates
+
+    def __post_init__(self) -> None:
+        positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
+                    "expert_train_epochs", "expert_batch", "score_networks", "width",
+                    "depth", "progress_every")
+        for name in positive:
+            value = getattr(self, name)
+            if name == "iterations" and value == 0:
+                continue  # zero iterations: return the initialisation (useful for tests)
+            if value < 1:
+                raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
+        if self.max_start_epoch < 0 or self.score_epochs < 0:
+            raise ValueError("PADSettings.max_start_epoch and score_epochs must be >= 0, got "
+                             f"{self.max_start_epoch} and {self.score_epochs}")
+        if self.max_start_epoch + self.expert_epochs > self.expert_train_epochs:
+            raise ValueError(
+                f"max_start_epoch + expert_epochs ({self.max_start_epoch} + {self.expert_epochs}) "
+                f"exceeds expert_train_epochs ({self.expert_train_epochs}): the target "
+                "theta*_{t+M} would lie past the end of the trajectory; lower max_start_epoch "
+                "or train longer experts")
+        for name in ("lr_img", "lr_init", "expert_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PADSettings.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr_lr < 0:
+            raise ValueError(f"PADSettings.lr_lr must be >= 0, got {self.lr_lr}")
+        if self.batch_syn is not None and self.batch_syn < 1:
+            raise ValueError(f"PADSettings.batch_syn must be >= 1 or None (whole set), got {self.batch_syn}")
+        if self.alpha is not None and not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"PADSettings.alpha must be in [0, 1) or None (by IPC), got {self.alpha}")
+        if self.norm not in NORMS:
+            raise ValueError(f"PADSettings.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.init not in INITS:
+            raise ValueError(f"PADSettings.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        self.schedule  # noqa: B018 -- builds (and so validates) the schedule fractions
+
+    @property
+    def schedule(self) -> ExpertSchedule:
+        """The scheduler's phase fractions as an ExpertSchedule (validated there)."""
+        return ExpertSchedule(self.schedule_init_ratio, self.schedule_add_end,
+                              self.schedule_rm_first, self.schedule_rm_second,
+                              self.schedule_rm_ratio_first, self.schedule_rm_ratio_second)
+
+
+def mtt_settings(**changes: object) -> PADSettings:
+    """Plain MTT: PAD with the scheduler off and every parameter matched (alpha 0).
+
+    Args:
+        **changes: any other PADSettings fields; `scheduler` and `alpha` are fixed.
+    """
+    if "scheduler" in changes or "alpha" in changes:
+        raise ValueError("mtt_settings fixes scheduler=False and alpha=0.0; use PADSettings to change them")
+    return PADSettings(**changes, scheduler=False, alpha=0.0)  # type: ignore[arg-type]
+
+
+def default_alpha(ipc: int) -> float:
+    """PAD's CIFAR-10 alpha for `ipc` images per class: that of the largest reference IPC <= ipc.
+
+    "At most" rather than "nearest" because alpha must be small for small IPC (the paper:
+    small sets cannot absorb the deep, high-level information alone); IPC below 1 is
+    treated as 1. So 1-9 -> 0.0, 10-49 -> 0.5, 50+ -> 0.25.
+    """
+    alpha = REFERENCE_ALPHA[0][1]
+    for reference_ipc, value in REFERENCE_ALPHA:
+        if ipc >= reference_ipc:
+            alpha = value
+    return alpha
+
+
+def resolve_alpha(settings: PADSettings, budget: dict[int, int]) -> float:
+    """settings.alpha, or `default_alpha` of the smallest per-class budget when it is None."""
+    return settings.alpha if settings.alpha is not None else default_alpha(min(budget.values()))
+
+
+# --- filter 2: deep-parameter matching -----------------------------------------------
+
+def deep_parameter_start(total: int, alpha: float) -> int:
+    """First matched index: PAD drops the shallowest floor(alpha * total) scalars.
+
+    Args:
+        total: scalars in the flat parameter vector, flattened input to output.
+        alpha: fraction of shallow parameters to drop, in [0, 1).
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    return math.floor(alpha * total)
+
+
+def deep_parameter_mask(total: int, alpha: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(total,) bool mask of the matched (deep) scalars; the first floor(alpha*total) are False."""
+    mask = torch.ones(total, dtype=torch.bool, device=device)  # (P,)
+    mask[:deep_parameter_start(total, alpha)] = False
+    return mask
+
+
+def trajectory_matching_loss(student_end: torch.Tensor, expert_start: torch.Tensor,
+                             expert_target: torch.Tensor, keep_from: int = 0) -> torch.Tensor:
+    """MTT eq. (2), over the deep part theta[keep_from:] as PAD:
+
+        L = || theta_hat_{t+N} - theta*_{t+M} ||^2 / || theta*_t - theta*_{t+M} ||^2
+
+    Args:
+        student_end: (P,) student parameters after N steps, theta_hat_{t+N}.
+        expert_start: (P,) expert parameters at the start epoch, theta*_t.
+        expert_target: (P,) expert parameters M epochs later, theta*_{t+M}.
+        keep_from: first matched index (`deep_parameter_start`); 0 matches everything.
+
+    Returns:
+        scalar loss; exactly 1 when the student has not moved.
+    """
+    target = expert_target[keep_from:]  # (P - keep_from,)
+    numerator = (student_end[keep_from:] - target).pow(2).sum()
+    denominator = (expert_start[keep_from:] - target).pow(2).sum()
+    return numerator / denominator
+
+
+# --- the functional student ------------------------------------------------------------
+
+class FunctionalStudent:
+    """Runs a network with parameters taken from ONE flat vector (views, no copies).
+
+    The flat layout is `module.parameters()` order, the same as the expert trajectories.
+    Buffers (BatchNorm statistics) stay the module's own.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module.requires_grad_(False)  # its own weights are never used
+        self.spec = [(name, p.shape) for name, p in module.named_parameters()]
+        self.numel = sum(shape.numel() for _, shape in self.spec)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: view into flat} in parameter order."""
+        if flat.numel() != self.numel:
+            raise ValueError(f"flat vector has {flat.numel()} values, the network {self.numel}")
+        params, offset = {}, 0
+        for name, shape in self.spec:
+            params[name] = flat[offset:offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        return params
+
+    def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.unflatten(flat), (x,))
+
+
+def minibatches(n: int, batch: int, steps: int, device: torch.device | str) -> Iterator[torch.Tensor]:
+    """`steps` index batches: shuffled passes over range(n) split into `batch`-sized chunks.
+
+    As the reference: a new permutation whenever the previous one is used up; the last
+    chunk of a pass may be smaller.
+    """
+    chunks: list[torch.Tensor] = []
+    for _ in range(steps):
+        if not chunks:
+            chunks = list(torch.randperm(n, device=device).split(batch))
+        yield chunks.pop(0)
+
+
+def unroll_student(student: FunctionalStudent, start: torch.Tensor, images: torch.Tensor,
+                   labels: torch.Tensor, lr: torch.Tensor, steps: int, batch: int,
+                   dsa: DSASettings | None) -> torch.Tensor:
+    """Train the student `steps` SGD steps from `start`, keeping the graph through all of them.
+
+    Only the autograd graph holds the intermediate parameter vectors (nothing else keeps
+    a list of them), so they are freed as soon as the caller's backward pass is done.
+
+    Args:
+        student: the functional network.
+        start: (P,) expert parameters theta*_t (not modified).
+        images: (S, C, H, W) synthetic images (requires grad).
+        labels: (S,) long labels.
+        lr: scalar learnable student learning rate.
+        steps: N; 0 returns a leaf copy of `start`.
+        batch: synthetic minibatch size.
+        dsa: DSA strengths, or None.
+
+    Returns:
+        (P,) theta_hat_{t+N}, differentiable with respect to images and lr.
+    """
+    params = start.detach().requires_grad_(True)  # (P,) leaf: grad of CE w.r.t. it below
+    for idx in minibatches(images.shape[0], batch, steps, images.device):
+        x = images[idx]  # (B, C, H, W)
+        if dsa is not None:
+            x = augment(x, dsa)
+        loss = F.cross_entropy(student(params, x), labels[idx])
+        # create_graph: the update must stay differentiable w.r.t. images and lr.
+        (grad,) = torch.autograd.grad(loss, params, create_graph=True)  # (P,)
+        params = params - lr * grad  # (P,)
+    return params
+
+
+def match_once(student: FunctionalStudent, trajectories: list[Trajectory], images: torch.Tensor,
+               labels: torch.Tensor, lr: torch.Tensor, settings: PADSettings,
+               keep_from: int) -> torch.Tensor:
+    """One distillation iteration's loss: random expert, random start epoch, N student steps.
+
+    Args:
+        student: the functional network.
+        trajectories: expert trajectories (flat vectors on the images' device).
+        images: (S, C, H, W) synthetic images (requires grad).
+        labels: (S,) long labels (local class indices).
+        lr: scalar learnable student lr (requires grad).
+        settings: syn_steps, expert_epochs, max_start_epoch, batch_syn, dsa.
+        keep_from: first matched parameter index.
+    """
+    trajectory = trajectories[int(torch.randint(len(trajectories), (1,)))]
+    # Departure: inclusive upper end (reference: randint(0, max_start_epoch)).
+    t = int(torch.randint(settings.max_start_epoch + 1, (1,)))
+    start, target = trajectory[t], trajectory[t + settings.expert_epochs]
+    batch = settings.batch_syn or images.shape[0]
+    dsa = settings.dsa_settings if settings.dsa else None
+    student_end = unroll_student(student, start, images, labels, lr, settings.syn_steps, batch, dsa)
+    return trajectory_matching_loss(student_end, start, target, keep_from)
+
+
+def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
+            num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
+            stats: dict | None = None) -> torch.Tensor:
+    """Optimise synthetic images by trajectory matching; never returns non-finite values.
+
+    Every `progress_every` iterations (and at the end) the images and lr are checked; the
+    last finite images are kept, and on NaN/inf the run stops with a warning and returns
+    them. Checking only then avoids a device sync per iteration.
+
+    Args:
+        trajectories: expert trajectories on the images' device.
+        images: (S, C, H, W) initial synthetic images (finite).
+        labels: (S,) long local labels in [0, num_classes).
+        num_classes: outputs of the student network.
+        settings: PADSettings.
+        keep_from: first matched parameter index.
+        progress: show a tqdm bar with the loss.
+        stats: filled with "iterations" (done), "loss" (last checked), "syn_lr", "stopped".
+
+    Returns:
+        (S, C, H, W) optimised images (detached).
+    """
+    device = images.device
+    student = FunctionalStudent(make_network(settings, num_classes, tuple(images.shape[1:]), device))
+    images = images.detach().clone().requires_grad_(True)  # (S, C, H, W)
+    lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
+    # MTT: plain SGD with momentum 0.5 on both the pixels and the student lr.
+    opt_images = torch.optim.SGD([images], lr=settings.lr_img, momentum=0.5)
+    opt_lr = torch.optim.SGD([lr], lr=settings.lr_lr, momentum=0.5)
+    last_finite, last_lr = images.detach().clone(), settings.lr_init
+    info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "stopped": False}
+    bar = tqdm(range(settings.iterations), desc="PAD", disable=not progress, leave=False)
+    for it in bar:
+        loss = match_once(student, trajectories, images, labels, lr, settings, keep_from)
+        opt_images.zero_grad(set_to_none=True)
+        opt_lr.zero_grad(set_to_none=True)
+        loss.backward()  # frees the unrolled graph
+        opt_images.step()
+        opt_lr.step()
+        if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
+            continue
+        value = float(loss.detach())
+        if not (torch.isfinite(images).all() and torch.isfinite(lr) and math.isfinite(value)):
+            warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
+                          f"stopping and returning the images of iteration {info['iterations']}. "
+                          "Lower lr_img or lr_lr.", RuntimeWarning, stacklevel=3)
+            info["stopped"] = True
+            break
+        last_finite, last_lr = images.detach().clone(), float(lr.detach())
+        info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
+    bar.close()
+    if stats is not None:
+        stats.update(info)
+    return last_finite
+
+
+# --- condense: the ccl.condense contract ---------------------------------------------------
+
+def init_synthetic(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
+                   kind: str) -> torch.Tensor:
+    """Initial synthetic images grouped by class in budget order, on real's device.
+
+    "real": random distinct real images of the class (repeated permutations when the
+    budget exceeds the class's count); "noise": standard normal (the normalised space).
+
+    Args:
+        real: (N, C, H, W) real images.
+        labels: (N,) long labels.
+        budget: {class: images}.
+        kind: "real" or "noise".
+    """
+    parts = []
+    for c, count in budget.items():
+        if kind == "noise":
+            parts.append(torch.randn(count, *real.shape[1:], device=real.device))
+            continue
+        idx = torch.nonzero(labels == c).flatten()  # (n_c,)
+        repeats = -(-count // idx.numel())  # ceil
+        perm = torch.cat([torch.randperm(idx.numel(), device=real.device) for _ in range(repeats)])
+        parts.append(real[idx[perm[:count]]])
+    return torch.cat(parts).float()  # (sum(budget), C, H, W)
+
+
+def _check_inputs(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
+                  init: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    if real.dim() != 4 or labels.shape != real.shape[:1]:
+        raise ValueError(f"expected real (N, C, H, W) and labels (N,), got {tuple(real.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if not budget or any(n < 1 for n in budget.values()):
+        raise ValueError(f"budget must give every class at least one image, got {budget}")
+    present = set(torch.unique(labels).tolist())
+    missing = [c for c in budget if c not in present]
+    if missing:
+        raise ValueError(f"classes {missing} are in the budget but have no real images")
+    if init is not None:
+        expected = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in budget.items()])
+        images, init_labels = init
+        if images.shape != (expected.numel(), *real.shape[1:]) or \
+                not torch.equal(init_labels.detach().cpu().long(), expected):
+            raise ValueError("init images must match the budget: "
+                             f"{expected.numel()} images of shape {tuple(real.shape[1:])} grouped "
+                             "by class in budget order, with matching labels")
+        if not torch.isfinite(images).all():
+            raise ValueError("init images contain NaN or inf")
+
+
+def _now(device: torch.device | str) -> float:
+    """Wall clock after the device's queued work is done (CUDA runs asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
+             device: torch.device | str, settings: PADSettings = PADSettings(), *,
+             init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
+             stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
+
+    Phases: EL2N scoring (only with the scheduler on), expert training on the given real
+    data, trajectory matching. Networks see only the budget's classes, relabelled
+    0..K-1 in budget order.
+
+    Args:
+        real: (N, C, H, W) normalised real images of the classes to condense; any device.
+            Images of classes outside `budget` are ignored.
+        labels: (N,) long labels of `real`.
+        budget: {class: number of synthetic images}, e.g. {3: 34, 7: 33}.
+        device: where the work happens and the result lives.
+        settings: PADSettings.
+        init: optional (images, labels) to start from, matching `budget`.
+        progress: show a progress bar with the loss.
+        stats: optional dict filled with phase times in seconds ("score_s", "experts_s",
+            "match_s"), the resolved "alpha", and `distill`'s entries.
+
+    Returns:
+        images (sum(budget), C, H, W) float32 on `device`, grouped by class in budget
+        order, and their (sum(budget),) long labels.
+    """
+    _check_inputs(real, labels, budget, init)
+    classes = list(budget)
+    real, labels = real.to(device), labels.to(device)
+    finite = torch.isfinite(real).flatten(1).all(1)  # (N,) one NaN pixel would poison the experts
+    if not finite.all():
+        warnings.warn(f"PAD: ignoring {int((~finite).sum())} real images containing NaN or inf",
+                      RuntimeWarning, stacklevel=2)
+    keep = torch.isin(labels, torch.tensor(classes, device=device)) & finite  # (N,)
+    real, labels = real[keep].float(), labels[keep]  # (N', C, H, W), (N',)
+    if set(torch.unique(labels).tolist()) != set(classes):
+        raise ValueError("some budget classes have no finite real images")
+    class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
+    to_local = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long, device=device)
+    to_local[class_ids] = torch.arange(len(classes), device=device)
+    local_labels = to_local[labels]  # (N',) in [0, K)
+    num_classes = len(classes)
+    timings = {"score_s": 0.0, "experts_s": 0.0, "match_s": 0.0}
+
+    began = _now(device)
+    order = None
+    if settings.scheduler:
+        scores = el2n_scores(real, local_labels, num_classes, device, settings)  # (N',)
+        order = order_by_difficulty(scores, local_labels)
+    timings["score_s"] = _now(device) - began
+
+    began = _now(device)
+    trajectories = train_experts(real, local_labels, num_classes, device, settings, order)
+    timings["experts_s"] = _now(device) - began
+
+    local_budget = {k: budget[c] for k, c in enumerate(classes)}
+    syn_labels = torch.cat([torch.full((n,), k, dtype=torch.long, device=device)
+                            for k, n in local_budget.items()])  # (S,) local
+    if init is not None:
+        images = init[0].detach().to(device).float()
+    else:
+        images = init_synthetic(real, local_labels, local_budget, settings.init)
+    alpha = resolve_alpha(settings, budget)
+    keep_from = deep_parameter_start(trajectories[0][0].numel(), alpha)
+
+    began = _now(device)
+    info: dict = {}
+    images = distill(trajectories, images, syn_labels, num_classes, settings, keep_from,
+                     progress, info)
+    timings["match_s"] = _now(device) - began
+
+    if stats is not None:
+        stats.update(timings, alpha=alpha, keep_from=keep_from, **info)
+    out_labels = class_ids[syn_labels]  # (S,) original classes
+    return images, out_labels
+
+
+__all__ = ["PADSettings", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
+           "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
+           "FunctionalStudent", "unroll_student", "match_once", "distill", "init_synthetic",
+           "REFERENCE_ALPHA"]

@@ -1,0 +1,288 @@
+"""PAD / MTT: scheduler, EL2N, deep-parameter mask, matching loss, condense contract.
+
+Everything is tiny (8x8 or 16x16 images, width-8 networks) so the file runs in seconds
+on a CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ccl.condense.experts as experts
+import ccl.condense.pad as pad
+from ccl.condense.el2n import el2n_scores, order_by_difficulty
+from ccl.condense.experts import (ExpertSchedule, kept_indices, make_network, parameter_count,
+                                  scheduled_fraction, train_experts)
+from ccl.condense.pad import (FunctionalStudent, PADSettings, condense, default_alpha,
+                              deep_parameter_mask, deep_parameter_start, match_once, mtt_settings,
+                              trajectory_matching_loss, unroll_student)
+from ccl.models.convnet import ConvNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a shared 2-core machine two OpenMP
+    threads per process oversubscribe it (measured: 10x slower matching under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**changes) -> PADSettings:
+    """Settings small enough for a CPU test: width 8, depth 2, a few epochs and steps."""
+    base = dict(iterations=3, syn_steps=2, expert_epochs=1, max_start_epoch=1,
+                expert_train_epochs=3, num_experts=2, expert_batch=16, lr_img=1.0,
+                lr_lr=1e-7, width=8, depth=2, score_networks=1, score_epochs=1,
+                progress_every=1)
+    return PADSettings(**{**base, **changes})
+
+
+def two_class_data(n_per_class: int = 12, size: int = 8, classes: tuple[int, int] = (3, 7)):
+    real = torch.randn(2 * n_per_class, 3, size, size)  # (N, 3, H, W)
+    labels = torch.tensor([classes[0]] * n_per_class + [classes[1]] * n_per_class)
+    return real, labels
+
+
+# --- scheduler --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epoch, window", [
+    (0, (0.0, 0.75)), (10, (0.0, 0.875)), (20, (0.0, 1.0)), (30, (0.0, 1.0)), (40, (0.0, 1.0)),
+    (41, (0.1, 1.0)), (60, (0.1, 1.0)), (61, (0.2, 1.0)), (99, (0.2, 1.0)),
+])
+def test_scheduled_fraction_reference_100_epochs(epoch, window):
+    start, stop = scheduled_fraction(epoch, 100, ExpertSchedule())
+    assert start == pytest.approx(window[0]) and stop == pytest.approx(window[1])
+
+
+def test_schedule_scales_with_expert_length():
+    schedule = ExpertSchedule()
+    assert schedule.phase_epochs(10) == (2, 4, 6)
+    assert scheduled_fraction(1, 10, schedule) == pytest.approx((0.0, 0.875))
+    assert scheduled_fraction(5, 10, schedule) == pytest.approx((0.1, 1.0))
+    assert scheduled_fraction(7, 10, schedule) == pytest.approx((0.2, 1.0))
+
+
+def test_kept_indices_use_each_class_count():
+    order = {0: torch.arange(8), 1: torch.arange(100, 104)}  # 8 and 4 samples, easiest first
+    first = kept_indices(0, 100, order, ExpertSchedule())  # keep the easiest 75%
+    assert first.tolist() == list(range(6)) + [100, 101, 102]
+    late = kept_indices(61, 100, order, ExpertSchedule())  # drop the easiest 20%
+    assert late.tolist() == list(range(1, 8)) + [100, 101, 102, 103]
+
+
+def test_train_experts_follows_the_schedule(monkeypatch):
+    seen = []
+    monkeypatch.setattr(experts, "sgd_epoch", lambda net, x, y, idx, *a: seen.append(idx.numel()))
+    real, labels = two_class_data(n_per_class=20, classes=(0, 1))
+    order = {0: torch.arange(20), 1: torch.arange(20, 40)}
+    settings = tiny(expert_train_epochs=10, num_experts=1)
+    (trajectory,) = train_experts(real, labels, 2, "cpu", settings, order)
+    assert len(trajectory) == 11
+    expected = [2 * kept_indices(e, 10, {0: torch.arange(20)}, settings.schedule).numel()
+                for e in range(10)]
+    assert seen == expected == [30, 34, 40, 40, 40, 36, 36, 32, 32, 32]
+
+
+def test_train_experts_trajectory_layout():
+    torch.manual_seed(0)
+    real, labels = two_class_data(classes=(0, 1))
+    settings = tiny(scheduler=False)
+    trajectories = train_experts(real, labels, 2, "cpu", settings)
+    total = parameter_count(settings, 2, (3, 8, 8))
+    assert len(trajectories) == settings.num_experts
+    for trajectory in trajectories:
+        assert len(trajectory) == settings.expert_train_epochs + 1
+        assert all(v.shape == (total,) and torch.isfinite(v).all() for v in trajectory)
+        assert not torch.equal(trajectory[0], trajectory[-1])  # the expert moved
+    assert not torch.equal(trajectories[0][0], trajectories[1][0])  # independent inits
+
+
+def test_scheduler_on_needs_an_order():
+    real, labels = two_class_data(classes=(0, 1))
+    with pytest.raises(ValueError, match="order_by_difficulty"):
+        train_experts(real, labels, 2, "cpu", tiny(scheduler=True))
+
+
+# --- EL2N -------------------------------------------------------------------------------
+
+def test_el2n_ranks_mislabelled_samples_hardest():
+    torch.manual_seed(0)
+    n, flipped = 40, 4
+    means = torch.tensor([1.0, -1.0]).repeat_interleave(n)  # two separable blobs
+    real = means.view(-1, 1, 1, 1) + 0.5 * torch.randn(2 * n, 1, 8, 8)  # (80, 1, 8, 8)
+    labels = torch.arange(2).repeat_interleave(n)
+    wrong = torch.cat([torch.arange(flipped), n + torch.arange(flipped)])  # 4 per class
+    labels[wrong] = 1 - labels[wrong]
+    settings = tiny(score_networks=2, score_epochs=5, expert_lr=0.05, dsa=False, depth=1)
+    scores = el2n_scores(real, labels, 2, "cpu", settings)
+    assert scores.shape == (2 * n,) and torch.isfinite(scores).all()
+    is_wrong = torch.zeros(2 * n, dtype=torch.bool)
+    is_wrong[wrong] = True
+    assert scores[is_wrong].min() > scores[~is_wrong].max()
+    order = order_by_difficulty(scores, labels)
+    for c, idx in order.items():
+        assert sorted(idx.tolist()) == torch.nonzero(labels == c).flatten().tolist()
+        assert is_wrong[idx[-flipped:]].all()  # the flipped ones come last (hardest)
+        assert (scores[idx].diff() >= 0).all()  # easy to hard
+
+
+# --- deep-parameter matching --------------------------------------------------------------
+
+def test_convnet3_parameter_count_and_deep_mask():
+    net = ConvNet(10)  # CIFAR-10: 32x32x3, width 128, depth 3
+    sizes = [sum(p.numel() for p in block.parameters()) for block in net.blocks]
+    cumulative = [sum(sizes[:i + 1]) for i in range(3)]
+    assert cumulative == [3_840, 151_680, 299_520]
+    assert sum(p.numel() for p in net.classifier.parameters()) == 20_490
+    total = parameter_count(PADSettings(), 10, (3, 32, 32))
+    assert total == 320_010
+    # The flat order (module.parameters()) runs input to output.
+    spec = FunctionalStudent(net).spec
+    assert spec[0][0] == "blocks.0.0.weight" and spec[-1][0] == "classifier.bias"
+    for alpha in (0.0, 0.25, 0.3, 0.5):
+        mask = deep_parameter_mask(total, alpha)
+        assert int(mask.sum()) == total - math.floor(alpha * total)
+        assert not mask[:deep_parameter_start(total, alpha)].any() and mask[-1]
+    assert deep_parameter_start(total, 0.5) == 160_005
+    assert deep_parameter_start(total, 0.25) == 80_002
+
+
+@pytest.mark.parametrize("ipc, alpha", [(1, 0.0), (9, 0.0), (10, 0.5), (33, 0.5), (49, 0.5),
+                                        (50, 0.25), (100, 0.25)])
+def test_default_alpha_at_most_rule(ipc, alpha):
+    assert default_alpha(ipc) == alpha
+
+
+# --- loss, student, gradients -----------------------------------------------------------
+
+def test_matching_loss_golden():
+    student_end = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    start = torch.zeros(4)
+    target = torch.ones(4)
+    # keep_from 2: numerator (3-1)^2 + (4-1)^2 = 13, denominator 1 + 1 = 2
+    assert trajectory_matching_loss(student_end, start, target, 2).item() == 6.5
+    assert trajectory_matching_loss(student_end, start, target).item() == pytest.approx(14 / 4)
+
+
+def _student_setup():
+    torch.manual_seed(0)
+    settings = tiny()
+    student = FunctionalStudent(make_network(settings, 2, (3, 8, 8), "cpu"))
+    start = torch.nn.utils.parameters_to_vector(make_network(settings, 2, (3, 8, 8), "cpu").parameters())
+    target = start + 0.01 * torch.randn_like(start)
+    images = torch.randn(6, 3, 8, 8, requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    lr = torch.tensor(0.01, requires_grad=True)
+    return settings, student, start.detach(), target.detach(), images, labels, lr
+
+
+def test_functional_student_matches_module():
+    settings, student, start, _, images, _, _ = _student_setup()
+    net = make_network(settings, 2, (3, 8, 8), "cpu")
+    torch.nn.utils.vector_to_parameters(start, net.parameters())
+    torch.testing.assert_close(student(start, images), net(images))
+
+
+def test_loss_is_one_without_student_steps():
+    settings, student, start, target, images, labels, lr = _student_setup()
+    end = unroll_student(student, start, images, labels, lr, 0, 3, None)
+    assert trajectory_matching_loss(end, start, target, 100).item() == 1.0
+
+
+def test_gradients_reach_images_and_lr():
+    settings, student, start, target, images, labels, lr = _student_setup()
+    loss = match_once(student, [[start, target]], images, labels, lr,
+                      tiny(max_start_epoch=0, expert_train_epochs=1, syn_steps=3, batch_syn=4),
+                      keep_from=50)
+    loss.backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    assert lr.grad is not None and torch.isfinite(lr.grad) and lr.grad != 0
+
+
+# --- settings ---------------------------------------------------------------------------
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="expert_train_epochs"):
+        PADSettings(max_start_epoch=20, expert_epochs=2, expert_train_epochs=21)
+    with pytest.raises(ValueError, match="alpha"):
+        PADSettings(alpha=1.0)
+    with pytest.raises(ValueError, match="add_end"):
+        PADSettings(schedule_add_end=0.5, schedule_rm_first=0.4)
+    with pytest.raises(ValueError, match="norm"):
+        PADSettings(norm="layer")
+    with pytest.raises(ValueError, match="scheduler"):
+        mtt_settings(scheduler=True)
+
+
+def test_mtt_is_pad_without_scheduler_and_alpha_zero():
+    assert mtt_settings(iterations=7) == PADSettings(iterations=7, scheduler=False, alpha=0.0)
+    real, labels = two_class_data()
+    outputs = []
+    for settings in (mtt_settings(**_tiny_kw()), tiny(scheduler=False, alpha=0.0)):
+        torch.manual_seed(1)
+        outputs.append(condense(real, labels, {3: 2, 7: 2}, "cpu", settings, progress=False))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=0, atol=0)
+    assert torch.equal(outputs[0][1], outputs[1][1])
+
+
+def _tiny_kw() -> dict:
+    settings = tiny()
+    return {f: getattr(settings, f) for f in settings.__dataclass_fields__
+            if f not in ("scheduler", "alpha")}
+
+
+# --- condense contract ------------------------------------------------------------------
+
+def test_condense_budget_shapes_and_finite():
+    torch.manual_seed(0)
+    real, labels = two_class_data(size=16)
+    stats: dict = {}
+    images, out_labels = condense(real, labels, {7: 3, 3: 2}, "cpu", tiny(), progress=False,
+                                  stats=stats)
+    assert images.shape == (5, 3, 16, 16) and images.dtype == torch.float32
+    assert out_labels.tolist() == [7, 7, 7, 3, 3] and out_labels.dtype == torch.long
+    assert torch.isfinite(images).all()
+    assert set(stats) >= {"score_s", "experts_s", "match_s", "alpha", "syn_lr"}
+    assert stats["score_s"] > 0 and stats["iterations"] == 3 and not stats["stopped"]
+
+
+def test_condense_starts_from_init():
+    real, labels = two_class_data()
+    init = (torch.randn(3, 3, 8, 8), torch.tensor([3, 3, 7]))
+    images, out_labels = condense(real, labels, {3: 2, 7: 1}, "cpu", tiny(iterations=0),
+                                  init=init, progress=False)
+    assert torch.equal(images, init[0]) and torch.equal(out_labels, init[1])
+    with pytest.raises(ValueError, match="budget"):
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(), init=init, progress=False)
+
+
+def test_nan_is_caught_and_last_finite_images_returned(monkeypatch):
+    real_loss = pad.trajectory_matching_loss
+    calls = []
+
+    def poisoned(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(pad, "trajectory_matching_loss", poisoned)
+    torch.manual_seed(0)
+    real, labels = two_class_data()
+    stats: dict = {}
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        images, _ = condense(real, labels, {3: 2, 7: 2}, "cpu", tiny(iterations=6, scheduler=False),
+                             progress=False, stats=stats)
+    assert torch.isfinite(images).all()
+    assert stats["stopped"] and stats["iterations"] == 2 and len(calls) == 3
+
+
+def test_condense_ignores_non_finite_real_images():
+    torch.manual_seed(0)
+    real, labels = two_class_data()
+    real[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="ignoring 1 real images"):
+        images, _ = condense(real, labels, {3: 2, 7: 2}, "cpu", tiny(), progress=False)
+    assert torch.isfinite(images).all()
