@@ -111,3 +111,40 @@ def parse_override(text: str) -> tuple[str, Any]:
 def to_dict(obj: Any) -> Any:
     """JSON-ready dict of a (nested) dataclass."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def preset_settings(cls: type[T], preset: str, overrides: dict[str, Any], explicit: bool = False) -> T:
+    """Settings dataclass `cls`: its defaults <- the preset <- `overrides`.
+
+    Args:
+        preset: a preset name (configs/<name>.toml) or a .toml file path.
+        overrides: single settings, e.g. from `--set key=value`.
+        explicit: the user named the preset, so a missing file is an error (a method's
+            own default preset may not exist).
+    """
+    path = _preset_path(preset)
+    values = _preset_values(preset) if path.exists() or explicit else {}
+    values.update(overrides)
+    return from_dict(cls, values, f"settings ({path.name if path.exists() else preset})")
+
+
+def _preset_path(preset: str) -> Path:
+    from ccl.resources import resource_dir
+    return Path(preset) if preset.endswith(".toml") else resource_dir("configs") / f"{preset}.toml"
+
+
+def _preset_values(preset: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's values; `extends = "other"` first loads that preset (variants stay one
+    line of difference, e.g. mtt = pad with the scheduler off)."""
+    from ccl.resources import resource_dir
+    path = _preset_path(preset)
+    if not path.exists() and not preset.endswith(".toml"):
+        known = sorted(p.stem for p in resource_dir("configs").glob("*.toml"))
+        raise CclError(f"unknown preset {preset!r}; shipped presets: {', '.join(known)}")
+    values = read_toml(path)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if base in seen:
+        raise CclError(f"{path}: presets extend each other in a loop ({' -> '.join(seen + (base,))})")
+    return {**_preset_values(base, seen + (preset,)), **values}

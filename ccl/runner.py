@@ -32,7 +32,6 @@ from ccl.errors import CclError
 from ccl.io import save_torch, write_json
 from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import LEARNERS, NORMS, build_learner
-from ccl.resources import resource_dir
 
 
 @dataclass(frozen=True)
@@ -111,18 +110,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
-    """The memory method's settings: dataclass defaults <- preset file <- overrides."""
+    """The memory method's settings: dataclass defaults <- preset <- overrides."""
     if spec.settings is None:
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
-    values: dict[str, Any] = {}
-    preset = cfg.memory_config or cfg.memory
-    path = Path(preset) if preset.endswith(".toml") else resource_dir("configs") / f"{preset}.toml"
-    if path.exists() or cfg.memory_config:
-        values.update(cfgmod.read_toml(path))
-    values.update(cfg.memory_settings)
-    return cfgmod.from_dict(spec.settings, values, f"memory settings ({path.name if path.exists() else cfg.memory})")
+    return cfgmod.preset_settings(spec.settings, cfg.memory_config or cfg.memory, cfg.memory_settings,
+                                  explicit=cfg.memory_config is not None)
 
 
 @dataclass

@@ -1,4 +1,7 @@
+import os
 import warnings
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch is imported
 
 import pytest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller
 from ccl.memory.plugin import DeviceMemoryPlugin
 from ccl.memory.slots import slots_per_class
@@ -38,5 +39,10 @@ MEMORIES.register("random", "class-balanced random real images, on the device")(
     MemorySpec("device", RandomFiller))
 MEMORIES.register("herding", "iCaRL herding on the learner's features, on the device")(
     MemorySpec("device", HerdingFiller))
+
+for _name in ("dm", "datadam", "mtt", "pad"):
+    _method = METHODS.get(_name)
+    MEMORIES.register(_name, f"condensed: {_method.description}")(
+        MemorySpec("device", settings=_method.value.settings, method=_method.value.condense))
 
 __all__ = ["MEMORIES", "MemorySpec", "DeviceMemoryPlugin", "Filler", "slots_per_class"]

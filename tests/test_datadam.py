@@ -1,0 +1,314 @@
+"""DataDAM / DM: golden losses, gradients, convergence on a tiny problem, robustness."""
+import math
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ccl.condense import datadam
+from ccl.condense.datadam import (DataDAMSettings, attention_map, block_activations, class_means,
+                                  condense, dm_settings, matching_statistics, mmd_loss,
+                                  reference_settings, sam_loss)
+from ccl.models.convnet import ConvNet
+
+TINY = DataDAMSettings(iterations=20, real_batch=8, width=16, depth=2, progress_every=5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread. With two, OpenMP spin-waits made these tests 20x slower
+    while another process shared the 2 cores (82 s instead of 4 s for the three files).
+    Belongs in conftest.py for all tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blobs(n_per_class: int = 30, classes=(0, 1), size: int = 8, seed: int = 0):
+    """Classes that differ in mean colour and in where a bright square sits."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for i, c in enumerate(classes):
+        x = 0.5 * torch.randn(n_per_class, 3, size, size, generator=g)
+        x[:, i % 3] += 1.0
+        x[:, :, : size // 2, : size // 2] += 2.0 * (i % 2)
+        images.append(x)
+        labels.append(torch.full((n_per_class,), c))
+    return torch.cat(images), torch.cat(labels)
+
+
+# --- golden values of the pure functions -----------------------------------------------
+
+def test_attention_map_golden():
+    f = torch.tensor([[[[1.0, -2.0]], [[0.0, 1.0]]]])  # (1, 2 channels, 1, 2)
+    # p = 2: sum_c |f|^2 = [1, 5] -> / sqrt(26); p = 1: [1, 3] -> / sqrt(10)
+    assert torch.allclose(attention_map(f, 2), torch.tensor([[1.0, 5.0]]) / math.sqrt(26))
+    assert torch.allclose(attention_map(f, 1), torch.tensor([[1.0, 3.0]]) / math.sqrt(10))
+    assert attention_map(torch.zeros(2, 3, 2, 2), 4).abs().sum() == 0  # no NaN for zero maps
+
+
+def test_class_means_golden():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0], [10.0, -1.0]])
+    means = class_means(x, torch.tensor([0, 0, 1]), 2)
+    assert means.tolist() == [[2.0, 1.0], [10.0, -1.0]]
+
+
+def test_sam_loss_golden_and_ignores_last_block():
+    # One channel, two pixels, p = 1: attention = f / ||f||.
+    real = torch.tensor([[3.0, 4.0], [1.0, 0.0]]).view(2, 1, 1, 2)  # -> [.6 .8], [1 0]
+    syn = torch.tensor([[4.0, 3.0], [2.0, 0.0]]).view(2, 1, 1, 2)  # -> [.8 .6], [1 0]
+    group = torch.tensor([0, 1])
+    last_real, last_syn = torch.randn(2, 4, 1, 1), torch.randn(2, 4, 1, 1)
+    loss = sam_loss([real, last_real], [syn, last_syn], group, group, 2, p=1)
+    assert loss.item() == pytest.approx(0.2 ** 2 + 0.2 ** 2)
+    # Two intermediate blocks add up.
+    loss2 = sam_loss([real, real, last_real], [syn, syn, last_syn], group, group, 2, p=1)
+    assert loss2.item() == pytest.approx(2 * 0.08)
+
+
+def test_mmd_loss_golden_with_unequal_class_sizes():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]])  # class means [2 3], [10 0]
+    syn = torch.tensor([[2.0, 2.0], [8.0, 1.0]])
+    loss = mmd_loss(real, syn, torch.tensor([0, 0, 1]), torch.tensor([0, 1]), 2)
+    assert loss.item() == pytest.approx(0 + 1 + 4 + 1)
+
+
+# --- gradients ------------------------------------------------------------------------
+
+def test_gradient_reaches_images_not_network():
+    torch.manual_seed(0)
+    net = ConvNet(2, channels=3, image_size=8, width=8, depth=3).requires_grad_(False)
+    real = torch.randn(6, 3, 8, 8)
+    syn = torch.randn(2, 3, 8, 8, requires_grad=True)
+    rg, sg = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 1])
+    real_blocks, real_embed = block_activations(net, real)
+    syn_blocks, syn_embed = block_activations(net, syn)
+    assert [b.shape[-1] for b in syn_blocks] == [8, 4, 2]  # before pooling
+    loss = sam_loss(real_blocks, syn_blocks, rg, sg, 2, 4.0) + \
+        mmd_loss(real_embed, syn_embed, rg, sg, 2)
+    loss.backward()
+    assert syn.grad is not None and syn.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.0])
+def test_iteration_loss_equals_sam_plus_mmd_on_features(p):
+    torch.manual_seed(0)
+    net = ConvNet(3, channels=3, image_size=8, width=8, depth=3).requires_grad_(False)
+    real, syn = torch.randn(9, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    rg, sg = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]), torch.tensor([2, 0, 1, 1])
+    rb, re = block_activations(net, real)
+    sb, se = block_activations(net, syn)
+    expected = 2.0 * sam_loss(rb, sb, rg, sg, 3, p) + 0.5 * mmd_loss(re, se, rg, sg, 3)
+    r_maps, r_mean = matching_statistics(net, real, rg, 3, p)
+    s_maps, s_mean = matching_statistics(net, syn, sg, 3, p)
+    assert len(r_maps) == 2  # the last block is left to the MMD term
+    got = 0.5 * (r_mean - s_mean).pow(2).sum() + \
+        2.0 * sum((a - b).pow(2).sum() for a, b in zip(r_maps, s_maps))
+    assert torch.allclose(got, expected, rtol=1e-5)
+    assert torch.allclose(attention_map(rb[0], p), attention_map(rb[0].abs(), p))
+
+
+def test_chunked_real_pass_equals_one_pass():
+    torch.manual_seed(0)
+    net = ConvNet(3, channels=3, image_size=8, width=8, depth=3).requires_grad_(False)
+    x = torch.randn(10, 3, 8, 8)
+    g = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
+    maps, embed = matching_statistics(net, x, g, 3, 4.0)
+    for chunk in (1, 3, 4, 10, 99):
+        c_maps, c_embed = matching_statistics(net, x, g, 3, 4.0, chunk=chunk)
+        assert torch.allclose(c_embed, embed, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(c_maps, maps))
+    assert datadam.real_chunk(TINY, torch.device("cpu")) == 32
+    assert datadam.real_chunk(replace(TINY, norm="batch"), torch.device("cpu")) == 0
+    assert datadam.real_chunk(TINY, torch.device("cuda")) == 0
+
+
+@pytest.mark.skipif(os.environ.get("CCL_SLOW_TESTS") != "1",
+                    reason="torch.compile takes 20 s or more; set CCL_SLOW_TESTS=1")
+def test_compiled_blocks_match_eager_values_and_gradients():
+    torch.manual_seed(0)
+    net = ConvNet(3, channels=3, image_size=8, width=8, depth=3).requires_grad_(False)
+    x = torch.randn(10, 3, 8, 8, requires_grad=True)
+    g = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
+    results = []
+    for compiled in (False, True):
+        maps, embed = matching_statistics(net, x, g, 3, 4.0, compiled=compiled)
+        grad, = torch.autograd.grad(sum(m.sum() for m in maps) + embed.sum(), x)
+        results.append((maps + [embed], grad))
+    (eager, eager_grad), (comp, comp_grad) = results
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, comp))
+    assert torch.allclose(eager_grad, comp_grad, atol=1e-5)
+
+
+# --- the method -----------------------------------------------------------------------
+
+def test_dm_is_datadam_without_sam():
+    assert dm_settings().sam_weight == 0
+    expected = replace(DataDAMSettings(iterations=7, mmd_weight=1.0), sam_weight=0.0)
+    assert dm_settings(iterations=7) == expected
+    with pytest.raises(ValueError, match="SAM"):
+        dm_settings(sam_weight=1.0)
+    real, labels = blobs()
+    torch.manual_seed(3)
+    a = condense(real, labels, {0: 2, 1: 2}, "cpu", dm_settings(**_tiny_kw()), progress=False)
+    torch.manual_seed(3)
+    b = condense(real, labels, {0: 2, 1: 2}, "cpu",
+                 replace(TINY, sam_weight=0.0, mmd_weight=1.0), progress=False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _tiny_kw():
+    names = ("iterations", "real_batch", "width", "depth", "progress_every")
+    return {k: getattr(TINY, k) for k in names}
+
+
+def _embedding_distance(images, labels, real, real_labels, seeds=range(3)):
+    """sum_k ||mean syn embedding - mean real embedding||^2 under fixed random nets."""
+    total = 0.0
+    for seed in seeds:
+        torch.manual_seed(100 + seed)
+        net = ConvNet(2, channels=3, image_size=8, width=16, depth=2)
+        with torch.no_grad():
+            total += mmd_loss(net.embed(real), net.embed(images), real_labels, labels, 2).item()
+    return total
+
+
+def test_loss_falls_and_synthetic_embeddings_approach_real(monkeypatch):
+    real, labels = blobs(n_per_class=40)
+    losses = []
+    original = datadam._iteration_loss
+
+    def recording(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(datadam, "_iteration_loss", recording)
+    torch.manual_seed(0)
+    start = torch.randn(6, 3, 8, 8)
+    start_labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    settings = replace(TINY, iterations=60, init="noise", mmd_weight=1.0, lr_images=1.0)
+    images, out_labels = condense(real, labels, {0: 3, 1: 3}, "cpu", settings,
+                                  init=(start, start_labels), progress=False)
+    assert torch.equal(out_labels, start_labels)
+    early, late = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert late < 0.5 * early, (early, late)
+    before = _embedding_distance(start, start_labels, real, labels)
+    after = _embedding_distance(images, out_labels, real, labels)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_unequal_budgets_order_and_init_from_real():
+    # Every real image of class c is the constant c, so synthetic images initialised from
+    # real ones show their class; a tiny learning rate keeps them there.
+    real = torch.cat([torch.full((n, 1, 8, 8), float(c)) for c, n in ((3, 10), (7, 1), (5, 4))])
+    labels = torch.tensor([3] * 10 + [7] * 1 + [5] * 4)
+    budget = {7: 3, 3: 4, 5: 1}  # class 7 has fewer real images than its budget
+    settings = replace(TINY, iterations=2, lr_images=1e-9, dsa=False)
+    images, out = condense(real, labels, budget, "cpu", settings, progress=False)
+    assert images.shape == (8, 1, 8, 8) and images.dtype == torch.float32
+    assert out.tolist() == [7, 7, 7, 3, 3, 3, 3, 5]
+    per_image = images.mean(dim=(1, 2, 3))
+    assert torch.allclose(per_image, out.float(), atol=1e-4)
+
+
+def test_real_batch_larger_than_class_and_batchnorm():
+    real, labels = blobs(n_per_class=3)
+    settings = replace(TINY, iterations=3, real_batch=16, norm="batch", progress_every=1)
+    images, out = condense(real, labels, {1: 2, 0: 1}, "cpu", settings, progress=False)
+    assert images.shape == (3, 3, 8, 8) and torch.isfinite(images).all()
+    assert out.tolist() == [1, 1, 0]
+
+
+def test_positions_subset_when_enough_and_cyclic_when_not():
+    torch.manual_seed(0)
+    counts = torch.tensor([5, 2, 8])
+    pos = datadam._positions(counts, 4, 8)
+    assert pos.shape == (3, 4)
+    assert len(set(pos[0].tolist())) == 4 and pos[0].max() < 5  # a 4-subset of 5
+    assert sorted(pos[1].tolist()) == [0, 0, 1, 1]  # both images, twice each
+    assert len(set(pos[2].tolist())) == 4 and pos[2].max() < 8
+
+
+def test_divergence_returns_last_finite_snapshot_with_warning():
+    real, labels = blobs()
+    settings = replace(TINY, iterations=20, lr_images=1e38, mmd_weight=1.0, progress_every=2)
+    torch.manual_seed(0)
+    stats = {}
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        images, out = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False,
+                               stats=stats)
+    assert torch.isfinite(images).all() and images.shape == (4, 3, 8, 8)
+    assert stats["stopped"] and stats["iterations"] < 20
+
+
+def test_nan_loss_is_caught(monkeypatch):
+    real, labels = blobs()
+    calls = []
+    original = datadam._iteration_loss
+
+    def poisoned(*args):
+        calls.append(1)
+        loss = original(*args)
+        return loss * float("nan") if len(calls) > 7 else loss  # iteration 8 goes wrong
+
+    monkeypatch.setattr(datadam, "_iteration_loss", poisoned)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="iteration 10"):  # found at the check after it
+        images, _ = condense(real, labels, {0: 1, 1: 1}, "cpu", TINY, progress=False)
+    assert torch.isfinite(images).all()
+    # It is the snapshot of the previous check: the same as stopping after 5 iterations.
+    monkeypatch.setattr(datadam, "_iteration_loss", original)
+    torch.manual_seed(0)
+    expected, _ = condense(real, labels, {0: 1, 1: 1}, "cpu", replace(TINY, iterations=5),
+                           progress=False)
+    assert torch.equal(images, expected)
+
+
+def test_nan_real_image_is_dropped():
+    real, labels = blobs()
+    real[5, 0, 2, 2] = float("nan")
+    with pytest.warns(RuntimeWarning, match="dropping 1 real image"):
+        images, _ = condense(real, labels, {0: 2, 1: 2}, "cpu", replace(TINY, iterations=4),
+                             progress=False)
+    assert torch.isfinite(images).all()
+
+
+def test_progress_bar_and_stats():
+    real, labels = blobs()
+    stats = {}
+    images, _ = condense(real, labels, {0: 1, 1: 1}, "cpu", replace(TINY, iterations=6),
+                         progress=True, stats=stats)
+    assert torch.isfinite(images).all()
+    assert stats["iterations"] == 6 and not stats["stopped"] and math.isfinite(stats["loss"])
+    assert stats["match_s"] > 0 and stats["setup_s"] >= 0 and stats["real_chunk"] == 32
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"iterations": 0}, "iterations"), ({"p": 0}, "p"), ({"norm": "layer"}, "norm"),
+    ({"init": "smart"}, "init"), ({"sam_weight": 0, "mmd_weight": 0}, "both 0"),
+    ({"momentum": 1.0}, "momentum"), ({"progress_every": 0}, "progress_every"),
+    ({"real_chunk": -1}, "real_chunk"), ({"norm": "batch", "real_chunk": 16}, "BatchNorm"),
+])
+def test_settings_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        DataDAMSettings(**bad)
+
+
+def test_reference_preset():
+    s = reference_settings()
+    assert (s.p, s.sam_weight, s.mmd_weight, s.norm) == (1.0, 100.0, 1.0, "batch")
+
+
+def test_budget_errors():
+    real, labels = blobs()
+    with pytest.raises(ValueError, match="no real images"):
+        condense(real, labels, {0: 1, 9: 1}, "cpu", TINY, progress=False)
+    with pytest.raises(ValueError, match="at least one image"):
+        condense(real, labels, {0: 0}, "cpu", TINY, progress=False)
+    with pytest.raises(ValueError, match="init images"):
+        condense(real, labels, {0: 2}, "cpu", TINY, init=(torch.zeros(3, 3, 8, 8), torch.zeros(3)),
+                 progress=False)
