@@ -1,7 +1,6 @@
 """`ccl`: the command line. Every command turns CclError into one line and exit code 2."""
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -11,25 +10,15 @@ import warnings
 # busy process on a small machine made DataDAM iterations 10-20x slower (measured on 2
 # cores). Set before torch loads its OpenMP runtime; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path
-
-import click
-
 warnings.filterwarnings("ignore", message="no QP solver")  # avalanche imports qpsolvers; GEM is not used
 
-from ccl.errors import CclError
+from pathlib import Path  # noqa: E402
 
+import click  # noqa: E402
 
-def friendly_errors(fn):
-    """Bad input ends in one clear line, not a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CclError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-    return wrapper
+from ccl.cli_compare import compare, report  # noqa: E402
+from ccl.cli_options import config_values, friendly_errors, int_list, run_options  # noqa: E402
+from ccl.errors import CclError  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,72 +26,6 @@ def main():
     """ccl: class-incremental learning with a condensed replay memory."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ccl").setLevel(logging.INFO)
-
-
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise CclError(f"expected comma-separated integers, got {text!r}") from None
-
-
-RUN_FLAGS = ("scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "seed", "epochs", "batch_size", "lr",
-             "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
-             "memory_config")
-
-
-def run_options(fn):
-    """Options shared by `run` and `compare`; None means "not given" (config file or default)."""
-    opts = [
-        click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
-        click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
-        click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
-        click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
-                     help="how memory images are stored [float32]"),
-        click.option("--epochs", type=int, help="training epochs per experience [5]"),
-        click.option("--batch-size", type=int, help="current-experience samples per minibatch [32]"),
-        click.option("--lr", type=float, help="learner learning rate [0.01]"),
-        click.option("--model", type=click.Choice(["convnet", "resnet18"]), help="learner [convnet]"),
-        click.option("--width", type=int, help="ConvNet width [128]"),
-        click.option("--depth", type=int, help="ConvNet depth [3]"),
-        click.option("--norm", type=click.Choice(["instance", "batch", "none"]), help="ConvNet norm [instance]"),
-        click.option("--device", help="auto | cpu | cuda | cuda:N [auto]"),
-        click.option("--data-dir", type=click.Path(path_type=str),
-                     help="data folder [$CCL_DATA_DIR, else ~/.cache/ccl/data]"),
-        click.option("--no-download", is_flag=True, help="never try to download a data set"),
-        click.option("--experiences", type=int, help="number of experiences [the scenario's]"),
-        click.option("--class-order", help="comma-separated class indices [drawn from the seed]"),
-        click.option("--train-per-class", type=int, help="keep the first N training images per class"),
-        click.option("--config", "config_file", type=click.Path(path_type=Path),
-                     help="TOML file of run settings (keys as the flags, with underscores)"),
-        click.option("--memory-config", help="memory settings preset (name in configs/) or TOML file"),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="override one memory setting, e.g. --set iterations=200 (repeatable)"),
-        click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
-                     help="where run folders are created"),
-        click.option("--quiet", is_flag=True, help="no progress bars"),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, ...],
-                  no_download: bool, class_order: str | None) -> dict:
-    """Run settings: config file, then flags given on the command line."""
-    from ccl.config import parse_override, read_toml
-    values = dict(read_toml(config_file)) if config_file else {}
-    values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
-    if no_download:
-        values["download"] = False
-    if class_order is not None:
-        values["class_order"] = _int_list(class_order)
-    settings = dict(values.pop("memory_settings", {}))
-    settings.update(dict(parse_override(o) for o in overrides))
-    values["memory_settings"] = settings
-    return values
 
 
 def _experience_line(i: int, results: dict) -> None:
@@ -203,7 +126,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     data = load_dataset(dataset, data_dir, not no_download)
     if train_per_class:
         data = data.first_per_class(train_per_class)
-    wanted = _int_list(classes) or list(range(data.num_classes))
+    wanted = int_list(classes) or list(range(data.num_classes))
     if not set(wanted) <= set(range(data.num_classes)):
         raise CclError(f"--classes must be within 0..{data.num_classes - 1}")
     real, labels = data.normalise(data.train_x), torch.from_numpy(data.train_y)
@@ -263,6 +186,9 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     click.echo(f"{set_file}: test accuracy {result['mean']:.4f} +- {result['std']:.4f} over {networks} networks "
                f"({accs}; {epochs} epochs)")
 
+
+main.add_command(compare)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

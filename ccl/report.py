@@ -1,9 +1,29 @@
-"""Human-readable views of run results (tables now; comparison reports build on these)."""
+"""Human-readable views of run results: one run's table, and comparison reports.
+
+A comparison report is built from saved run folders only (results.json, status.json,
+config.json, memory.pt), so `ccl report` can rebuild it at any time without training.
+Runs are grouped by memory; a memory whose runs differ in some other setting (say
+mem_size, when two comparisons are reported together) is split into one group per value,
+so different experiments are never averaged together. Numbers are mean ± sample standard
+deviation (n - 1) over seeds.
+"""
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
-from ccl.io import read_json
+import numpy as np
+import torch
+
+from ccl.errors import CclError
+from ccl.io import read_json, write_json, write_text
 
 
 def summary_table(run_dir: Path) -> str:
@@ -21,3 +41,495 @@ def summary_table(run_dir: Path) -> str:
                  f"{r['average_forgetting']:.4f}, BWT {r['final_bwt']:.4f}; memory {m['images']} images "
                  f"({m['bytes'] / 1024:.0f} KiB); {r['total_seconds']:.0f} s, peak RAM {r['peak_ram_mib']:.0f} MiB")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Collecting saved runs
+
+ERROR_FILE = "error.json"  # written by ccl.compare into a cell folder whose run failed
+# Run settings that never split a group: the seed is what we average over, the rest is
+# where it ran.
+NOT_GROUPING = {"memory", "seed", "device", "data_dir", "download"}
+
+
+@dataclass
+class RunRecord:
+    """One saved run (or a comparison cell that failed before its run folder existed)."""
+    folder: Path
+    memory: str
+    seed: int
+    status: str                       # finished | failed | running | interrupted
+    error: str | None = None
+    settings: dict[str, Any] | None = None  # config.json "run"; None when no run folder exists
+    results: dict[str, Any] | None = None   # results.json of a finished run
+    label: str = ""                   # the group it is reported in (set by `group_runs`)
+
+
+def _read_run(folder: Path) -> RunRecord | None:
+    """A run folder's record, or None when `folder` is not a ccl run folder."""
+    try:
+        config = read_json(folder / "config.json")
+    except CclError:
+        return None
+    run = config.get("run") if isinstance(config, dict) else None
+    if not isinstance(run, dict) or "memory" not in run:
+        return None
+    record = RunRecord(folder, run["memory"], int(run.get("seed", 0)), "running", settings=run)
+    try:
+        state = read_json(folder / "status.json") if (folder / "status.json").exists() else {"status": "finished"}
+        record.status, record.error = state.get("status", "unknown"), state.get("error")
+        if record.status == "finished":
+            record.results = read_json(folder / "results.json")
+    except CclError as e:  # one corrupt file fails that run in the report, not the report
+        record.status, record.error = "failed", str(e)
+    return record
+
+
+def collect_runs(dirs: Sequence[Path]) -> list[RunRecord]:
+    """Every run folder under `dirs` (comparison folders, or plain folders of run folders),
+    plus comparison cells that failed before a run folder was made."""
+    records: dict[Path, RunRecord] = {}
+    for root in map(Path, dirs):
+        for path in sorted(root.rglob("config.json")):
+            folder = path.parent.resolve()
+            if folder not in records and ((folder / "status.json").exists() or (folder / "results.json").exists()):
+                record = _read_run(folder)
+                if record:
+                    records[folder] = record
+        for path in sorted(root.rglob(ERROR_FILE)):
+            cell = path.parent.resolve()
+            if any((d / "config.json").exists() for d in cell.iterdir() if d.is_dir()):
+                continue  # the run folder's own status.json has the error
+            try:
+                e = read_json(path)
+                records[cell] = RunRecord(cell, e["memory"], int(e["seed"]), "failed", e.get("error"))
+            except (CclError, KeyError, TypeError, ValueError):
+                continue
+    return list(records.values())
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def group_runs(records: list[RunRecord], order: Sequence[str] = ()) -> dict[str, list[RunRecord]]:
+    """Runs by group label, one run per seed (a finished one first, then the newest).
+
+    The label is the memory name, followed by the settings in which that memory's runs
+    differ when they do (e.g. "random mem_size=500").
+    """
+    by_memory: dict[str, list[RunRecord]] = {}
+    for r in records:
+        by_memory.setdefault(r.memory, []).append(r)
+    rank = {m: i for i, m in enumerate(order)}
+    groups: dict[str, list[RunRecord]] = {}
+    for memory in sorted(by_memory, key=lambda m: (rank.get(m, len(rank)), m)):
+        runs = by_memory[memory]
+        configured = [r for r in runs if r.settings is not None]
+        keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING)
+        varying = [k for k in keys if len({_value_text(r.settings.get(k)) for r in configured}) > 1]
+        for r in runs:
+            parts = [f"{k}={_value_text(r.settings.get(k))}" for k in varying] if r.settings else []
+            r.label = " ".join([memory, *parts])
+            groups.setdefault(r.label, []).append(r)
+    return {label: _one_per_seed(runs) for label, runs in groups.items()}
+
+
+def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
+    best: dict[int, RunRecord] = {}
+    for r in sorted(runs, key=lambda r: (r.status == "finished", r.folder.stat().st_mtime)):
+        best[r.seed] = r  # later in the order wins: finished over not, then newer
+    return [best[s] for s in sorted(best)]
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers
+
+def stats(values: Sequence[float]) -> dict[str, Any] | None:
+    """Mean, sample standard deviation (None for one value), min, max and the values."""
+    values = [float(v) for v in values]
+    if not values:
+        return None
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values), "values": values}
+
+
+def _series(runs: list[RunRecord], key: str) -> dict[str, list[float]] | None:
+    """Per-step mean, min and max of a per-experience series over seeds."""
+    rows = [r.results[key] for r in runs]
+    if not rows:
+        return None
+    if len({len(row) for row in rows}) > 1:
+        raise CclError(f"{key} has different lengths in {', '.join(str(r.folder) for r in runs)}; "
+                       "these runs are not the same experiment")
+    steps = list(zip(*rows))
+    return {"mean": [statistics.mean(s) for s in steps], "min": [min(s) for s in steps],
+            "max": [max(s) for s in steps]}
+
+
+def _mean_matrix(runs: list[RunRecord]) -> list[list[float]] | None:
+    matrices = [r.results["accuracy_matrix"] for r in runs]
+    if not matrices:
+        return None
+    if len({(len(m), len(m[0])) for m in matrices}) > 1:
+        raise CclError(f"accuracy matrices differ in shape in {', '.join(str(r.folder) for r in runs)}")
+    return [[statistics.mean(cells) for cells in zip(*rows)] for rows in zip(*matrices)]
+
+
+def summarise_group(label: str, runs: list[RunRecord], out: Path) -> dict[str, Any]:
+    """One memory's line of the comparison, from its runs (one per seed)."""
+    done = [r for r in runs if r.status == "finished"]
+    res = [r.results for r in done]
+    return {
+        "label": label, "memory": runs[0].memory,
+        "seeds": {"finished": [r.seed for r in done],
+                  "failed": [r.seed for r in runs if r.status == "failed"],
+                  "unfinished": [r.seed for r in runs if r.status not in ("finished", "failed")]},
+        "final_average_accuracy": stats([x["final_average_accuracy"] for x in res]),
+        "average_forgetting": stats([x["average_forgetting"] for x in res]),
+        "final_bwt": stats([x["final_bwt"] for x in res]),
+        # totals over the stream, seconds
+        "memory_update_seconds": stats([sum(x["memory_update_seconds"]) for x in res]),
+        "train_seconds": stats([sum(x["train_seconds"]) for x in res]),
+        "memory_images": stats([x["memory_size"]["images"] for x in res]),
+        "memory_bytes": stats([x["memory_size"]["bytes"] for x in res]),
+        "memory_dtype": next((x["memory_size"].get("dtype") for x in res if x["memory_size"].get("dtype")), None),
+        "seen_accuracy": _series(done, "seen_accuracy"),
+        "accuracy_matrix": _mean_matrix(done),
+        "joint": bool(res) and len(res[0]["accuracy_matrix"]) == 1 and len(res[0]["experience_classes"]) > 1,
+        # what this memory was given beyond its preset (`--set`, `--memory-config`); the
+        # resolved settings are in each run's config.json
+        "memory_overrides": _overrides(runs),
+        "runs": [{"seed": r.seed, "status": r.status, "error": r.error, "folder": os.path.relpath(r.folder, out)}
+                 for r in runs],
+    }
+
+
+def _overrides(runs: list[RunRecord]) -> dict[str, Any]:
+    settings = next((r.settings for r in runs if r.settings is not None), {})
+    given = dict(settings.get("memory_settings") or {})
+    if settings.get("memory_config"):
+        given["preset"] = settings["memory_config"]
+    return given
+
+
+def shared_settings(records: list[RunRecord]) -> dict[str, Any]:
+    """Run settings that every run shares (the memory-specific ones left out)."""
+    configured = [r.settings for r in records if r.settings is not None]
+    if not configured:
+        return {}
+    keys = sorted(set.intersection(*(set(s) for s in configured)) - NOT_GROUPING
+                  - {"memory_settings", "memory_config"})
+    return {k: configured[0][k] for k in keys if len({_value_text(s[k]) for s in configured}) == 1}
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown
+
+def _fmt(s: dict | None, digits: int) -> str:
+    if s is None:
+        return "–"
+    if s["std"] is None:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _fmt_count(s: dict | None) -> str:
+    if s is None:
+        return "–"
+    if s["min"] == s["max"]:
+        return f"{int(s['mean']):,}"
+    return f"{s['mean']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f})"
+
+
+def comparison_markdown(summary: dict[str, Any]) -> str:
+    scenario = summary["settings"].get("scenario")
+    lines = [f"# Comparison: {scenario}" if scenario else "# Comparison", ""]
+    settings = ", ".join(f"{k} {_value_text(v)}" for k, v in summary["settings"].items() if v is not None)
+    lines += [f"Settings shared by all runs: {settings}." if settings else "", "",
+              "Mean ± sample standard deviation over seeds (no ± with one seed). Accuracy is on all "
+              "classes after the last experience; times are totals over the stream, in seconds.", "",
+              "| memory | seeds done / failed | final avg accuracy | avg forgetting | final BWT "
+              "| memory update s | train s | memory images | memory bytes |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for g in summary["memories"]:
+        seeds = g["seeds"]
+        done = f"{len(seeds['finished'])} / {len(seeds['failed'])}"
+        if seeds["unfinished"]:
+            done += f" (+{len(seeds['unfinished'])} unfinished)"
+        lines.append(f"| {g['label']} | {done} | {_fmt(g['final_average_accuracy'], 4)} "
+                     f"| {_fmt(g['average_forgetting'], 4)} | {_fmt(g['final_bwt'], 4)} "
+                     f"| {_fmt(g['memory_update_seconds'], 1)} | {_fmt(g['train_seconds'], 1)} "
+                     f"| {_fmt_count(g['memory_images'])} | {_fmt_count(g['memory_bytes'])} |")
+    given = [f"{g['label']}: " + ", ".join(f"{k}={_value_text(v)}" for k, v in g["memory_overrides"].items())
+             for g in summary["memories"] if g["memory_overrides"]]
+    if given:
+        lines += ["", f"Memory settings changed from their presets: {'; '.join(given)}."]
+    problems = [(g["label"], run) for g in summary["memories"] for run in g["runs"] if run["status"] != "finished"]
+    if problems:
+        lines += ["", "## Failed or unfinished runs", ""]
+        lines += [f"- {label} seed {run['seed']}: {run['status']}"
+                  f"{' — ' + ' '.join(run['error'].split()) if run['error'] else ''} (`{run['folder']}`)" for label, run in problems]
+    if summary["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in summary["notes"]]
+    figures = summary["figures"]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Figures (matplotlib's object API with the Agg canvas: no pyplot, no global backend state)
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a PNG atomically: render to a temporary file beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # long tick labels stay in
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a group label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "memory"
+
+
+def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
+    """Seen-class accuracy after each experience: a line per memory with its min–max band
+    over seeds; joint training (no stream) as a dashed horizontal line."""
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(groups))]
+    steps = max((len(g["seen_accuracy"]["mean"]) for g in groups if g["seen_accuracy"] and not g["joint"]),
+                default=1)
+    for g, color in zip(groups, colors):
+        s = g["seen_accuracy"]
+        if s is None:
+            continue
+        n = len(g["seeds"]["finished"])
+        if g["joint"]:
+            ax.axhline(s["mean"][-1], color=color, linestyle="--", label=f"{g['label']} (all data, n={n})")
+            ax.axhspan(s["min"][-1], s["max"][-1], color=color, alpha=0.1, linewidth=0)
+            continue
+        x = range(1, len(s["mean"]) + 1)
+        ax.plot(x, s["mean"], color=color, marker="o", markersize=3, label=f"{g['label']} (n={n})")
+        ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.12, linewidth=0)  # light: bands overlap
+    ax.set(xlabel="experiences trained", ylabel="accuracy on the classes seen so far", ylim=(0, 1.02),
+           xlim=(0.8, steps + 0.2), title="Seen-class accuracy (mean over seeds; band: min–max)")
+    ax.set_xticks(range(1, steps + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_matrix(group: dict[str, Any], path: Path) -> None:
+    """The accuracy matrix R[i][j] (mean over seeds) as an annotated heatmap."""
+    matrix = group["accuracy_matrix"]
+    rows, cols = len(matrix), len(matrix[0])
+    fig = _figure(max(4.0, 1.6 + 0.62 * cols), max(2.4, 1.2 + 0.5 * rows))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(rows):
+        for j in range(cols):
+            v = matrix[i][j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.6 else "black")  # viridis is dark below ~0.6
+    ax.set_xticks(range(cols), [str(j) for j in range(cols)])
+    ax.set_yticks(range(rows), ["all" if group["joint"] else str(i) for i in range(rows)])
+    ax.set(xlabel="tested on experience j",
+           ylabel="after training" if group["joint"] else "after training experience i")
+    ax.set_title(f"{group['label']}: accuracy (mean of {len(group['seeds']['finished'])} seeds)", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    save_figure(fig, path)
+
+
+def to_pixels(images, mean: Sequence[float], std: Sequence[float]):
+    """Images as display pixels in [0, 1]: uint8 images are pixels already (a uint8 memory),
+    float ones are normalised and are denormalised with the data set's mean and std."""
+    images = images.cpu()
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    view = (1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(view)
+    std_t = torch.tensor(std, dtype=torch.float32).view(view)
+    return (images.float() * std_t + mean_t).clamp(0, 1)  # (N, C, H, W)
+
+
+def image_mosaic(pixels, labels, classes: Sequence[int] | None = None, max_cols: int = 10, max_rows: int = 20):
+    """A grid of images, one row per class (in `classes` order, else sorted), at most
+    `max_cols` images per row and `max_rows` rows.
+
+    Args:
+        pixels: (N, C, H, W) float tensor in [0, 1].
+        labels: (N,) class of each image.
+
+    Returns:
+        The mosaic as an (H', W', C) float array in [0, 1], the classes of its rows, and
+        each row's number of images before the column cap.
+    """
+    pixels, labels = pixels.numpy(), labels.cpu().numpy()
+    present = set(labels.tolist())
+    order = [int(c) for c in (classes if classes is not None else sorted(present))]
+    rows = [c for c in order if c in present][:max_rows]
+    _, channels, h, w = pixels.shape
+    pad = 1  # a white line between images
+    counts = [int((labels == c).sum()) for c in rows]
+    cols = min(max_cols, max(counts, default=1))
+    mosaic = np.ones((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, channels), dtype=np.float32)
+    for row, c in enumerate(rows):
+        for col, image in enumerate(pixels[labels == c][:cols]):
+            top, left = pad + row * (h + pad), pad + col * (w + pad)
+            mosaic[top:top + h, left:left + w] = image.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    return mosaic, rows, counts
+
+
+def save_image_grid(images, labels, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str] | None,
+                    path: Path, title: str | None = None, classes: Sequence[int] | None = None,
+                    max_cols: int = 10, max_rows: int = 20) -> None:
+    """Save images as a PNG grid, one row per class labelled "<class name> (<count>)".
+
+    Args:
+        images: (N, C, H, W), normalised float or uint8 pixels.
+        labels: (N,) class indices.
+        classes: row order (e.g. the order classes arrived in); default sorted.
+    """
+    mosaic, rows, counts = image_mosaic(to_pixels(images, mean, std), labels, classes, max_cols, max_rows)
+    if not rows:
+        raise CclError("no images to draw")
+    names = list(class_names or [])
+    row_h = mosaic.shape[0] / len(rows)
+    fig = _figure(max(4.5, 2.2 + 0.55 * mosaic.shape[1] / row_h), 1.2 + 0.55 * len(rows))  # wide enough for the title
+    ax = fig.add_subplot()
+    gray = mosaic.shape[2] == 1
+    ax.imshow(mosaic[:, :, 0] if gray else mosaic[:, :, :3], cmap="gray" if gray else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * row_h for i in range(len(rows))],
+                  [f"{names[c] if c < len(names) else c} ({n})" for c, n in zip(rows, counts)])
+    ax.set_xticks([])
+    capped = [f"≤{max_cols} per class shown"] if max(counts) > max_cols else []
+    if len(set(labels.tolist())) > max_rows:
+        capped.append(f"first {max_rows} classes")
+    subtitle = ", ".join([f"{len(labels)} images", *capped])
+    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_memory(label: str, seed: int, memory: dict[str, Any], path: Path) -> None:
+    """The final memory (a run's memory.pt) as an image grid, classes in arrival order."""
+    save_image_grid(memory["images"], memory["labels"], memory["mean"], memory["std"], memory.get("class_names"),
+                    path, title=f"{label}: final memory of seed {seed} ({memory.get('dtype', '?')})",
+                    classes=memory.get("classes"))
+
+
+def _load_memory(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # tensors, lists and strings only
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CclError(f"{path}: unreadable memory file ({type(e).__name__})") from None
+
+
+def write_figures(summary: dict[str, Any], by_label: dict[str, list[RunRecord]], out: Path) -> None:
+    """accuracy.png, matrix-<memory>.png and memory-<memory>.png; a memory that cannot be
+    drawn becomes a note, not a failed report."""
+    groups = [g for g in summary["memories"] if g["seen_accuracy"]]
+    if groups:
+        plot_accuracy(groups, out / "accuracy.png")
+        summary["figures"].append("accuracy.png")
+    for g in groups:
+        name = f"matrix-{slug(g['label'])}.png"
+        plot_matrix(g, out / name)
+        summary["figures"].append(name)
+    for g in groups:
+        first = next(r for r in by_label[g["label"]] if r.status == "finished")
+        path = first.folder / "memory.pt"
+        if not path.exists():
+            continue  # none and joint keep no memory
+        name = f"memory-{slug(g['label'])}.png"
+        try:
+            plot_memory(g["label"], first.seed, _load_memory(path), out / name)
+        except (CclError, KeyError, ValueError, RuntimeError) as e:
+            summary["notes"].append(f"{g['label']}: memory not drawn: {e}")
+            continue
+        summary["figures"].append(name)
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+
+def comparison_order(dirs: Sequence[Path]) -> list[str]:
+    """Memory order from the comparisons' grid.json files (the order they were asked for)."""
+    order: list[str] = []
+    for d in dirs:
+        grid = Path(d) / "grid.json"
+        if grid.exists():
+            order += [m for m in read_json(grid).get("memories", []) if m not in order]
+    return order
+
+
+def build_summary(dirs: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict[str, list[RunRecord]]]:
+    records = collect_runs(dirs)
+    if not records:
+        raise CclError(f"no run folders found in {', '.join(map(str, dirs))}")
+    by_label = group_runs(records, comparison_order(dirs))
+    summary = {"sources": [os.path.relpath(Path(d).resolve(), out.resolve()) for d in dirs],
+               "settings": shared_settings(records),
+               "memories": [summarise_group(label, runs, out.resolve()) for label, runs in by_label.items()],
+               "figures": [], "notes": []}
+    return summary, by_label
+
+
+def write_report(dirs: Sequence[Path], out: Path | None = None) -> dict[str, Any]:
+    """Build comparison.md, comparison.json and the figures in `out` (default: the single
+    folder given) from the saved runs under `dirs`; returns the summary."""
+    dirs = [Path(d) for d in dirs]
+    if out is None:
+        if len(dirs) != 1:
+            raise CclError("a report over several folders needs --out")
+        out = dirs[0]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, by_label = build_summary(dirs, out)
+    previous = _previous_figures(out)
+    write_figures(summary, by_label, out)
+    for name in previous - set(summary["figures"]):
+        (out / name).unlink(missing_ok=True)  # a figure of a group that is gone would mislead
+    write_json(out / "comparison.json", _finite(summary))
+    write_text(out / "comparison.md", comparison_markdown(summary))
+    return summary
+
+
+def _previous_figures(out: Path) -> set[str]:
+    """Figures an earlier report in `out` listed (only those are ever removed)."""
+    try:
+        figures = read_json(out / "comparison.json").get("figures", [])
+    except (CclError, AttributeError):
+        return set()
+    return {f for f in figures if isinstance(f, str) and "/" not in f and f.endswith(".png")}
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a metric Avalanche could not compute) as null: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The comparison table alone (for the terminal)."""
+    md = comparison_markdown({**summary, "figures": [], "notes": []})
+    return "\n".join(line for line in md.splitlines() if line.startswith("|"))

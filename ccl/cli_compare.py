@@ -1,0 +1,111 @@
+"""`ccl compare` (a grid of runs: memories x seeds) and `ccl report` (its report, rebuilt
+from saved run folders). Registered on the `ccl` group by ccl/cli.py."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from ccl.cli_options import config_values, friendly_errors, run_options
+from ccl.errors import CclError
+
+COMPARISONS_DIR = Path("comparisons")
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in _names(text)]
+    except ValueError:
+        raise CclError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+def _cell_line(done: int, total: int, result) -> None:
+    acc = f", final average accuracy {result.final_average_accuracy:.4f}" \
+        if result.final_average_accuracy is not None else ""
+    if result.status == "skipped":
+        text = f"finished before{acc}"
+    elif result.status == "finished":
+        text = f"finished in {result.seconds:.0f} s{acc}"
+    else:
+        text = f"FAILED after {result.seconds:.0f} s: {result.error}"
+    click.echo(f"[{done}/{total}] {result.name}: {text}")
+
+
+@click.command()
+@click.option("--memory", "memories", help="comma-separated memories to compare [every memory of `ccl list`]")
+@click.option("--seeds", type=int, help="run seeds 0..N-1 [3]")
+@click.option("--seed-list", help="comma-separated seeds, instead of --seeds, e.g. 0,5,7")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="comparison folder [the newest one under comparisons/ made by the same command, "
+                   "else comparisons/<timestamp>-<scenario>-m<mem_size>]")
+@run_options
+@click.pass_context
+@friendly_errors
+def compare(ctx, memories, seeds, seed_list, out, config_file, overrides, no_download, class_order, runs_dir,
+            quiet, **flags):
+    """Run every memory with every seed, then write the comparison report.
+
+    Each cell is an ordinary run folder in OUT/cells/<memory>-s<seed>/. Running the same
+    command again skips finished cells and redoes failed or unfinished ones; a failing
+    cell is reported and does not stop the others (exit code 1 when any failed).
+    """
+    from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
+    from ccl.memory import MEMORIES
+    from ccl.report import table, write_report
+    from ccl.runner import Interrupted
+
+    if ctx.get_parameter_source("runs_dir") == click.core.ParameterSource.COMMANDLINE:
+        raise CclError("compare keeps its runs in --out DIR/cells; --runs-dir is for `ccl run`")
+    values = config_values(flags, config_file, overrides, no_download, class_order)
+    # The grid is --memory x --seeds alone: a run config file's single memory and seed would
+    # silently shrink it, so they are set aside (and said so).
+    ignored = [key for key in ("memory", "seed") if values.pop(key, None) is not None]
+    if ignored:
+        click.echo(f"note: {' and '.join(ignored)} from {config_file} ignored; use --memory and --seeds", err=True)
+    names = _names(memories) if memories else MEMORIES.names()
+    chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
+    grid = Grid(tuple(names), chosen_seeds, values, Path("."))
+    settings = validate(grid)
+    if out is None:
+        out = find_previous(COMPARISONS_DIR, grid, settings) or \
+            default_out(COMPARISONS_DIR, settings["scenario"], settings["mem_size"])
+    grid = dataclasses.replace(grid, out=Path(out))
+    verb = "continuing" if (grid.out / GRID_FILE).exists() else "into"
+    start(grid, settings)
+    click.echo(f"{settings['scenario']}: {len(grid.memories)} memories x {len(grid.seeds)} seeds, {verb} {grid.out}")
+    try:
+        results = run_grid(grid, progress=not quiet, on_result=_cell_line)
+    except KeyboardInterrupt as e:
+        click.echo(f"\ninterrupted; run the same command (or with --out {grid.out}) to continue: "
+                   "finished cells are kept", err=True)
+        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))  # as `ccl run` does
+    summary = write_report([grid.out])
+    click.echo(table(summary))
+    click.echo(f"comparison folder: {grid.out}")
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="where the report goes [the folder given, when only one is]")
+@friendly_errors
+def report(dirs, out):
+    """Rebuild the comparison report (comparison.md/.json, figures) from saved runs.
+
+    DIRS are comparison folders or plain folders of run folders; nothing is trained.
+    """
+    from ccl.report import table, write_report
+    for d in dirs:
+        if not d.is_dir():
+            raise CclError(f"{d}: no such folder")
+    summary = write_report(dirs, out)
+    click.echo(table(summary))
+    click.echo(f"report: {Path(out or dirs[0]) / 'comparison.md'}")

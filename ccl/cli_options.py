@@ -1,0 +1,88 @@
+"""Options and helpers shared by the `ccl` commands (run, compare, condense, ...)."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from ccl.errors import CclError
+
+
+def friendly_errors(fn):
+    """Bad input ends in one clear line, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CclError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def int_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise CclError(f"expected comma-separated integers, got {text!r}") from None
+
+
+RUN_FLAGS = ("scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "seed", "epochs", "batch_size", "lr",
+             "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
+             "memory_config")
+
+
+def run_options(fn):
+    """Options shared by `run` and `compare`; None means "not given" (config file or default)."""
+    opts = [
+        click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
+        click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
+        click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
+        click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
+                     help="how memory images are stored [float32]"),
+        click.option("--epochs", type=int, help="training epochs per experience [5]"),
+        click.option("--batch-size", type=int, help="current-experience samples per minibatch [32]"),
+        click.option("--lr", type=float, help="learner learning rate [0.01]"),
+        click.option("--model", type=click.Choice(["convnet", "resnet18"]), help="learner [convnet]"),
+        click.option("--width", type=int, help="ConvNet width [128]"),
+        click.option("--depth", type=int, help="ConvNet depth [3]"),
+        click.option("--norm", type=click.Choice(["instance", "batch", "none"]), help="ConvNet norm [instance]"),
+        click.option("--device", help="auto | cpu | cuda | cuda:N [auto]"),
+        click.option("--data-dir", type=click.Path(path_type=str),
+                     help="data folder [$CCL_DATA_DIR, else ~/.cache/ccl/data]"),
+        click.option("--no-download", is_flag=True, help="never try to download a data set"),
+        click.option("--experiences", type=int, help="number of experiences [the scenario's]"),
+        click.option("--class-order", help="comma-separated class indices [drawn from the seed]"),
+        click.option("--train-per-class", type=int, help="keep the first N training images per class"),
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="TOML file of run settings (keys as the flags, with underscores)"),
+        click.option("--memory-config", help="memory settings preset (name in configs/) or TOML file"),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override one memory setting, e.g. --set iterations=200 (repeatable)"),
+        click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+                     help="where run folders are created"),
+        click.option("--quiet", is_flag=True, help="no progress bars"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, ...],
+                  no_download: bool, class_order: str | None) -> dict:
+    """Run settings: config file, then flags given on the command line."""
+    from ccl.config import parse_override, read_toml
+    values = dict(read_toml(config_file)) if config_file else {}
+    values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
+    if no_download:
+        values["download"] = False
+    if class_order is not None:
+        values["class_order"] = int_list(class_order)
+    settings = dict(values.pop("memory_settings", {}))
+    settings.update(dict(parse_override(o) for o in overrides))
+    values["memory_settings"] = settings
+    return values

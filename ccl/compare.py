@@ -1,0 +1,287 @@
+"""A comparison: every memory x every seed, each cell a normal run folder, then a report.
+
+Layout of a comparison folder:
+
+    DIR/grid.json                          the grid's resolved settings (written first)
+    DIR/cells/<memory>-s<seed>/<run folder>  one ordinary `ccl run` folder per cell
+    DIR/cells/<memory>-s<seed>/error.json  why the cell failed, when it failed
+    DIR/comparison.md, comparison.json, *.png   the report (`ccl.report.write_report`)
+
+The cell folder wraps the run folder (rather than renaming it) so the runner names and
+fills run folders exactly as for `ccl run`, and a cell is found by a fixed path. A cell
+is done when its run folder says `finished` and its results read back; anything else
+(failed, running, interrupted, corrupt) is removed and run again.
+
+Cells run one after another in this process; `run_cell` takes a picklable `CellSpec` and
+returns a `CellResult`, so another executor (e.g. Ray) can call it instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gc
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from ccl.errors import CclError
+from ccl.io import read_json, write_json
+from ccl.memory import MEMORIES
+from ccl.report import ERROR_FILE
+from ccl.runner import make_config, prepare, run as run_experiment, status
+
+GRID_FILE = "grid.json"
+CELLS_DIR = "cells"
+# Settings that may differ when a comparison is continued elsewhere without changing what it measures.
+MACHINE_KEYS = ("device", "data_dir", "download")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of the grid: everything `run_cell` needs, picklable."""
+    memory: str
+    seed: int
+    values: dict[str, Any]   # keyword values for ccl.runner.make_config, memory and seed included
+    folder: Path             # DIR/cells/<memory>-s<seed>
+    progress: bool = False
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.memory, self.seed)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    memory: str
+    seed: int
+    status: str                  # finished | skipped (finished earlier) | failed
+    run_dir: Path | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    final_average_accuracy: float | None = None
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.memory, self.seed)
+
+
+def cell_name(memory: str, seed: int) -> str:
+    return f"{memory}-s{seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Memories x seeds over shared run values.
+
+    `values` are the run settings as given (config file and flags), without memory and
+    seed; `memory_settings` in it are `--set` overrides, sent only to the memories whose
+    settings have that key.
+    """
+    memories: tuple[str, ...]
+    seeds: tuple[int, ...]
+    values: dict[str, Any]
+    out: Path
+
+    def cell_values(self, memory: str, seed: int) -> dict[str, Any]:
+        return {**memory_values(self.values, memory), "seed": seed}
+
+    def cells(self, progress: bool = False) -> list[CellSpec]:
+        """Seed-major order: after the first len(memories) cells, one full comparison exists."""
+        return [CellSpec(m, s, self.cell_values(m, s), self.out / CELLS_DIR / cell_name(m, s), progress)
+                for s in self.seeds for m in self.memories]
+
+
+def memory_values(values: dict[str, Any], memory: str) -> dict[str, Any]:
+    """Run values for one memory: `--set` overrides and a `--memory-config` preset go only to
+    memories with settings, and of the overrides only the keys its settings have (a grid mixes
+    methods: `--set iterations=200` is meant for the condensing ones)."""
+    settings_cls = MEMORIES.get(memory).value.settings
+    out = {**values, "memory": memory}
+    overrides = values.get("memory_settings") or {}
+    if settings_cls is None:
+        out["memory_settings"] = {}
+        out.pop("memory_config", None)
+    else:
+        known = {f.name for f in dataclasses.fields(settings_cls)}
+        out["memory_settings"] = {k: v for k, v in overrides.items() if k in known}
+    return out
+
+
+def check_overrides(grid: Grid) -> None:
+    """Every `--set` key must reach at least one memory, or it is a typo."""
+    known: set[str] = set()
+    for memory in grid.memories:
+        settings_cls = MEMORIES.get(memory).value.settings
+        if settings_cls is not None:
+            known |= {f.name for f in dataclasses.fields(settings_cls)}
+    for key in grid.values.get("memory_settings") or {}:
+        if key not in known:
+            raise CclError(f"--set {key}: none of the memories {', '.join(grid.memories)} has a setting {key!r}")
+
+
+def validate(grid: Grid) -> dict[str, Any]:
+    """Check every cell's settings and load the data once per memory, before anything runs;
+    returns the grid's resolved shared settings. CclError on the first problem."""
+    if not grid.memories:
+        raise CclError("--memory: give at least one memory")
+    if not grid.seeds:
+        raise CclError("give at least one seed")
+    for name, items in (("memory", grid.memories), ("seed-list", grid.seeds)):
+        repeated = sorted({str(v) for v in items if items.count(v) > 1})
+        if repeated:
+            raise CclError(f"--{name}: {', '.join(repeated)} given twice")
+    check_overrides(grid)
+    for memory in grid.memories:
+        for seed in grid.seeds:
+            make_config(**grid.cell_values(memory, seed))
+        # prepare() is the runner's own full check (memory settings, data present, budget
+        # against the number of classes); it loads the data, so once per memory, not per cell.
+        prepare(make_config(**grid.cell_values(memory, grid.seeds[0])))
+    return shared_settings(grid)
+
+
+def shared_settings(grid: Grid) -> dict[str, Any]:
+    """The resolved run settings every cell shares (what grid.json records and a resumed
+    comparison must match): the config with memory, seed and machine-specific keys left out,
+    plus the raw memory overrides."""
+    cfg = dataclasses.asdict(make_config(**grid.cell_values(grid.memories[0], grid.seeds[0])))
+    for key in ("memory", "seed", "memory_settings", "memory_config", *MACHINE_KEYS):
+        cfg.pop(key, None)
+    cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})
+    cfg["memory_config"] = grid.values.get("memory_config")
+    return cfg
+
+
+def grid_record(grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"memories": list(grid.memories), "seeds": list(grid.seeds), "settings": settings,
+            "machine": {k: grid.values.get(k) for k in MACHINE_KEYS if k in grid.values},
+            "layout": f"{CELLS_DIR}/<memory>-s<seed>/<run folder>",
+            "created": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def default_out(parent: Path, scenario: str, mem_size: int) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(parent) / f"{stamp}-{scenario}-m{mem_size}"
+
+
+def find_previous(parent: Path, grid: Grid, settings: dict[str, Any]) -> Path | None:
+    """The newest comparison folder under `parent` made by the same command (same settings,
+    memories and seeds), so that re-running the command continues it."""
+    for path in sorted(Path(parent).glob(f"*/{GRID_FILE}"), reverse=True):
+        try:
+            old = read_json(path)
+        except CclError:
+            continue
+        if (old.get("settings") == settings and old.get("memories") == list(grid.memories)
+                and old.get("seeds") == list(grid.seeds)):
+            return path.parent
+    return None
+
+
+def start(grid: Grid, settings: dict[str, Any]) -> None:
+    """Write grid.json, after checking that an existing comparison in the folder measured the
+    same thing (memories and seeds may be added; shared settings may not change)."""
+    path = grid.out / GRID_FILE
+    if path.exists():
+        old = read_json(path).get("settings")
+        if old != settings:
+            changed = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
+            raise CclError(f"{grid.out} holds a comparison with other settings ({', '.join(changed)}); "
+                           "choose another --out")
+    elif grid.out.exists() and any(grid.out.iterdir()):
+        raise CclError(f"{grid.out} exists and is not a comparison folder (no {GRID_FILE}); choose another --out")
+    write_json(path, grid_record(grid, settings))
+
+
+def finished_run(folder: Path) -> Path | None:
+    """The cell's run folder if it finished and its results read back, else None."""
+    if not folder.is_dir():
+        return None
+    runs = [d for d in folder.iterdir() if (d / "config.json").is_file()]
+    if len(runs) != 1:
+        return None
+    try:
+        if status(runs[0]).get("status") != "finished":
+            return None
+        read_json(runs[0] / "results.json")
+    except CclError:
+        return None
+    return runs[0]
+
+
+def _run_dir_in(folder: Path) -> Path | None:
+    runs = [d for d in folder.iterdir() if (d / "config.json").is_file()] if folder.is_dir() else []
+    return runs[0] if runs else None
+
+
+def run_cell(spec: CellSpec) -> CellResult:
+    """Run one cell into `spec.folder`, unless it finished there before.
+
+    Any exception fails the cell, not the grid: the error is returned and written to
+    `error.json` in the cell folder. KeyboardInterrupt (and the runner's SIGTERM
+    `Interrupted`) still stops everything.
+    """
+    done = finished_run(spec.folder)
+    if done is not None:
+        acc = read_json(done / "results.json").get("final_average_accuracy")
+        return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc)
+    if spec.folder.exists():
+        shutil.rmtree(spec.folder)  # a failed or unfinished attempt: start the cell over
+    start_time = time.perf_counter()
+    try:
+        prepared = prepare(make_config(**spec.values))
+        run_dir = run_experiment(prepared, spec.folder, progress=spec.progress)
+    except Exception as e:
+        error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
+        run_dir = _run_dir_in(spec.folder)
+        write_json(spec.folder / ERROR_FILE, {
+            "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
+            "run_dir": run_dir.name if run_dir else None, "traceback": traceback.format_exc()})
+        return CellResult(spec.memory, spec.seed, "failed", run_dir, error, time.perf_counter() - start_time)
+    acc = read_json(run_dir / "results.json")["final_average_accuracy"]
+    return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc)
+
+
+Executor = Callable[[Sequence[CellSpec]], Iterable[CellResult]]
+
+
+def sequential(specs: Sequence[CellSpec]) -> Iterator[CellResult]:
+    """The default executor: cells one after another, in this process."""
+    for spec in specs:
+        yield run_cell(spec)
+        # Avalanche's strategy and plugins refer to each other, so the cell's model and
+        # normalised data (600 MB for CIFAR) wait for the cycle collector: free them now,
+        # before the next cell loads its own.
+        gc.collect()
+
+
+def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential,
+             on_result: Callable[[int, int, CellResult], None] | None = None) -> list[CellResult]:
+    """Run (or continue) every cell of a validated, started grid; results in the order the
+    executor ends them (cell order for `sequential`).
+
+    Args:
+        on_result: optional callback(done count, total, result) as each cell ends.
+    """
+    specs = grid.cells(progress)
+    results = []
+    for result in executor(specs):
+        results.append(result)
+        if on_result:
+            on_result(len(results), len(specs), result)
+    return results
+
+
+def parse_seeds(seeds: int | None, seed_list: list[int] | None) -> tuple[int, ...]:
+    """`--seeds N` (0..N-1) or `--seed-list a,b,c`, not both; 3 seeds by default."""
+    if seeds is not None and seed_list is not None:
+        raise CclError("give --seeds or --seed-list, not both")
+    if seed_list is not None:
+        return tuple(seed_list)
+    n = 3 if seeds is None else seeds
+    if n < 1:
+        raise CclError(f"--seeds must be at least 1, got {n}")
+    return tuple(range(n))

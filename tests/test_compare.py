@@ -1,0 +1,143 @@
+"""`ccl compare`: a grid of real tiny runs that resumes cell by cell, keeps going past a
+failing cell, and rejects bad input before anything runs."""
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ccl import runner
+from ccl.cli_compare import compare
+from ccl.compare import Grid, memory_values, parse_seeds, start, validate
+from ccl.errors import CclError
+
+TINY = ["--scenario", "split-digits", "--epochs", "1", "--train-per-class", "20", "--mem-size", "20",
+        "--mem-batch", "8", "--width", "16", "--batch-size", "16", "--quiet"]
+TINY_VALUES = dict(scenario="split-digits", epochs=1, train_per_class=20, mem_size=20, mem_batch=8, width=16,
+                   batch_size=16)
+
+
+def invoke(*args):
+    return CliRunner().invoke(compare, [*args, *TINY])
+
+
+def only_run_folder(cell: Path) -> Path:
+    runs = [d for d in cell.iterdir() if d.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()}
+
+
+def test_grid_resumes_skipping_finished_cells_and_survives_a_failing_cell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default comparison folder is ./comparisons/...
+    real_train = runner.train_and_evaluate
+
+    def failing_for_none(p, *args, **kwargs):
+        if p.config.memory == "none":
+            raise RuntimeError("injected failure")
+        return real_train(p, *args, **kwargs)
+
+    # First attempt: the `none` cell fails inside the runner, the two `random` cells run for real.
+    monkeypatch.setattr(runner, "train_and_evaluate", failing_for_none)
+    first = invoke("--memory", "none,random", "--seed-list", "0,1")
+    monkeypatch.setattr(runner, "train_and_evaluate", real_train)
+    assert first.exit_code == 1, first.output
+    assert "none-s0: FAILED" in first.output and "injected failure" in first.output
+    assert "none-s1: FAILED" in first.output and first.output.count(": finished in") == 2
+    [out] = list((tmp_path / "comparisons").iterdir())
+    assert out.name.endswith("-split-digits-m20") and (out / "grid.json").exists()
+    failed = only_run_folder(out / "cells" / "none-s0")
+    assert json.loads((failed / "status.json").read_text())["status"] == "failed"
+    assert "injected failure" in json.loads((out / "cells" / "none-s0" / "error.json").read_text())["error"]
+    summary = json.loads((out / "comparison.json").read_text())
+    seeds = {g["label"]: g["seeds"] for g in summary["memories"]}
+    assert seeds == {"none": {"finished": [], "failed": [0, 1], "unfinished": []},
+                     "random": {"finished": [0, 1], "failed": [], "unfinished": []}}
+    assert "| none | 0 / 2 |" in (out / "comparison.md").read_text()
+
+    # random-s1 now looks like a run killed midway; random-s0 stays finished.
+    kept = only_run_folder(out / "cells" / "random-s0")
+    kept_stamps = stamps(kept)
+    killed = only_run_folder(out / "cells" / "random-s1")
+    (killed / "status.json").write_text(json.dumps({"status": "running"}))
+
+    # The same command again, no --out: it finds the comparison and redoes only what is not done.
+    second = invoke("--memory", "none,random", "--seed-list", "0,1")
+    assert second.exit_code == 0, second.output
+    assert list((tmp_path / "comparisons").iterdir()) == [out]
+    assert "random-s0: finished before" in second.output and second.output.count(": finished in") == 3
+    assert only_run_folder(out / "cells" / "random-s0") == kept and stamps(kept) == kept_stamps
+    redone = only_run_folder(out / "cells" / "random-s1")
+    assert not killed.exists() or redone != killed
+    for cell in ("none-s0", "none-s1", "random-s1"):
+        run = only_run_folder(out / "cells" / cell)
+        assert json.loads((run / "status.json").read_text())["status"] == "finished"
+        assert not (out / "cells" / cell / "error.json").exists()
+    summary = json.loads((out / "comparison.json").read_text())
+    assert all(g["seeds"]["finished"] == [0, 1] for g in summary["memories"])
+    for name in ("comparison.md", "accuracy.png", "matrix-none.png", "matrix-random.png", "memory-random.png"):
+        assert (out / name).exists(), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "random,magic"], "unknown memory 'magic'"),
+    (["--memory", "random,random"], "--memory: random given twice"),
+    (["--memory", "random", "--seeds", "2", "--seed-list", "0"], "--seeds or --seed-list, not both"),
+    (["--memory", "random", "--seed-list", "0,x"], "expected comma-separated integers"),
+    (["--memory", "random", "--seed-list", "-1"], "seed must not be negative"),
+    (["--memory", "none,random", "--set", "iterations=3"], "none of the memories none, random has a setting"),
+    (["--memory", "random", "--runs-dir", "runs"], "--runs-dir is for `ccl run`"),
+    (["--memory", "none,random", "--mem-size", "5"], "--mem-size 5 is smaller than the number of classes"),
+])
+def test_bad_input_is_one_line_before_anything_runs(tmp_path, args, message):
+    result = CliRunner().invoke(compare, [*TINY, *args, "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert result.output.count("\n") == 1
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_folder_with_another_comparison_is_refused(tmp_path):
+    grid = Grid(("random",), (0,), dict(TINY_VALUES), tmp_path / "cmp")
+    start(grid, validate(grid))
+    result = CliRunner().invoke(compare, [*TINY, "--memory", "random", "--seeds", "1", "--epochs", "2",
+                                          "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and "other settings (epochs)" in result.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(compare, [*TINY, "--memory", "random", "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2 and "not a comparison folder" in result.output
+
+
+def test_memory_overrides_go_only_to_memories_that_have_the_setting():
+    values = {"mem_size": 20, "memory_settings": {"iterations": 5}, "memory_config": None}
+    assert memory_values(values, "random")["memory_settings"] == {}
+    assert memory_values(values, "datadam")["memory_settings"] == {"iterations": 5}
+    assert memory_values(values, "datadam")["memory"] == "datadam"
+
+
+def test_seeds():
+    assert parse_seeds(None, None) == (0, 1, 2)
+    assert parse_seeds(2, None) == (0, 1)
+    assert parse_seeds(None, [0, 5, 7]) == (0, 5, 7)
+    with pytest.raises(CclError, match="at least 1"):
+        parse_seeds(0, None)
+
+
+def test_a_cell_failing_before_its_run_folder_exists_is_recorded(tmp_path, monkeypatch):
+    from ccl import compare as compare_module
+    from ccl.compare import CellSpec, run_cell
+    from ccl.report import collect_runs
+
+    def no_data(cfg):
+        raise CclError("cifar10 not found in /nowhere")
+    monkeypatch.setattr(compare_module, "prepare", no_data)
+    cell = tmp_path / "cells" / "random-s3"
+    result = run_cell(CellSpec("random", 3, {**TINY_VALUES, "memory": "random", "seed": 3}, cell))
+    assert result.status == "failed" and result.error == "cifar10 not found in /nowhere"
+    assert [p.name for p in cell.iterdir()] == ["error.json"]
+    [record] = collect_runs([tmp_path])
+    assert (record.memory, record.seed, record.status, record.error) == ("random", 3, "failed", result.error)

@@ -1,0 +1,165 @@
+"""Comparison reports from saved results: tables hold the fixtures' means and stds, every
+figure is written and readable, and `ccl report` rebuilds it all without training.
+
+Fixture (tests/fixtures/comparison): split-digits, 3 experiences; random and dm with
+seeds 0 and 1 finished, dm seed 2 failed, joint seed 0 finished.
+"""
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ccl.cli_compare import report
+from ccl.report import collect_runs, group_runs, image_mosaic, summary_table, to_pixels, write_report
+
+FIXTURE = Path(__file__).parent / "fixtures" / "comparison"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_folder(cells: Path, cell: str) -> Path:
+    """The run folder in cell folder `cells/<cell>`."""
+    return next(d for d in (cells / cell).iterdir() if d.is_dir())
+
+
+def fixture_results(memory: str) -> list[dict]:
+    return [json.loads((run_folder(FIXTURE / "cells", f"{memory}-s{s}") / "results.json").read_text()) for s in (0, 1)]
+
+
+@pytest.fixture
+def comparison(tmp_path) -> Path:
+    """The fixture comparison, copied, with a float memory for random and a uint8 one for dm."""
+    root = tmp_path / "comparison"
+    shutil.copytree(FIXTURE, root)
+    g = torch.Generator().manual_seed(0)
+    order = [4, 1, 0, 3, 2, 5]
+    labels = torch.tensor(order).repeat_interleave(3)  # (18,) three per class
+    torch.save({"images": torch.randn(18, 1, 8, 8, generator=g), "labels": labels, "classes": order,
+                "mean": (0.3,), "std": (0.4,), "class_names": [str(c) for c in range(10)], "dtype": "float32"},
+               run_folder(root / "cells", "random-s0") / "memory.pt")
+    torch.save({"images": torch.randint(0, 256, (18, 1, 8, 8), generator=g, dtype=torch.uint8), "labels": labels,
+                "classes": order, "mean": (0.3,), "std": (0.4,), "class_names": [str(c) for c in range(10)],
+                "dtype": "uint8"}, run_folder(root / "cells", "dm-s0") / "memory.pt")
+    return root
+
+
+def test_report_tables_hold_means_and_stds_of_the_fixtures(comparison):
+    write_report([comparison])
+    summary = json.loads((comparison / "comparison.json").read_text())
+    groups = {g["label"]: g for g in summary["memories"]}
+    assert list(groups) == ["random", "dm", "joint"]  # grid.json's order
+    md = (comparison / "comparison.md").read_text()
+    for memory in ("random", "dm"):
+        res, g = fixture_results(memory), groups[memory]
+        for key in ("final_average_accuracy", "average_forgetting", "final_bwt"):
+            values = [r[key] for r in res]
+            assert g[key]["mean"] == pytest.approx(statistics.mean(values))
+            assert g[key]["std"] == pytest.approx(statistics.stdev(values))
+        for key in ("memory_update_seconds", "train_seconds"):
+            totals = [sum(r[key]) for r in res]
+            assert g[key]["mean"] == pytest.approx(statistics.mean(totals))
+            assert g[key]["std"] == pytest.approx(statistics.stdev(totals))
+        assert g["memory_bytes"]["mean"] == res[0]["memory_size"]["bytes"]
+        acc = [r["final_average_accuracy"] for r in res]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {memory} |"))
+        assert f"{statistics.mean(acc):.4f} ± {statistics.stdev(acc):.4f}" in row
+        assert f"| {res[0]['memory_size']['images']} | {res[0]['memory_size']['bytes']:,} |" in row
+        seen = [r["seen_accuracy"] for r in res]
+        assert g["seen_accuracy"]["mean"] == pytest.approx([statistics.mean(s) for s in zip(*seen)])
+        assert g["accuracy_matrix"][2][1] == pytest.approx(statistics.mean(r["accuracy_matrix"][2][1] for r in res))
+    assert groups["dm"]["seeds"] == {"finished": [0, 1], "failed": [2], "unfinished": []}
+    assert "| dm | 2 / 1 |" in md and "RuntimeError: injected failure" in md
+    assert groups["joint"]["joint"] and groups["joint"]["final_average_accuracy"]["std"] is None
+
+
+def test_report_draws_every_figure(comparison):
+    summary = write_report([comparison])
+    expected = {"accuracy.png", "matrix-random.png", "matrix-dm.png", "matrix-joint.png",
+                "memory-random.png", "memory-dm.png"}  # joint keeps no memory
+    assert set(summary["figures"]) == expected
+    for name in expected:
+        data = (comparison / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000
+    assert not list(comparison.glob(".*.tmp"))  # no temporary file left behind
+    (run_folder(comparison / "cells", "dm-s0") / "memory.pt").unlink()
+    summary = write_report([comparison])
+    assert not (comparison / "memory-dm.png").exists()  # a figure of the earlier report that no longer applies
+
+
+def test_pixels_are_denormalised_or_decoded():
+    images = torch.tensor([-1.0, 0.0, 2.0]).view(3, 1, 1, 1)  # (N, C, H, W)
+    assert to_pixels(images, (0.5,), (0.25,)).flatten().tolist() == [0.25, 0.5, 1.0]  # x * std + mean, clipped
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1, 1)
+    assert to_pixels(pixels, (0.5,), (0.25,)).flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+
+
+def test_mosaic_has_one_row_per_class_in_arrival_order_and_caps_columns():
+    labels = torch.tensor([7] * 12 + [2] * 3)
+    pixels = torch.cat([torch.full((12, 1, 4, 4), 0.5), torch.zeros(3, 1, 4, 4)])
+    mosaic, rows, counts = image_mosaic(pixels, labels, classes=[7, 2], max_cols=10)
+    assert rows == [7, 2] and counts == [12, 3]
+    assert mosaic.shape == (2 * 5 + 1, 10 * 5 + 1, 1)  # 4-pixel images and 1-pixel gaps
+    assert mosaic[1:5, 1:5].max() == 0.5 and mosaic[6:10, 1:5].max() == 0.0
+    assert (mosaic[6:10, 16:20] == 1).all()  # class 2 has 3 images: the 4th place is background
+
+
+def test_runs_differing_in_a_setting_are_not_averaged_together(tmp_path):
+    shutil.copytree(FIXTURE / "cells", tmp_path / "runs")
+    config_path = run_folder(tmp_path / "runs", "random-s1") / "config.json"
+    config = json.loads(config_path.read_text())
+    config["run"]["mem_size"] = 50
+    config_path.write_text(json.dumps(config))
+    groups = group_runs(collect_runs([tmp_path / "runs"]))
+    assert [g for g in groups if g.startswith("random")] == ["random mem_size=20", "random mem_size=50"]
+    assert "dm" in groups  # dm's runs agree, so its label stays plain
+
+
+def test_a_seed_run_twice_counts_once_preferring_the_finished_run(tmp_path):
+    shutil.copytree(FIXTURE / "cells", tmp_path / "runs")
+    retry = tmp_path / "runs" / "dm-s2" / "20260102-000000-split-digits-dm-s2"
+    shutil.copytree(run_folder(tmp_path / "runs", "dm-s1"), retry)
+    config = json.loads((retry / "config.json").read_text())
+    config["run"]["seed"] = 2
+    (retry / "config.json").write_text(json.dumps(config))
+    dm = group_runs(collect_runs([tmp_path / "runs"]))["dm"]
+    assert [(r.seed, r.status) for r in dm] == [(0, "finished"), (1, "finished"), (2, "finished")]
+
+
+def test_ccl_report_rebuilds_from_a_plain_folder_of_runs(tmp_path):
+    shutil.copytree(FIXTURE / "cells", tmp_path / "runs")
+    result = CliRunner().invoke(report, [str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "| random | 2 / 0 |" in result.output
+    assert (tmp_path / "report" / "comparison.md").exists() and (tmp_path / "report" / "accuracy.png").exists()
+    summary = json.loads((tmp_path / "report" / "comparison.json").read_text())
+    assert summary["memories"][0]["runs"][0]["folder"].startswith("../runs/")  # paths relative to the report
+
+
+def test_ccl_report_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for args, message in (([str(tmp_path / "empty")], "no run folders found"),
+                          ([str(tmp_path / "missing")], "no such folder"),
+                          ([str(FIXTURE), str(FIXTURE / "cells")], "needs --out")):
+        result = CliRunner().invoke(report, args)
+        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+        assert result.output.count("\n") == 1
+
+
+def test_summary_table_of_one_run():
+    table = summary_table(run_folder(FIXTURE / "cells", "random-s0"))
+    assert "final average accuracy 0.4667" in table and table.count("\n") == 5
+
+
+def test_memory_settings_given_beyond_the_preset_are_reported(tmp_path):
+    shutil.copytree(FIXTURE / "cells", tmp_path / "runs")
+    for seed in (0, 1, 2):
+        path = run_folder(tmp_path / "runs", f"dm-s{seed}") / "config.json"
+        config = json.loads(path.read_text())
+        config["run"]["memory_settings"] = {"iterations": 30}
+        path.write_text(json.dumps(config))
+    write_report([tmp_path / "runs"])
+    assert "Memory settings changed from their presets: dm: iterations=30." in \
+        (tmp_path / "runs" / "comparison.md").read_text()
