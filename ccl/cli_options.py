@@ -31,7 +31,7 @@ def int_list(text: str | None) -> list[int] | None:
         raise CclError(f"expected comma-separated integers, got {text!r}") from None
 
 
-RUN_FLAGS = ("scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "seed", "epochs", "batch_size", "lr",
+RUN_FLAGS = ("protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
              "memory_config")
 
@@ -42,6 +42,10 @@ def run_options(fn):
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
+        click.option("--protocol", type=click.Choice(["replay", "gdumb"]),
+                     help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
+        click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),
+        click.option("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project"),
         click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
                      help="how memory images are stored [float32]"),
         click.option("--epochs", type=int, help="training epochs per experience [5]"),

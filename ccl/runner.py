@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib
 import os
 import platform
 import random
@@ -58,6 +59,9 @@ class RunConfig:
     experiences: int | None = None  # default: the scenario's
     class_order: list[int] | None = None  # default: a permutation drawn from the seed
     train_per_class: int | None = None    # keep the first N training images of each class
+    protocol: str = "replay"       # replay: new data + memory; gdumb: a fresh learner on the memory alone
+    tensorboard: str | None = None  # also log to TensorBoard in this folder
+    wandb: str | None = None        # also log to this Weights & Biases project
     memory_config: str | None = None      # preset name in configs/ or a TOML file
     memory_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
 
@@ -83,10 +87,13 @@ class RunConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(LEARNERS)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if self.mem_dtype not in MEM_DTYPES:
             raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPES)}")
 
 
+PROTOCOLS = ("replay", "gdumb")
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
 
 
@@ -137,9 +144,18 @@ def prepare(cfg: RunConfig) -> Prepared:
     spec = MEMORIES.get(cfg.memory).value
     settings = memory_settings(spec, cfg)
     device = pick_device(cfg.device)
+    for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if getattr(cfg, flag):
+            try:  # now, not when the logger is built: bad input must leave no run folder
+                importlib.import_module(package)
+            except ImportError:
+                raise CclError(f"--{flag} needs the {package} package: pip install {package}") from None
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     if cfg.train_per_class:
         data = data.first_per_class(cfg.train_per_class)
+    if cfg.protocol == "gdumb" and spec.kind != "device":
+        raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
+                       "(use random, herding or a condensing memory)")
     if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
@@ -258,6 +274,33 @@ def _csv_logger(folder: Path):
     return logger
 
 
+def _optional_loggers(cfg: RunConfig, run_dir: Path) -> list:
+    """TensorBoard and Weights & Biases loggers, when asked for (and installed)."""
+    loggers = []
+    if cfg.tensorboard:
+        from avalanche.logging import TensorboardLogger
+        loggers.append(TensorboardLogger(tb_log_dir=cfg.tensorboard))
+    if cfg.wandb:
+        from avalanche.logging import WandBLogger
+        loggers.append(WandBLogger(project_name=cfg.wandb, run_name=run_dir.name, dir=str(run_dir)))
+    return loggers
+
+
+def _memory_experience(memory, index: int):
+    """The memory's images as an Avalanche experience (GDumb trains on nothing else)."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    images = memory.codec.decode(memory.images).cpu()
+    experience = benchmark_from_datasets(train=[_avalanche_dataset(images, memory.labels.cpu())]).train_stream[0]
+    experience.current_experience = index  # the stream's step, for logs and progress bars
+    return experience
+
+
+def _reinitialise(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 def _build(p: Prepared, run_dir: Path, progress: bool):
     """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
@@ -283,19 +326,22 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         accuracy_metrics(experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
         bwt_metrics(experience=True, stream=True),
-        loggers=[_csv_logger(run_dir / "logs")])
+        loggers=[_csv_logger(run_dir / "logs"), *_optional_loggers(cfg, run_dir)])
 
     memory = None
     if p.spec.kind == "device":
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))
             return train_x[mask], train_y[mask]
-        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings),
+        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
                                     real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std))
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
 
-    plugins = [_Progress(progress, cfg.memory)] + ([memory] if memory else [])
+    # GDumb: the runner fills the memory and trains a fresh learner on it; replay: the
+    # plugin appends memory samples to every minibatch and fills itself after each experience.
+    replay = memory is not None and cfg.protocol == "replay"
+    plugins = [_Progress(progress, cfg.memory)] + ([memory] if replay else [])
     strategy_cls = JointTraining if p.spec.kind == "joint" else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,
@@ -369,9 +415,16 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         _set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
     if p.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(p.device)
+    gdumb = p.config.protocol == "gdumb"
     for i in range(first, len(steps)):
         start = time.perf_counter()
-        strategy.train(steps[i])
+        if gdumb:
+            memory.update(sorted(p.experience_classes[i]), strategy.model)
+            _reinitialise(strategy.model)
+            strategy.optimized_param_id = None  # a fresh learner: Avalanche resets the optimiser too
+            strategy.train(_memory_experience(memory, i))
+        else:
+            strategy.train(steps[i])
         elapsed = time.perf_counter() - start
         update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
         start = time.perf_counter()

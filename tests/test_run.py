@@ -112,3 +112,35 @@ def test_condensing_memories_fill_their_slots(tmp_path, tiny_run, memory):
     real = p.data.normalise(p.data.train_x)
     # synthetic: no memory image is an exact copy of a real one any more
     assert not any((real == img).flatten(1).all(1).any() for img in memory_state["images"][:4])
+
+
+def test_gdumb_protocol_trains_on_the_memory_alone(tmp_path, tiny_run):
+    p = prepare(make_config(**{**tiny_run, "epochs": 30}, memory="random", protocol="gdumb"))
+    seed_everything(0)
+    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    assert memory not in strategy.plugins  # nothing is appended to minibatches
+    run_dir = run(p, tmp_path, progress=False)
+    r = json.loads((run_dir / "results.json").read_text())
+    rows = r["accuracy_matrix"]
+    assert len(rows) == 5 and all(rows[i][j] == 0 for i in range(5) for j in range(i + 1, 5))
+    assert r["seen_accuracy"][-1] > 0.2  # ten classes learnt from 20 memory images alone
+
+
+def test_gdumb_needs_a_device_memory(tiny_run):
+    from ccl.errors import CclError
+    with pytest.raises(CclError, match="gdumb"):
+        prepare(make_config(**tiny_run, memory="reservoir", protocol="gdumb"))
+
+
+def test_tensorboard_logger_writes_events(tmp_path, tiny_run):
+    pytest.importorskip("tensorboard")
+    run(prepare(make_config(**tiny_run, tensorboard=str(tmp_path / "tb"))), tmp_path / "runs", progress=False)
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_missing_wandb_is_a_clear_error(tmp_path, tiny_run, monkeypatch):
+    import sys
+    from ccl.errors import CclError
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the package were not installed
+    with pytest.raises(CclError, match="pip install wandb"):
+        prepare(make_config(**tiny_run, wandb="proj"))

@@ -50,7 +50,7 @@ def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path
 
     decoded, unreadable = [], 0
     for f, label in tqdm(items, desc=f"decoding {where.name}", unit="img", leave=False,
-                         disable=len(items) < 2000):
+                         disable=None if len(items) >= 2000 else True):  # None: only on a terminal
         try:
             with Image.open(f) as im:
                 im.load()

@@ -24,10 +24,10 @@ class MemorySpec:
     settings: type | None = None       # dataclass of the method's settings, if any
     method: Callable | None = None     # a ccl.condense method, for CondenseFiller
 
-    def make_filler(self, device, settings: Any) -> Filler:
+    def make_filler(self, device, settings: Any, progress: bool = True) -> Filler:
         if self.method is not None:
-            return CondenseFiller(device, settings, self.method)
-        return self.filler(device, settings)
+            return CondenseFiller(device, settings, self.method, progress)
+        return self.filler(device, settings, progress)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")

@@ -47,6 +47,7 @@ class Filler:
     """Base: `select(real, labels, budget, learner) -> (images, labels)` in priority order."""
     device: torch.device
     settings: Any = None
+    progress: bool = True  # progress bars of long fillers (condensation)
     stats: dict = field(default_factory=dict)  # time per phase etc., read by the plugin
 
     def fill(self, real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
@@ -77,13 +78,14 @@ class CondenseFiller(Filler):
     """Synthetic images from a `ccl.condense` method, ranked by herding on the learner."""
     method: Callable
 
-    def __init__(self, device, settings, method: Callable):
-        super().__init__(device, settings)
+    def __init__(self, device, settings, method: Callable, progress: bool = True):
+        super().__init__(device, settings, progress)
         self.method = method
 
     def fill(self, real, labels, budget, learner):
         stats: dict = {}
-        images, image_labels = self.method(real, labels, budget, self.device, self.settings, stats=stats)
+        images, image_labels = self.method(real, labels, budget, self.device, self.settings,
+                                           progress=self.progress, stats=stats)
         self.stats = stats
         order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]
