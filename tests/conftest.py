@@ -4,6 +4,7 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch is imported
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", message="no QP solver")
 
@@ -13,3 +14,14 @@ def tiny_run():
     """Settings for a split-digits run that takes a few seconds on 2 cores."""
     return dict(scenario="split-digits", epochs=1, train_per_class=20, mem_size=20, mem_batch=8,
                 width=16, batch_size=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors, where one thread is faster than two; and with two, OpenMP
+    waits made the condensation tests up to 20x slower while another process shared the
+    2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

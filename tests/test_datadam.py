@@ -15,16 +15,6 @@ from ccl.models.convnet import ConvNet
 TINY = DataDAMSettings(iterations=20, real_batch=8, width=16, depth=2, progress_every=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread. With two, OpenMP spin-waits made these tests 20x slower
-    while another process shared the 2 cores (82 s instead of 4 s for the three files).
-    Belongs in conftest.py for all tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def blobs(n_per_class: int = 30, classes=(0, 1), size: int = 8, seed: int = 0):
     """Classes that differ in mean colour and in where a bright square sits."""

@@ -7,16 +7,6 @@ import torch
 from ccl.condense.dsa import FAMILIES, DSASettings, Draw, apply, augment, sample_draw, siamese_slots
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread. With two, OpenMP spin-waits made these tests 20x slower
-    while another process shared the 2 cores (82 s instead of 4 s for the three files).
-    Belongs in conftest.py for all tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def only(family: str, **kw) -> DSASettings:
     return DSASettings(families=(family,), **kw)

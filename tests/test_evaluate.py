@@ -10,16 +10,6 @@ from ccl.models.convnet import ConvNet
 FAST = EvalSettings(epochs=30, batch=16, networks=2, width=16, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread. With two, OpenMP spin-waits made these tests 20x slower
-    while another process shared the 2 cores (82 s instead of 4 s for the three files).
-    Belongs in conftest.py for all tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def separable(n_per_class: int, seed: int):
     """Three classes told apart by which channel is bright."""

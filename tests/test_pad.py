@@ -21,16 +21,6 @@ from ccl.condense.pad import (FunctionalStudent, PADSettings, condense, default_
 from ccl.models.convnet import ConvNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine two OpenMP
-    threads per process oversubscribe it (measured: 10x slower matching under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**changes) -> PADSettings:
     """Settings small enough for a CPU test: width 8, depth 2, a few epochs and steps."""
     base = dict(iterations=3, syn_steps=2, expert_epochs=1, max_start_epoch=1,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ccl.data.cache import cached_arrays, fingerprint
+from ccl.data.images import ImageSet, channel_stats
 from ccl.errors import CclError
 
 log = logging.getLogger(__name__)
@@ -89,12 +91,9 @@ TEST_FRACTION = 0.2  # for a folder without train/ and test/, split off this muc
 SPLIT_SEED = 0
 
 
-def load_folder(data_dir: Path, name: str = "folder") -> "ImageSet":
+def load_folder(data_dir: Path, name: str = "folder") -> ImageSet:
     """Any class-folder data set: `<dir>/{train,test}/<class>/*`, or `<dir>/<class>/*`
     split per class into train and test with a fixed seed."""
-    from ccl.data.cache import cached_arrays, fingerprint
-    from ccl.data.images import ImageSet, channel_stats
-
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise CclError(f"{root}: data folder not found (expected <dir>/<class>/<image> "
