@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ccl.data import load_dataset
-from ccl.data import folder as folder_module
+from ccl.data import cifar as cifar_module
 from ccl.data.scenarios import class_order, get_scenario, scenarios, split_classes
 from ccl.errors import CclError
 
@@ -31,7 +31,7 @@ def test_cifar_class_folder_layout_and_cache(tmp_path, monkeypatch):
     assert np.array_equal(np.bincount(data.train_y), [2] * 10)
     assert data.train_x[data.train_y == 3].min() >= 60  # label 3 images were filled with 60
     # the second load reads the cache and never decodes
-    monkeypatch.setattr(folder_module, "decode_images", lambda *a, **k: pytest.fail("decoded twice"))
+    monkeypatch.setattr(cifar_module, "_from_class_folders", lambda *a, **k: pytest.fail("decoded twice"))
     again = load_dataset("cifar10", tmp_path, download=False)
     assert np.array_equal(again.train_x, data.train_x)
 
