@@ -15,6 +15,7 @@ import os
 import re
 import statistics
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,7 @@ import torch
 
 from ccl.errors import CclError
 from ccl.io import read_json, write_json, write_text
+from ccl.runner import RunConfig
 
 
 def summary_table(run_dir: Path) -> str:
@@ -52,6 +54,9 @@ ERROR_FILE = "error.json"  # written by ccl.compare into a cell folder whose run
 NOT_GROUPING = {"memory", "seed", "device", "data_dir", "download"}
 
 
+_RUN_DEFAULTS = dataclasses.asdict(RunConfig())
+
+
 @dataclass
 class RunRecord:
     """One saved run (or a comparison cell that failed before its run folder existed)."""
@@ -74,6 +79,9 @@ def _read_run(folder: Path) -> RunRecord | None:
     run = config.get("run") if isinstance(config, dict) else None
     if not isinstance(run, dict) or "memory" not in run:
         return None
+    # Settings added to RunConfig after a run was made read as their defaults, so older
+    # run folders group with new ones that did not change them.
+    run = {**_RUN_DEFAULTS, **run}
     record = RunRecord(folder, run["memory"], int(run.get("seed", 0)), "running", settings=run)
     try:
         state = read_json(folder / "status.json") if (folder / "status.json").exists() else {"status": "finished"}
