@@ -44,25 +44,45 @@ def _cell_line(done: int, total: int, result) -> None:
 @click.option("--out", type=click.Path(path_type=Path),
               help="comparison folder [the newest one under comparisons/ made by the same command, "
                    "else comparisons/<timestamp>-<scenario>-m<mem_size>]")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another in this process; ray: every cell a Ray task "
+                   "(pip install 'ccl[ray]')")
+@click.option("--ray-address", envvar="RAY_ADDRESS", show_envvar=True,
+              help="with --executor ray: an existing cluster (auto, HOST:PORT) [start Ray on this machine]")
+@click.option("--cpus-per-run", type=float, help="with --executor ray: CPUs each cell reserves [1]")
+@click.option("--gpus-per-run", type=float, help="with --executor ray: GPUs each cell reserves, e.g. 1 or 0.5 [0]")
 @run_options
 @click.pass_context
 @friendly_errors
-def compare(ctx, memories, seeds, seed_list, out, config_file, overrides, no_download, class_order, runs_dir,
-            quiet, **flags):
+def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_per_run, gpus_per_run, config_file,
+            overrides, no_download, class_order, runs_dir, quiet, **flags):
     """Run every memory with every seed, then write the comparison report.
 
     Each cell is an ordinary run folder in OUT/cells/<memory>-s<seed>/. Running the same
     command again skips finished cells and redoes failed or unfinished ones; a failing
     cell is reported and does not stop the others (exit code 1 when any failed).
+    With --executor ray the cells run in parallel as Ray tasks that write into OUT
+    themselves: OUT must be on a filesystem every Ray node sees.
     """
     from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
+    from ccl.executors import ray_executor, require_ray, sequential
     from ccl.memory import MEMORIES
     from ccl.report import table, write_report
     from ccl.runner import Interrupted
 
     if ctx.get_parameter_source("runs_dir") == click.core.ParameterSource.COMMANDLINE:
         raise CclError("compare keeps its runs in --out DIR/cells; --runs-dir is for `ccl run`")
+    if executor == "ray":
+        require_ray()  # before the data is loaded or any folder made
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in ("ray_address", "cpus_per_run", "gpus_per_run")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise CclError(f"{', '.join(given)}: only with --executor ray")
     values = config_values(flags, config_file, overrides, no_download, class_order)
+    if executor == "ray" and str(values.get("device") or "").startswith("cuda") and not gpus_per_run:
+        raise CclError(f"--device {values['device']} with --executor ray needs --gpus-per-run "
+                       "(a cell reserving no GPU sees none)")
     # The grid is --memory x --seeds alone: a run config file's single memory and seed would
     # silently shrink it, so they are set aside (and said so).
     ignored = [key for key in ("memory", "seed") if values.pop(key, None) is not None]
@@ -77,10 +97,17 @@ def compare(ctx, memories, seeds, seed_list, out, config_file, overrides, no_dow
             default_out(COMPARISONS_DIR, settings["scenario"], settings["mem_size"])
     grid = dataclasses.replace(grid, out=Path(out))
     verb = "continuing" if (grid.out / GRID_FILE).exists() else "into"
+    run_cells, where = sequential, ""
+    if executor == "ray":
+        cpus = 1.0 if cpus_per_run is None else cpus_per_run
+        gpus = 0.0 if gpus_per_run is None else gpus_per_run
+        run_cells = ray_executor(ray_address, cpus, gpus)  # connects now: errors before any folder
+        where = f" on Ray ({ray_address or 'this machine'}; {cpus:g} CPUs, {gpus:g} GPUs per run)"
     start(grid, settings)
-    click.echo(f"{settings['scenario']}: {len(grid.memories)} memories x {len(grid.seeds)} seeds, {verb} {grid.out}")
+    click.echo(f"{settings['scenario']}: {len(grid.memories)} memories x {len(grid.seeds)} seeds, "
+               f"{verb} {grid.out}{where}")
     try:
-        results = run_grid(grid, progress=not quiet, on_result=_cell_line)
+        results = run_grid(grid, progress=not quiet, executor=run_cells, on_result=_cell_line)
     except KeyboardInterrupt as e:
         click.echo(f"\ninterrupted; run the same command (or with --out {grid.out}) to continue: "
                    "finished cells are kept", err=True)

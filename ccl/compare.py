@@ -12,22 +12,23 @@ fills run folders exactly as for `ccl run`, and a cell is found by a fixed path.
 is done when its run folder says `finished` and its results read back; anything else
 (failed, running, interrupted, corrupt) is removed and run again.
 
-Cells run one after another in this process; `run_cell` takes a picklable `CellSpec` and
-returns a `CellResult`, so another executor (e.g. Ray) can call it instead.
+`run_cell` takes a picklable `CellSpec` and returns a `CellResult`; an executor
+(ccl/executors.py) decides where cells run: one after another in this process
+(`sequential`, the default), or as Ray tasks writing into the same folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gc
 import shutil
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable
 
 from ccl.errors import CclError
+from ccl.executors import Executor, sequential
 from ccl.io import read_json, write_json
 from ccl.memory import MEMORIES
 from ccl.report import ERROR_FILE
@@ -236,26 +237,19 @@ def run_cell(spec: CellSpec) -> CellResult:
         run_dir = run_experiment(prepared, spec.folder, progress=spec.progress)
     except Exception as e:
         error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
-        run_dir = _run_dir_in(spec.folder)
-        write_json(spec.folder / ERROR_FILE, {
-            "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
-            "run_dir": run_dir.name if run_dir else None, "traceback": traceback.format_exc()})
-        return CellResult(spec.memory, spec.seed, "failed", run_dir, error, time.perf_counter() - start_time)
+        return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time)
     acc = read_json(run_dir / "results.json")["final_average_accuracy"]
     return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc)
 
 
-Executor = Callable[[Sequence[CellSpec]], Iterable[CellResult]]
-
-
-def sequential(specs: Sequence[CellSpec]) -> Iterator[CellResult]:
-    """The default executor: cells one after another, in this process."""
-    for spec in specs:
-        yield run_cell(spec)
-        # Avalanche's strategy and plugins refer to each other, so the cell's model and
-        # normalised data (600 MB for CIFAR) wait for the cycle collector: free them now,
-        # before the next cell loads its own.
-        gc.collect()
+def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) -> CellResult:
+    """Record a failed cell: `error.json` in its folder (beside the run folder it began, if
+    any), read back by the report; returns the result."""
+    run_dir = _run_dir_in(spec.folder)
+    write_json(spec.folder / ERROR_FILE, {
+        "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
+        "run_dir": run_dir.name if run_dir else None, "traceback": details})
+    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds)
 
 
 def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential,
@@ -264,14 +258,23 @@ def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential
     executor ends them (cell order for `sequential`).
 
     Args:
+        executor: callable(specs, run_cell) yielding a CellResult per cell (ccl/executors.py).
         on_result: optional callback(done count, total, result) as each cell ends.
     """
     specs = grid.cells(progress)
     results = []
-    for result in executor(specs):
-        results.append(result)
-        if on_result:
-            on_result(len(results), len(specs), result)
+    outcomes = iter(executor(specs, run_cell))
+    try:
+        for result in outcomes:
+            results.append(result)
+            if on_result:
+                on_result(len(results), len(specs), result)
+    finally:
+        # An exception here (Ctrl-C in on_result) closes the executor now, not when the
+        # traceback lets go of it: the Ray executor cancels its outstanding tasks on close.
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
     return results
 
 
