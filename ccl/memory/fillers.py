@@ -14,7 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ccl.condense.selection import herding_order, random_order
+from ccl.condense.methods import random_real
+from ccl.condense.selection import herding_order
 
 
 @torch.no_grad()
@@ -59,8 +60,7 @@ class RandomFiller(Filler):
     """Class-balanced random real images."""
 
     def fill(self, real, labels, budget, learner):
-        keep = torch.cat([idx[random_order(len(idx), k, idx.device)] for _, k, idx in _per_class(labels, budget)])
-        return real[keep].to(self.device), labels[keep].to(self.device)
+        return random_real(real, labels, budget, self.device)
 
 
 class HerdingFiller(Filler):
