@@ -1,20 +1,22 @@
-"""Benchmark PAD: seconds per matching iteration and peak memory by N, and the cost of
-scoring + training experts for one Split CIFAR-10 experience.
+"""Benchmark PAD: seconds per matching iteration and peak memory by N, with and without
+step recomputation, and the cost of scoring + training experts for one Split CIFAR-10
+experience.
 
 Random tensors stand in for data and trajectories: the cost does not depend on the
 values. Run from the repository root (or with the package installed):
 
-    PYTHONPATH=. python benchmarks/bench_pad.py --device cpu --steps 10 --iterations 1
+    PYTHONPATH=. python benchmarks/bench_pad.py --device cpu --steps 10,20,40 --iterations 1
     PYTHONPATH=. python benchmarks/bench_pad.py --device cuda --steps 10,20,40,80 --iterations 5
 
-Peak memory on CPU is the process's maximum resident set size (ru_maxrss), which only
-grows, so run N in ascending order (the default) and read each line as "peak so far".
-On CPU the unrolled graph of ConvNet-3 width 128, IPC 10 (100 images) needs a few GiB
-for N up to 20; larger N scales linearly.
+Each (N, mode) runs in a fresh process, so the CPU peak (the process's maximum resident
+set size) belongs to that configuration alone; it includes the ~0.4 GiB of torch itself.
+"full" keeps all N unrolled graphs (the reference); "recompute" keeps N parameter
+vectors and rebuilds one step's graph at a time in the backward pass.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import statistics
 import time
@@ -24,6 +26,7 @@ import torch
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import make_network, train_experts
 from ccl.condense.pad import PADSettings, deep_parameter_start, distill
+from ccl.config import preset_settings
 
 
 def now(device: torch.device) -> float:
@@ -38,41 +41,53 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def bench_matching(args: argparse.Namespace, device: torch.device) -> None:
-    """Seconds per distillation iteration (unroll N steps + backward + SGD step)."""
+def time_matching(args: argparse.Namespace, steps: int, recompute: bool) -> tuple[float, float]:
+    """(median seconds per iteration, peak memory GiB) of one configuration, in this process."""
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     shape = (3, args.image_size, args.image_size)
+    settings = PADSettings(iterations=1, syn_steps=steps, expert_epochs=1, max_start_epoch=0,
+                           expert_train_epochs=1, batch_syn=args.batch_syn, alpha=args.alpha,
+                           width=args.width, depth=args.depth, progress_every=1,
+                           recompute_steps=recompute)
+    start = torch.nn.utils.parameters_to_vector(
+        make_network(settings, args.classes, shape, device).parameters()).detach()  # (P,)
+    trajectories = [[start, start + 1e-3 * torch.randn_like(start)]]
+    images = torch.randn(args.classes * args.ipc, *shape, device=device)  # (S, C, H, W)
+    labels = torch.arange(args.classes, device=device).repeat_interleave(args.ipc)  # (S,)
+    keep_from = deep_parameter_start(start.numel(), args.alpha)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(args.iterations + args.warmup):
+        began = now(device)
+        images = distill(trajectories, images, labels, args.classes, settings, keep_from,
+                         progress=False)
+        seconds.append(now(device) - began)
+    return statistics.median(seconds[args.warmup:]), peak_memory_gib(device)
+
+
+def bench_matching(args: argparse.Namespace) -> None:
+    """Seconds per distillation iteration (unroll N steps + backward + SGD step) by N and mode."""
     print(f"matching: ConvNet-{args.depth} width {args.width}, {args.classes} classes x IPC "
-          f"{args.ipc}, batch_syn {args.batch_syn}, {shape}, device {device}")
+          f"{args.ipc}, batch_syn {args.batch_syn}, {args.image_size}x{args.image_size}, "
+          f"device {args.device}, median of {args.iterations} iteration(s)")
+    spawn = multiprocessing.get_context("spawn")
     for steps in args.steps:
-        settings = PADSettings(iterations=1, syn_steps=steps, expert_epochs=1, max_start_epoch=0,
-                               expert_train_epochs=1, batch_syn=args.batch_syn, alpha=args.alpha,
-                               width=args.width, depth=args.depth, progress_every=1)
-        start = torch.nn.utils.parameters_to_vector(
-            make_network(settings, args.classes, shape, device).parameters()).detach()  # (P,)
-        trajectories = [[start, start + 1e-3 * torch.randn_like(start)]]
-        images = torch.randn(args.classes * args.ipc, *shape, device=device)  # (S, C, H, W)
-        labels = torch.arange(args.classes, device=device).repeat_interleave(args.ipc)  # (S,)
-        keep_from = deep_parameter_start(start.numel(), args.alpha)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds = []
-        for _ in range(args.iterations + args.warmup):
-            began = now(device)
-            images = distill(trajectories, images, labels, args.classes, settings, keep_from,
-                             progress=False)
-            seconds.append(now(device) - began)
-        seconds = seconds[args.warmup:]
-        print(f"  N={steps:3d}: {statistics.median(seconds):7.3f} s/iteration "
-              f"(median of {len(seconds)}), {steps / statistics.median(seconds):6.1f} student "
-              f"steps/s, peak memory {peak_memory_gib(device):.2f} GiB")
+        for recompute in args.modes:
+            with spawn.Pool(1) as pool:  # a fresh process: its peak memory is this config's
+                seconds, peak = pool.apply(time_matching, (args, steps, recompute))
+            mode = "recompute" if recompute else "full"
+            print(f"  N={steps:3d} {mode:>9}: {seconds:7.2f} s/iteration, "
+                  f"{steps / seconds:6.1f} student steps/s, peak memory {peak:5.2f} GiB", flush=True)
 
 
 def bench_experience(args: argparse.Namespace, device: torch.device) -> None:
-    """Seconds to EL2N-score and train experts on one experience (2 classes)."""
+    """Seconds to EL2N-score and train experts on one experience (2 classes), `--preset`."""
     n = args.exp_images_per_class
-    settings = PADSettings(num_experts=args.num_experts, expert_train_epochs=args.expert_train_epochs,
-                           max_start_epoch=0, expert_epochs=1, score_networks=args.score_networks,
-                           score_epochs=args.score_epochs, width=args.exp_width, depth=args.depth)
+    settings = preset_settings(PADSettings, args.preset, {}, explicit=True)
     real = torch.randn(2 * n, 3, args.image_size, args.image_size, device=device)  # (N, C, H, W)
     labels = torch.arange(2, device=device).repeat_interleave(n)  # (N,)
     began = now(device)
@@ -82,8 +97,8 @@ def bench_experience(args: argparse.Namespace, device: torch.device) -> None:
     train_experts(real, labels, 2, device, settings, order)
     experts_s = now(device) - began
     epochs = settings.score_networks * settings.score_epochs
-    print(f"experience: 2 classes x {n} images, width {args.exp_width}: scoring "
-          f"{settings.score_networks} nets x {settings.score_epochs} epochs {score_s:.1f} s"
+    print(f"experience ({args.preset} preset): 2 classes x {n} images, width {settings.width}: "
+          f"scoring {settings.score_networks} nets x {settings.score_epochs} epochs {score_s:.1f} s"
           f" ({score_s / max(epochs, 1):.2f} s/epoch); experts {settings.num_experts} x "
           f"{settings.expert_train_epochs} epochs {experts_s:.1f} s "
           f"({experts_s / (settings.num_experts * settings.expert_train_epochs):.2f} s/epoch, "
@@ -94,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", default="10,20,40", help="comma-separated N values")
+    parser.add_argument("--modes", default="recompute,full", help="recompute and/or full")
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per N")
     parser.add_argument("--warmup", type=int, default=0, help="untimed iterations per N")
     parser.add_argument("--classes", type=int, default=10)
@@ -108,19 +124,16 @@ def main() -> None:
     parser.add_argument("--skip-experience", action="store_true")
     group = parser.add_argument_group("experience (scoring + experts)")
     group.add_argument("--exp-images-per-class", type=int, default=1000)
-    group.add_argument("--exp-width", type=int, default=32)
-    group.add_argument("--num-experts", type=int, default=2)
-    group.add_argument("--expert-train-epochs", type=int, default=10)
-    group.add_argument("--score-networks", type=int, default=1)
-    group.add_argument("--score-epochs", type=int, default=2)
+    group.add_argument("--preset", default="pad", help="settings preset (configs/) [pad: the CPU one]")
     args = parser.parse_args()
     args.steps = [int(s) for s in args.steps.split(",")]
+    args.modes = [{"recompute": True, "full": False}[m] for m in args.modes.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     if not args.skip_matching:
-        bench_matching(args, device)
+        bench_matching(args)
     if not args.skip_experience:
         bench_experience(args, device)
 

@@ -1,4 +1,5 @@
 """Bad input ends in one line, a non-zero exit and no run folder."""
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,18 @@ def test_ci_runs_the_readme_test_command():
     readme_commands = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("python3 -m venv")]
     assert len(readme_commands) >= 2 and "pytest" in readme_commands[1]
     assert readme_commands[1] in (root / ".ci" / "run").read_text().splitlines()
+
+
+def test_condense_then_evaluate_tests_on_the_set_classes(tmp_path):
+    out = tmp_path / "set.pt"
+    runner = CliRunner()
+    made = runner.invoke(main, ["condense", "--dataset", "digits", "--method", "random", "--ipc", "2",
+                                "--classes", "0,1", "--out", str(out), "--quiet"])
+    assert made.exit_code == 0, made.output
+    scored = runner.invoke(main, ["evaluate", str(out), "--epochs", "30", "--networks", "1",
+                                  "--set", "width=8", "--set", "depth=2", "--quiet"])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(out.with_suffix(".eval.json").read_text())
+    assert report["test_classes"] == [0, 1]
+    assert 0 < report["test_images"] < 120  # digits' test split holds about 36 per class
+    assert report["mean"] > 0.5  # two classes: far above the 1/10 of testing on all ten

@@ -17,7 +17,7 @@ from ccl.condense.experts import (ExpertSchedule, kept_indices, make_network, pa
                                   scheduled_fraction, train_experts)
 from ccl.condense.pad import (FunctionalStudent, PADSettings, condense, default_alpha,
                               deep_parameter_mask, deep_parameter_start, match_once, mtt_settings,
-                              trajectory_matching_loss, unroll_student)
+                              student_plan, trajectory_matching_loss, unroll_student)
 from ccl.models.convnet import ConvNet
 
 
@@ -178,7 +178,7 @@ def test_functional_student_matches_module():
 
 def test_loss_is_one_without_student_steps():
     settings, student, start, target, images, labels, lr = _student_setup()
-    end = unroll_student(student, start, images, labels, lr, 0, 3, None)
+    end = unroll_student(student, start, images, labels, lr, [])
     assert trajectory_matching_loss(end, start, target, 100).item() == 1.0
 
 
@@ -190,6 +190,24 @@ def test_gradients_reach_images_and_lr():
     loss.backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     assert lr.grad is not None and torch.isfinite(lr.grad) and lr.grad != 0
+
+
+@pytest.mark.parametrize("dsa", [False, True])
+def test_recomputed_unroll_gives_the_full_graph_gradients(dsa):
+    settings, student, start, target, images, labels, lr = _student_setup()
+    torch.manual_seed(3)
+    plan = student_plan(6, 4, 5, settings.dsa_settings if dsa else None, "cpu")  # 2 passes
+    results = []
+    for recompute in (False, True):
+        images.grad = lr.grad = None
+        end = unroll_student(student, start, images, labels, lr, plan, recompute)
+        trajectory_matching_loss(end, start, target, keep_from=50).backward()
+        results.append((end.detach(), images.grad.clone(), lr.grad.clone()))
+    (end_full, images_full, lr_full), (end_re, images_re, lr_re) = results
+    torch.testing.assert_close(end_re, end_full)
+    torch.testing.assert_close(images_re, images_full, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(lr_re, lr_full, rtol=1e-4, atol=1e-7)
+    assert images_full.abs().sum() > 0 and lr_full != 0
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -249,24 +267,90 @@ def test_condense_starts_from_init():
         condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(), init=init, progress=False)
 
 
-def test_nan_is_caught_and_last_finite_images_returned(monkeypatch):
-    real_loss = pad.trajectory_matching_loss
-    calls = []
+def test_init_draws_preferred_images_first_then_fills_up():
+    real = torch.arange(6.0).view(6, 1, 1, 1)  # image i is the constant i
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    preferred = torch.tensor([True, False, False, False, True, True])
+    images = pad.init_synthetic(real, labels, {0: 2, 1: 2}, "correct", preferred).flatten()
+    assert images[0] == 0 and images[1] in (1, 2)  # class 0: its one preferred image, then another
+    assert set(images[2:].tolist()) == {4, 5}      # class 1: only preferred images
+
+
+def test_classified_correctly_is_the_final_expert_network_right():
+    torch.manual_seed(0)
+    real, labels = two_class_data(n_per_class=20)
+    real[labels == 7] += 1.0
+    local = (labels == 7).long()
+    settings = tiny(expert_train_epochs=3, expert_lr=0.1, scheduler=False)
+    trajectory = train_experts(real, local, 2, "cpu", settings, None)[0]
+    network = make_network(settings, 2, (3, 8, 8), "cpu")
+    torch.nn.utils.vector_to_parameters(trajectory[-1], network.parameters())
+    expected = network.eval()(real).argmax(1) == local
+    got = pad.classified_correctly(trajectory, real, local, 2, settings)
+    assert torch.equal(got, expected) and 0 < int(got.sum()) < len(got)
+
+
+def test_correct_init_draws_from_the_images_marked_correct(monkeypatch):
+    torch.manual_seed(0)
+    real, labels = two_class_data(n_per_class=20)
+    marked = torch.zeros(len(labels), dtype=torch.bool)
+    marked[[1, 5, 8, 13, 21, 30, 34, 39]] = True  # four per class
+    monkeypatch.setattr(pad, "classified_correctly", lambda *args, **kwargs: marked)
+    images, _ = condense(real, labels, {3: 4, 7: 4}, "cpu", tiny(iterations=0, init="correct"),
+                         progress=False)
+    chosen = {int(torch.nonzero((real == im).flatten(1).all(1))[0]) for im in images}
+    assert chosen == set(torch.nonzero(marked).flatten().tolist())
+
+
+def _poison_losses(monkeypatch, bad_calls):
+    """Make the matching loss NaN on the given (1-based) calls; returns the call log."""
+    real_loss, calls = pad.trajectory_matching_loss, []
 
     def poisoned(*args):
         calls.append(1)
         loss = real_loss(*args)
-        return loss * float("nan") if len(calls) >= 3 else loss
+        return loss * float("nan") if bad_calls(len(calls)) else loss
 
     monkeypatch.setattr(pad, "trajectory_matching_loss", poisoned)
+    return calls
+
+
+def test_nan_restarts_from_last_finite_images_with_halved_rates(monkeypatch):
+    calls = _poison_losses(monkeypatch, lambda n: n == 3)  # one bad iteration
     torch.manual_seed(0)
     real, labels = two_class_data()
     stats: dict = {}
-    with pytest.warns(RuntimeWarning, match="non-finite"):
+    with pytest.warns(RuntimeWarning, match=r"restarting from iteration 2 with lr_img 0.5"):
         images, _ = condense(real, labels, {3: 2, 7: 2}, "cpu", tiny(iterations=6, scheduler=False),
                              progress=False, stats=stats)
+    assert torch.isfinite(images).all() and len(calls) == 6
+    assert stats["recoveries"] == 1 and not stats["stopped"] and stats["iterations"] == 6
+    assert math.isfinite(stats["loss"])
+
+
+def test_nan_that_persists_stops_with_the_last_finite_images(monkeypatch):
+    calls = _poison_losses(monkeypatch, lambda n: n >= 3)
+    torch.manual_seed(0)
+    real, labels = two_class_data()
+    stats: dict = {}
+    with pytest.warns(RuntimeWarning, match="after 2 restarts"):
+        images, _ = condense(real, labels, {3: 2, 7: 2}, "cpu",
+                             tiny(iterations=9, scheduler=False, max_recoveries=2),
+                             progress=False, stats=stats)
     assert torch.isfinite(images).all()
-    assert stats["stopped"] and stats["iterations"] == 2 and len(calls) == 3
+    assert stats["stopped"] and stats["iterations"] == 2 and stats["recoveries"] == 2
+    assert len(calls) == 5  # 2 good, then one bad per try: the first and two restarts
+
+
+def test_student_lr_is_kept_above_its_floor():
+    # An expert that barely moves: the loss pushes the student lr down, hard with this lr_lr.
+    settings, _, start, _, images, labels, _ = _student_setup()
+    settings = tiny(max_start_epoch=0, expert_epochs=1, expert_train_epochs=1, lr_lr=1e3,
+                    iterations=3, scheduler=False, dsa=False)
+    trajectories = [[start, start + 1e-4 * torch.randn_like(start)]]
+    stats: dict = {}
+    pad.distill(trajectories, images.detach(), labels, 2, settings, 0, progress=False, stats=stats)
+    assert stats["syn_lr"] == pytest.approx(settings.lr_init / 100)
 
 
 def test_condense_ignores_non_finite_real_images():

@@ -20,8 +20,13 @@ distill.py), each also noted where it happens:
 - The start epoch is uniform over [0, max_start_epoch] inclusive (the reference's
   `randint(0, max_start_epoch)` excludes the upper end).
 - Hard labels and cross-entropy; the reference PAD also learns soft labels initialised
-  from expert logits and initialises from images an expert classifies correctly.
+  from expert logits. Its other refinement, starting from real images the final expert
+  classifies correctly, is `init="correct"`.
 - No loss threshold that skips updates (PAD's `threshold`, 1.0 in its configs).
+- The learnable student lr has a floor (lr_init / 100), and NaN/inf restarts from the
+  last finite images with halved rates (`distill`); the reference can diverge.
+- The backward pass recomputes the student steps one at a time (`recompute_steps`),
+  so memory does not grow with the graphs of N steps; the gradients are the same.
 """
 from __future__ import annotations
 
@@ -29,7 +34,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +41,12 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ccl.condense.dsa import DSASettings, augment
+from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
 from ccl.models.convnet import NORMS
 
-INITS = ("real", "noise")
+INITS = ("real", "correct", "noise")
 
 # PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
 # 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
@@ -91,8 +95,14 @@ class PADSettings:
     norm: str = "instance"
     dsa: bool = True                # DSA on the experts', scorers' and student's batches
     dsa_settings: DSASettings = field(default_factory=DSASettings)
-    init: str = "real"              # "real" (random real images of the class) or "noise"
+    # "real": random real images of the class; "correct": random among those the first
+    # expert's final network classifies correctly (the PAD reference); "noise".
+    init: str = "real"
+    # Backward pass recomputes one student step at a time from the stored parameter
+    # vectors: memory of one step instead of N, for one extra forward/backward per step.
+    recompute_steps: bool = True
     progress_every: int = 50        # iterations between finiteness checks / bar updates
+    max_recoveries: int = 3         # restarts from the last finite images on NaN/inf
 
     def __post_init__(self) -> None:
         positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
@@ -104,9 +114,10 @@ class PADSettings:
                 continue  # zero iterations: return the initialisation (useful for tests)
             if value < 1:
                 raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
-        if self.max_start_epoch < 0 or self.score_epochs < 0:
-            raise ValueError("PADSettings.max_start_epoch and score_epochs must be >= 0, got "
-                             f"{self.max_start_epoch} and {self.score_epochs}")
+        if self.max_start_epoch < 0 or self.score_epochs < 0 or self.max_recoveries < 0:
+            raise ValueError("PADSettings.max_start_epoch, score_epochs and max_recoveries must be "
+                             f">= 0, got {self.max_start_epoch}, {self.score_epochs} and "
+                             f"{self.max_recoveries}")
         if self.max_start_epoch + self.expert_epochs > self.expert_train_epochs:
             raise ValueError(
                 f"max_start_epoch + expert_epochs ({self.max_start_epoch} + {self.expert_epochs}) "
@@ -236,50 +247,107 @@ class FunctionalStudent:
         return functional_call(self.module, self.unflatten(flat), (x,))
 
 
-def minibatches(n: int, batch: int, steps: int, device: torch.device | str) -> Iterator[torch.Tensor]:
-    """`steps` index batches: shuffled passes over range(n) split into `batch`-sized chunks.
+Step = tuple[torch.Tensor, "Draw | None"]  # (minibatch indices (B,), DSA draw or None)
 
-    As the reference: a new permutation whenever the previous one is used up; the last
-    chunk of a pass may be smaller.
+
+def student_plan(n: int, batch: int, steps: int, dsa: DSASettings | None,
+                 device: torch.device | str) -> list[Step]:
+    """The N student steps' minibatches and DSA draws, drawn up front.
+
+    Minibatches are shuffled passes over range(n) split into `batch`-sized chunks (as the
+    reference: a new permutation whenever one is used up; a pass's last chunk may be
+    smaller). Fixing the draws before the unroll lets the backward pass recompute a step
+    exactly.
     """
+    plan: list[Step] = []
     chunks: list[torch.Tensor] = []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, device=device).split(batch))
-        yield chunks.pop(0)
+        idx = chunks.pop(0)
+        plan.append((idx, sample_draw(idx.numel(), dsa, device) if dsa is not None else None))
+    return plan
+
+
+def _step_gradient(student: FunctionalStudent, params: torch.Tensor, x: torch.Tensor,
+                   y: torch.Tensor, draw: Draw | None, create_graph: bool) -> torch.Tensor:
+    """(P,) gradient of the student's cross-entropy on one (augmented) minibatch."""
+    if draw is not None:
+        x = apply(x, draw)
+    loss = F.cross_entropy(student(params, x), y)
+    (grad,) = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return grad
 
 
 def unroll_student(student: FunctionalStudent, start: torch.Tensor, images: torch.Tensor,
-                   labels: torch.Tensor, lr: torch.Tensor, steps: int, batch: int,
-                   dsa: DSASettings | None) -> torch.Tensor:
-    """Train the student `steps` SGD steps from `start`, keeping the graph through all of them.
-
-    Only the autograd graph holds the intermediate parameter vectors (nothing else keeps
-    a list of them), so they are freed as soon as the caller's backward pass is done.
+                   labels: torch.Tensor, lr: torch.Tensor, plan: list[Step],
+                   recompute: bool = True) -> torch.Tensor:
+    """Train the student len(plan) SGD steps from `start`, differentiably in images and lr.
 
     Args:
         student: the functional network.
-        start: (P,) expert parameters theta*_t (not modified).
+        start: (P,) expert parameters theta*_t (not modified, no gradient).
         images: (S, C, H, W) synthetic images (requires grad).
         labels: (S,) long labels.
         lr: scalar learnable student learning rate.
-        steps: N; 0 returns a leaf copy of `start`.
-        batch: synthetic minibatch size.
-        dsa: DSA strengths, or None.
+        plan: the steps' minibatches and draws (`student_plan`); empty returns `start`.
+        recompute: keep only the N parameter vectors and recompute each step's graph in
+            the backward pass (`_RecomputedUnroll`); False keeps all N graphs (the reference).
 
     Returns:
-        (P,) theta_hat_{t+N}, differentiable with respect to images and lr.
+        (P,) theta_hat_{t+N}.
     """
+    if not plan:
+        return start.detach()
+    if recompute:
+        return _RecomputedUnroll.apply(start.detach(), images, lr, student, labels, plan)
     params = start.detach().requires_grad_(True)  # (P,) leaf: grad of CE w.r.t. it below
-    for idx in minibatches(images.shape[0], batch, steps, images.device):
-        x = images[idx]  # (B, C, H, W)
-        if dsa is not None:
-            x = augment(x, dsa)
-        loss = F.cross_entropy(student(params, x), labels[idx])
+    for idx, draw in plan:
         # create_graph: the update must stay differentiable w.r.t. images and lr.
-        (grad,) = torch.autograd.grad(loss, params, create_graph=True)  # (P,)
+        grad = _step_gradient(student, params, images[idx], labels[idx], draw, create_graph=True)
         params = params - lr * grad  # (P,)
     return params
+
+
+class _RecomputedUnroll(torch.autograd.Function):
+    """theta_N = unroll(theta_0, images, lr) with a backward pass of one step's memory.
+
+    Step k: theta_{k+1} = theta_k - lr * g_k, g_k = grad of CE(theta_k, x_k). Going back
+    with a = dL/dtheta_{k+1}, one double-backward through the recomputed step gives
+        dL/dlr     += -a . g_k
+        dL/dx_k    += -lr * (a . dg_k/dx_k)
+        dL/dtheta_k = a - lr * (H_k a)
+    which is exactly what autograd computes through the full graph.
+    """
+
+    @staticmethod
+    def forward(ctx, start, images, lr, student, labels, plan):
+        thetas, params = [], start
+        for idx, draw in plan:
+            thetas.append(params)  # (P,) each; N of them is the whole memory cost
+            with torch.enable_grad():
+                leaf = params.detach().requires_grad_(True)
+                grad = _step_gradient(student, leaf, images[idx], labels[idx], draw, create_graph=False)
+            params = params - lr * grad
+        ctx.thetas, ctx.student, ctx.labels, ctx.plan = thetas, student, labels, plan
+        ctx.save_for_backward(images, lr)
+        return params
+
+    @staticmethod
+    def backward(ctx, adjoint):
+        images, lr = ctx.saved_tensors
+        grad_images, grad_lr = torch.zeros_like(images), torch.zeros_like(lr)
+        for (idx, draw), theta in zip(reversed(ctx.plan), reversed(ctx.thetas)):
+            with torch.enable_grad():
+                params = theta.detach().requires_grad_(True)
+                x = images[idx].detach().requires_grad_(True)  # (B, C, H, W)
+                grad = _step_gradient(ctx.student, params, x, ctx.labels[idx], draw, create_graph=True)
+                grad_lr -= (adjoint * grad.detach()).sum()
+                hessian_adjoint, grad_x = torch.autograd.grad(grad, (params, x), adjoint)
+            grad_images.index_add_(0, idx, -lr.detach() * grad_x)
+            adjoint = adjoint - lr.detach() * hessian_adjoint
+        ctx.thetas = ctx.plan = None
+        return None, grad_images, grad_lr, None, None, None
 
 
 def match_once(student: FunctionalStudent, trajectories: list[Trajectory], images: torch.Tensor,
@@ -302,7 +370,8 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
     start, target = trajectory[t], trajectory[t + settings.expert_epochs]
     batch = settings.batch_syn or images.shape[0]
     dsa = settings.dsa_settings if settings.dsa else None
-    student_end = unroll_student(student, start, images, labels, lr, settings.syn_steps, batch, dsa)
+    plan = student_plan(images.shape[0], batch, settings.syn_steps, dsa, images.device)
+    student_end = unroll_student(student, start, images, labels, lr, plan, settings.recompute_steps)
     return trajectory_matching_loss(student_end, start, target, keep_from)
 
 
@@ -311,9 +380,12 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             stats: dict | None = None) -> torch.Tensor:
     """Optimise synthetic images by trajectory matching; never returns non-finite values.
 
-    Every `progress_every` iterations (and at the end) the images and lr are checked; the
-    last finite images are kept, and on NaN/inf the run stops with a warning and returns
-    them. Checking only then avoids a device sync per iteration.
+    Every `progress_every` iterations (and at the end) the images, lr and loss are
+    checked, which avoids a device sync per iteration. On NaN/inf the images and lr go
+    back to the last finite check, momentum is dropped, lr_img and lr_lr are halved and a
+    warning says so; after `max_recoveries` such restarts the last finite images are
+    returned. The learnable lr is kept at or above lr_init / 100: at zero or below, the
+    student would climb its loss (the reference does not guard it and can diverge).
 
     Args:
         trajectories: expert trajectories on the images' device.
@@ -323,7 +395,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         settings: PADSettings.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
-        stats: filled with "iterations" (done), "loss" (last checked), "syn_lr", "stopped".
+        stats: filled with "iterations" (last finite check), "loss", "syn_lr",
+            "recoveries" and "stopped" (recoveries ran out).
 
     Returns:
         (S, C, H, W) optimised images (detached).
@@ -332,11 +405,17 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     student = FunctionalStudent(make_network(settings, num_classes, tuple(images.shape[1:]), device))
     images = images.detach().clone().requires_grad_(True)  # (S, C, H, W)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
-    # MTT: plain SGD with momentum 0.5 on both the pixels and the student lr.
-    opt_images = torch.optim.SGD([images], lr=settings.lr_img, momentum=0.5)
-    opt_lr = torch.optim.SGD([lr], lr=settings.lr_lr, momentum=0.5)
+    lr_floor = settings.lr_init / 100
+
+    def optimisers(scale: float) -> tuple[torch.optim.SGD, torch.optim.SGD]:
+        # MTT: plain SGD with momentum 0.5 on both the pixels and the student lr.
+        return (torch.optim.SGD([images], lr=settings.lr_img * scale, momentum=0.5),
+                torch.optim.SGD([lr], lr=settings.lr_lr * scale, momentum=0.5))
+
+    opt_images, opt_lr = optimisers(1.0)
     last_finite, last_lr = images.detach().clone(), settings.lr_init
-    info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "stopped": False}
+    info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
+            "stopped": False}
     bar = tqdm(range(settings.iterations), desc="PAD", disable=not progress, leave=False)
     for it in bar:
         loss = match_once(student, trajectories, images, labels, lr, settings, keep_from)
@@ -345,18 +424,33 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         loss.backward()  # frees the unrolled graph
         opt_images.step()
         opt_lr.step()
+        with torch.no_grad():
+            lr.clamp_(min=lr_floor)
         if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
             continue
         value = float(loss.detach())
-        if not (torch.isfinite(images).all() and torch.isfinite(lr) and math.isfinite(value)):
-            warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
-                          f"stopping and returning the images of iteration {info['iterations']}. "
-                          "Lower lr_img or lr_lr.", RuntimeWarning, stacklevel=3)
+        if torch.isfinite(images).all() and torch.isfinite(lr) and math.isfinite(value):
+            last_finite, last_lr = images.detach().clone(), float(lr.detach())
+            info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
+            continue
+        if info["recoveries"] == settings.max_recoveries:
+            warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} after "
+                          f"{info['recoveries']} restarts; returning the images of iteration "
+                          f"{info['iterations']}. Lower lr_img or lr_lr.", RuntimeWarning, stacklevel=3)
             info["stopped"] = True
             break
-        last_finite, last_lr = images.detach().clone(), float(lr.detach())
-        info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
+        info["recoveries"] += 1
+        scale = 0.5 ** info["recoveries"]
+        with torch.no_grad():
+            images.copy_(last_finite)
+            lr.fill_(last_lr)
+        opt_images, opt_lr = optimisers(scale)  # fresh: no momentum from the diverged steps
+        warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
+                      f"restarting from iteration {info['iterations']} with lr_img "
+                      f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
+                      f"(restart {info['recoveries']} of {settings.max_recoveries})",
+                      RuntimeWarning, stacklevel=3)
     bar.close()
     if stats is not None:
         stats.update(info)
@@ -366,28 +460,45 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
 # --- condense: the ccl.condense contract ---------------------------------------------------
 
 def init_synthetic(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
-                   kind: str) -> torch.Tensor:
+                   kind: str, preferred: torch.Tensor | None = None) -> torch.Tensor:
     """Initial synthetic images grouped by class in budget order, on real's device.
 
-    "real": random distinct real images of the class (repeated permutations when the
-    budget exceeds the class's count); "noise": standard normal (the normalised space).
+    "real" / "correct": random distinct real images of the class (repeated permutations
+    when the budget exceeds the class's count), drawn first from the `preferred` ones;
+    "noise": standard normal (the normalised space).
 
     Args:
         real: (N, C, H, W) real images.
         labels: (N,) long labels.
         budget: {class: images}.
-        kind: "real" or "noise".
+        kind: one of INITS.
+        preferred: optional (N,) bool mask of images to draw first (e.g. correctly
+            classified); the rest of a class fills up when too few are preferred.
     """
     parts = []
     for c, count in budget.items():
         if kind == "noise":
             parts.append(torch.randn(count, *real.shape[1:], device=real.device))
             continue
-        idx = torch.nonzero(labels == c).flatten()  # (n_c,)
-        repeats = -(-count // idx.numel())  # ceil
-        perm = torch.cat([torch.randperm(idx.numel(), device=real.device) for _ in range(repeats)])
-        parts.append(real[idx[perm[:count]]])
+        in_class = labels == c  # (N,)
+        pools = [in_class] if preferred is None else [in_class & preferred, in_class & ~preferred]
+        picked = torch.cat([idx[torch.randperm(idx.numel(), device=real.device)]
+                            for idx in (torch.nonzero(m).flatten() for m in pools)])  # (n_c,)
+        repeats = -(-count // picked.numel())  # ceil
+        picked = torch.cat([picked] + [picked[torch.randperm(picked.numel(), device=real.device)]
+                                       for _ in range(repeats - 1)])
+        parts.append(real[picked[:count]])
     return torch.cat(parts).float()  # (sum(budget), C, H, W)
+
+
+@torch.no_grad()
+def classified_correctly(trajectory: Trajectory, real: torch.Tensor, labels: torch.Tensor,
+                         num_classes: int, settings: PADSettings, batch: int = 1024) -> torch.Tensor:
+    """(N,) bool: which real images the expert's final network (theta*_E) gets right."""
+    network = FunctionalStudent(make_network(settings, num_classes, tuple(real.shape[1:]), real.device))
+    network.module.eval()
+    predictions = torch.cat([network(trajectory[-1], x).argmax(1) for x in real.split(batch)])  # (N,)
+    return predictions == labels
 
 
 def _check_inputs(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
@@ -481,7 +592,9 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if init is not None:
         images = init[0].detach().to(device).float()
     else:
-        images = init_synthetic(real, local_labels, local_budget, settings.init)
+        correct = (classified_correctly(trajectories[0], real, local_labels, num_classes, settings)
+                   if settings.init == "correct" else None)
+        images = init_synthetic(real, local_labels, local_budget, settings.init, correct)
     alpha = resolve_alpha(settings, budget)
     keep_from = deep_parameter_start(trajectories[0][0].numel(), alpha)
 
@@ -499,5 +612,6 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
 
 __all__ = ["PADSettings", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
            "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
-           "FunctionalStudent", "unroll_student", "match_once", "distill", "init_synthetic",
+           "FunctionalStudent", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
+           "classified_correctly",
            "REFERENCE_ALPHA"]
