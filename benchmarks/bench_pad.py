@@ -20,6 +20,7 @@ import multiprocessing
 import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -77,8 +78,9 @@ def bench_matching(args: argparse.Namespace) -> None:
     spawn = multiprocessing.get_context("spawn")
     for steps in args.steps:
         for recompute in args.modes:
-            with spawn.Pool(1) as pool:  # a fresh process: its peak memory is this config's
-                seconds, peak = pool.apply(time_matching, (args, steps, recompute))
+            # A fresh process: its peak memory is this configuration's alone.
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                seconds, peak = pool.submit(time_matching, args, steps, recompute).result()
             mode = "recompute" if recompute else "full"
             print(f"  N={steps:3d} {mode:>9}: {seconds:7.2f} s/iteration, "
                   f"{steps / seconds:6.1f} student steps/s, peak memory {peak:5.2f} GiB", flush=True)
