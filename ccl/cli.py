@@ -179,13 +179,13 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
     data = load_dataset(dataset, data_dir, not no_download)
     # A set of some classes (`ccl condense --classes`) is tested on those classes only.
-    test_y = torch.from_numpy(data.test_y)
-    on_set = torch.isin(test_y, labels.unique().cpu()).numpy()
+    test_y, set_classes = torch.from_numpy(data.test_y), labels.unique().cpu()
+    on_set = torch.isin(test_y, set_classes).numpy()
     seed_everything(seed)
     result = evaluate_synthetic(images.float(), labels, data.normalise(data.test_x[on_set]), test_y[on_set],
                                 data.num_classes, pick_device(device), settings, progress=not quiet)
     write_json(set_file.with_suffix(".eval.json"), {**result, "settings": to_dict(settings), "seed": seed,
-                                                    "test_classes": sorted(labels.unique().tolist()),
+                                                    "test_classes": set_classes.tolist(),
                                                     "test_images": int(on_set.sum())})
     accs = ", ".join(f"{a:.4f}" for a in result["accuracies"])
     click.echo(f"{set_file}: test accuracy {result['mean']:.4f} +- {result['std']:.4f} over {networks} networks "
