@@ -210,11 +210,30 @@ def test_recomputed_unroll_gives_the_full_graph_gradients(dsa):
     assert images_full.abs().sum() > 0 and lr_full != 0
 
 
+def test_start_epoch_is_drawn_between_min_and_max(monkeypatch):
+    starts = []
+
+    def record_start(student, start, *args, **kwargs):
+        starts.append(int(start[0]))
+        return start + 1.0
+
+    monkeypatch.setattr(pad, "unroll_student", record_start)
+    trajectory = [torch.full((4,), float(epoch)) for epoch in range(6)]  # theta_e = e
+    settings = tiny(min_start_epoch=2, max_start_epoch=3, expert_epochs=1, expert_train_epochs=5)
+    images, labels = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    torch.manual_seed(0)
+    for _ in range(40):
+        match_once(None, [trajectory], images, labels, torch.tensor(0.01), settings, keep_from=0)
+    assert set(starts) == {2, 3}
+
+
 # --- settings ---------------------------------------------------------------------------
 
 def test_settings_validation():
     with pytest.raises(ValueError, match="expert_train_epochs"):
         PADSettings(max_start_epoch=20, expert_epochs=2, expert_train_epochs=21)
+    with pytest.raises(ValueError, match="min_start_epoch"):
+        PADSettings(min_start_epoch=3, max_start_epoch=2)
     with pytest.raises(ValueError, match="alpha"):
         PADSettings(alpha=1.0)
     with pytest.raises(ValueError, match="add_end"):

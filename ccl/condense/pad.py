@@ -65,7 +65,8 @@ class PADSettings:
     iterations: int = 10_000        # matching iterations (reference 10,000)
     syn_steps: int = 80             # N: student steps on the synthetic set per iteration
     expert_epochs: int = 2          # M: expert epochs the N student steps must cover
-    max_start_epoch: int = 20       # start epoch t is uniform in [0, max_start_epoch]
+    max_start_epoch: int = 20       # start epoch t is uniform in [min_start_epoch, max_start_epoch]
+    min_start_epoch: int = 0        # DATM / PAD reference: later segments for larger IPC
     lr_img: float = 100.0           # SGD (momentum 0.5) lr on the pixels (IPC 50: 1000)
     lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
     lr_init: float = 0.01           # initial student lr (= the experts' lr)
@@ -114,6 +115,9 @@ class PADSettings:
                 continue  # zero iterations: return the initialisation (useful for tests)
             if value < 1:
                 raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
+        if not 0 <= self.min_start_epoch <= self.max_start_epoch:
+            raise ValueError(f"PADSettings needs 0 <= min_start_epoch <= max_start_epoch, got "
+                             f"{self.min_start_epoch} and {self.max_start_epoch}")
         if self.max_start_epoch < 0 or self.score_epochs < 0 or self.max_recoveries < 0:
             raise ValueError("PADSettings.max_start_epoch, score_epochs and max_recoveries must be "
                              f">= 0, got {self.max_start_epoch}, {self.score_epochs} and "
@@ -361,12 +365,12 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
         images: (S, C, H, W) synthetic images (requires grad).
         labels: (S,) long labels (local class indices).
         lr: scalar learnable student lr (requires grad).
-        settings: syn_steps, expert_epochs, max_start_epoch, batch_syn, dsa.
+        settings: syn_steps, expert_epochs, min/max_start_epoch, batch_syn, dsa.
         keep_from: first matched parameter index.
     """
     trajectory = trajectories[int(torch.randint(len(trajectories), (1,)))]
-    # Departure: inclusive upper end (reference: randint(0, max_start_epoch)).
-    t = int(torch.randint(settings.max_start_epoch + 1, (1,)))
+    # Departure: inclusive upper end (reference: randint(min_start_epoch, max_start_epoch)).
+    t = int(torch.randint(settings.min_start_epoch, settings.max_start_epoch + 1, (1,)))
     start, target = trajectory[t], trajectory[t + settings.expert_epochs]
     batch = settings.batch_syn or images.shape[0]
     dsa = settings.dsa_settings if settings.dsa else None
