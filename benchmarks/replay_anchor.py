@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from ccl.condense.evaluate import accuracy
 from ccl.data import load_dataset
 from ccl.models import build_learner
+from ccl.runner import RunConfig
+
+RUN = RunConfig()  # `ccl run`'s learner optimiser and batch sizes
 
 
 def train_steps(net, optimizer, images, labels, epochs, batch, memory=None, mem_batch=0):
@@ -63,12 +66,11 @@ def anchor(set_file: str, data, new_classes: list[int], args) -> np.ndarray:
     for seed in args.seeds:
         torch.manual_seed(seed)
         net = build_learner("convnet", data.num_classes, data.shape, width=args.width)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        net.train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=RUN.lr, momentum=RUN.momentum,
+                                    weight_decay=RUN.weight_decay)
         train_steps(net, optimizer, *old_train, args.epochs, args.batch_size)
         losses = train_steps(net, optimizer, *new_train, args.epochs, args.batch_size, memory, args.mem_batch)
         rows.append([accuracy(net, *old_test), accuracy(net, *new_test), float(np.mean(losses[-20:]))])
-        net.train()
     return np.array(rows)
 
 
@@ -82,8 +84,8 @@ def main():
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--mem-batch", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=RUN.batch_size)
+    parser.add_argument("--mem-batch", type=int, default=RUN.mem_batch)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

@@ -115,13 +115,13 @@ class PADSettings:
                 continue  # zero iterations: return the initialisation (useful for tests)
             if value < 1:
                 raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
-        if not 0 <= self.min_start_epoch <= self.max_start_epoch:
-            raise ValueError(f"PADSettings needs 0 <= min_start_epoch <= max_start_epoch, got "
-                             f"{self.min_start_epoch} and {self.max_start_epoch}")
         if self.max_start_epoch < 0 or self.score_epochs < 0 or self.max_recoveries < 0:
             raise ValueError("PADSettings.max_start_epoch, score_epochs and max_recoveries must be "
                              f">= 0, got {self.max_start_epoch}, {self.score_epochs} and "
                              f"{self.max_recoveries}")
+        if not 0 <= self.min_start_epoch <= self.max_start_epoch:
+            raise ValueError(f"PADSettings needs 0 <= min_start_epoch <= max_start_epoch, got "
+                             f"{self.min_start_epoch} and {self.max_start_epoch}")
         if self.max_start_epoch + self.expert_epochs > self.expert_train_epochs:
             raise ValueError(
                 f"max_start_epoch + expert_epochs ({self.max_start_epoch} + {self.expert_epochs}) "
