@@ -105,14 +105,19 @@ def make_config(**values: Any) -> RunConfig:
 
 
 def pick_device(name: str) -> torch.device:
+    """The run's one device. A bare "cuda" gets its index (cuda:0), so that it compares
+    equal to the device of the tensors placed on it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise CclError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CclError(f"device {name!r} asked for, but torch sees no CUDA device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CclError(f"device {name!r} asked for, but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -165,7 +170,16 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def seed_everything(seed: int) -> None:
-    """The one place randomness is seeded; everything below draws from these."""
+    """The one place randomness is seeded; everything below draws from these.
+
+    Also asks for deterministic kernels: on CUDA, cuDNN's autotuner and atomic-add
+    kernels (convolution backward, index_add_) otherwise make two runs of one seed
+    differ. cuBLAS reads its workspace setting when it first starts, so it is set here,
+    before any work. Ops without a deterministic kernel warn rather than fail.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -319,7 +333,9 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         {"train": _avalanche_dataset(train_x, train_y), "test": _avalanche_dataset(test_x, test_y)},
         class_order=p.order, num_classes_per_exp=[len(g) for g in p.experience_classes])
 
-    model = build_learner(cfg.model, data.num_classes, data.shape, cfg.width, cfg.depth, cfg.norm)
+    # On the device from the start: a resumed optimizer's momentum is loaded onto the
+    # parameters' device, and Avalanche would move only the parameters later.
+    model = build_learner(cfg.model, data.num_classes, data.shape, cfg.width, cfg.depth, cfg.norm).to(p.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     evaluator = EvaluationPlugin(
