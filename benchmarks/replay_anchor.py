@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ccl.condense import dsa
 from ccl.condense.evaluate import accuracy
 from ccl.data import load_dataset
 from ccl.models import build_learner
@@ -28,15 +29,17 @@ from ccl.runner import RunConfig
 RUN = RunConfig()  # `ccl run`'s learner optimiser and batch sizes
 
 
-def train_steps(net, optimizer, images, labels, epochs, batch, memory=None, mem_batch=0):
-    """SGD over (images, labels); returns the memory loss of every step (empty without memory)."""
+def train_steps(net, optimizer, images, labels, epochs, batch, memory=None, mem_batch=0, augment=None):
+    """SGD over (images, labels); returns the memory loss of every step (empty without memory).
+    `augment`: DSA settings applied to each memory sample (a fresh draw per sample)."""
     memory_losses = []
     for _ in range(epochs):
         for idx in torch.randperm(len(labels)).split(batch):
             x, y = images[idx], labels[idx]
             if memory is not None:
                 pick = torch.randint(len(memory[1]), (mem_batch,))
-                x, y = torch.cat([x, memory[0][pick]]), torch.cat([y, memory[1][pick]])
+                replayed = memory[0][pick] if augment is None else dsa.augment(memory[0][pick], augment)
+                x, y = torch.cat([x, replayed]), torch.cat([y, memory[1][pick]])
             logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -69,7 +72,8 @@ def anchor(set_file: str, data, new_classes: list[int], args) -> np.ndarray:
         optimizer = torch.optim.SGD(net.parameters(), lr=RUN.lr, momentum=RUN.momentum,
                                     weight_decay=RUN.weight_decay)
         train_steps(net, optimizer, *old_train, args.epochs, args.batch_size)
-        losses = train_steps(net, optimizer, *new_train, args.epochs, args.batch_size, memory, args.mem_batch)
+        losses = train_steps(net, optimizer, *new_train, args.epochs, args.batch_size, memory, args.mem_batch,
+                             dsa.DSASettings() if args.augment_memory else None)
         rows.append([accuracy(net, *old_test), accuracy(net, *new_test), float(np.mean(losses[-20:]))])
     return np.array(rows)
 
@@ -87,6 +91,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=RUN.batch_size)
     parser.add_argument("--mem-batch", type=int, default=RUN.mem_batch)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--augment-memory", action="store_true", help="DSA-augment the replayed memory samples")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.threads:

@@ -43,6 +43,7 @@ class RunConfig:
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
+    mem_augment: str = "none"      # none | dsa: a fresh DSA draw on memory images each time they are trained on
     seed: int = 0
     epochs: int = 5                # per experience
     batch_size: int = 32           # current-experience samples per minibatch
@@ -91,10 +92,13 @@ class RunConfig:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if self.mem_dtype not in MEM_DTYPES:
             raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPES)}")
+        if self.mem_augment not in MEM_AUGMENTS:
+            raise ValueError(f"unknown mem-augment {self.mem_augment!r}; choose one of: {', '.join(MEM_AUGMENTS)}")
 
 
 PROTOCOLS = ("replay", "gdumb")
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+MEM_AUGMENTS = ("none", "dsa")
 
 
 def make_config(**values: Any) -> RunConfig:
@@ -158,6 +162,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     if cfg.train_per_class:
         data = data.first_per_class(cfg.train_per_class)
+    if cfg.mem_augment != "none" and spec.kind != "device":
+        raise CclError(f"--mem-augment applies to the on-device memories; memory {cfg.memory!r} has none")
     if cfg.protocol == "gdumb" and spec.kind != "device":
         raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
                        "(use random, herding or a condensing memory)")
@@ -322,7 +328,9 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
+    from ccl.condense.dsa import DSASettings
     from ccl.memory import DeviceMemoryPlugin
+    from ccl.memory.plugin import AugmentPlugin
     from ccl.memory.codec import MemoryCodec
     from ccl.memory.reservoir import TimedReplayPlugin
 
@@ -345,12 +353,14 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         loggers=[_csv_logger(run_dir / "logs"), *_optional_loggers(cfg, run_dir)])
 
     memory = None
+    augment = DSASettings() if cfg.mem_augment == "dsa" else None
     if p.spec.kind == "device":
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))
             return train_x[mask], train_y[mask]
         memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
-                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std))
+                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
+                                    augment)
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
 
@@ -358,6 +368,8 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     # plugin appends memory samples to every minibatch and fills itself after each experience.
     replay = memory is not None and cfg.protocol == "replay"
     plugins = [_Progress(progress, cfg.memory)] + ([memory] if replay else [])
+    if augment is not None and cfg.protocol == "gdumb":
+        plugins.append(AugmentPlugin(augment))
     strategy_cls = JointTraining if p.spec.kind == "joint" else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,

@@ -29,6 +29,7 @@ def invoke(tmp_path, *args):
      "cifar10 not found in /nonexistent/data"),
     (["--scenario", "split-folder"], "give --data-dir"),
     (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
+    (["--memory", "reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
     result = invoke(tmp_path, "run", *args)

@@ -64,6 +64,34 @@ def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
     assert memory.images.device == p.device
 
 
+@pytest.mark.parametrize("augment", ["none", "dsa"])
+def test_replayed_samples_are_augmented_only_when_asked(tmp_path, tiny_run, augment):
+    p = prepare(make_config(**tiny_run, memory="random", mem_augment=augment))
+    seed_everything(0)
+    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    strategy.train(bench.train_stream[0])
+    replayed = []
+
+    class Spy(SupervisedPlugin):
+        def before_forward(self, s, **kw):
+            replayed.append((s.mbatch[0][-tiny_run["mem_batch"]:], s.mbatch[1][-tiny_run["mem_batch"]:]))
+
+    strategy.plugins.append(Spy())  # after the memory plugin: sees the appended samples
+    stored = memory.codec.decode(memory.images)  # the first experience's classes only
+    strategy.train(bench.train_stream[1])
+    images = torch.cat([x for x, _ in replayed])
+    copies = (images[:, None] == stored[None]).flatten(2).all(2).any(1)  # an exact stored image?
+    # DSA draws one family per minibatch; a no-flip draw of the flip family leaves an image as it is
+    assert copies.all() if augment == "none" else copies.float().mean() < 0.3
+
+
+def test_gdumb_augments_every_minibatch(tmp_path, tiny_run):
+    from ccl.memory.plugin import AugmentPlugin
+    p = prepare(make_config(**tiny_run, memory="random", protocol="gdumb", mem_augment="dsa"))
+    _, strategy, _ = _build(p, tmp_path, progress=False)
+    assert any(isinstance(plugin, AugmentPlugin) for plugin in strategy.plugins)
+
+
 def test_memory_stays_within_budget_and_balanced(tmp_path, tiny_run):
     p = prepare(make_config(**{**tiny_run, "mem_size": 23}, memory="herding"))
     seed_everything(0)

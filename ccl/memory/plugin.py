@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
+from ccl.condense import dsa
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler
 from ccl.memory.slots import slots_per_class
@@ -30,14 +31,19 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         device: where the memory lives (the training device).
         codec: how images are stored (float32 by default; float16 or uint8 pixels
             to compare memories at equal bytes).
+        augment: DSA settings for a fresh augmentation of every replayed sample, or None.
+            Condensed images are made to be trained on under DSA; without it a learner
+            fits them within a few steps and they stop holding their classes.
     """
 
     def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
-                 device: torch.device, codec: MemoryCodec | None = None):
+                 device: torch.device, codec: MemoryCodec | None = None,
+                 augment: dsa.DSASettings | None = None):
         super().__init__()
         self.mem_size, self.mem_batch = mem_size, mem_batch
         self.filler, self.real_images, self.device = filler, real_images, torch.device(device)
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
+        self.augment = augment
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
@@ -48,7 +54,10 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             return
         idx = torch.randint(len(self.labels), (self.mem_batch,), device=self.device)
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
-        strategy.mbatch[0] = torch.cat([x, self.codec.decode(self.images[idx])])  # (B + mem_batch, C, H, W)
+        replayed = self.codec.decode(self.images[idx])  # (mem_batch, C, H, W)
+        if self.augment is not None:
+            replayed = dsa.augment(replayed, self.augment)
+        strategy.mbatch[0] = torch.cat([x, replayed])  # (B + mem_batch, C, H, W)
         strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
 
@@ -89,3 +98,15 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.images = state["images"].to(self.device)
         self.labels = state["labels"].to(self.device)
         self.classes = list(state["classes"])
+
+
+class AugmentPlugin(SupervisedPlugin):
+    """A fresh DSA draw on every training minibatch: GDumb's learner trains on the memory
+    alone, so there the whole minibatch is memory images."""
+
+    def __init__(self, settings: dsa.DSASettings):
+        super().__init__()
+        self.settings = settings
+
+    def before_forward(self, strategy, **kwargs):
+        strategy.mbatch[0] = dsa.augment(strategy.mbatch[0], self.settings)
