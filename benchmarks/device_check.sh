@@ -27,7 +27,8 @@ load_dataset('cifar10', Path(sys.argv[1]), download=False)" "$data"
 ) &
 runs=$!
 
-timeout 200 python3 -m pytest -q -p no:cacheprovider -n 6 tests 2>&1 | tail -n 40 | tee "$out/pytest.log"
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")  # pytest-xdist, where installed
+timeout 200 python3 -m pytest -q -p no:cacheprovider $workers tests 2>&1 | tail -n 40 | tee "$out/pytest.log"
 wait $runs
 tail -n 3 /tmp/run-*.log > "$out/runs.log"
 ccl report /tmp/device-runs 2>&1 | tee -a "$out/runs.log"
