@@ -10,7 +10,6 @@ set -uo pipefail
 data=${1:?CIFAR-10 folder}; out=${2:?output folder}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-ccl() { python3 -m ccl.cli "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import torch, avalanche; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/device.txt"
@@ -31,7 +30,7 @@ workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")  # pytest-xdist,
 timeout 200 python3 -m pytest -q -p no:cacheprovider $workers tests 2>&1 | tail -n 40 | tee "$out/pytest.log"
 wait $runs
 tail -n 3 /tmp/run-*.log > "$out/runs.log"
-ccl report /tmp/device-runs 2>&1 | tee -a "$out/runs.log"
+python3 -m ccl.cli report /tmp/device-runs 2>&1 | tee -a "$out/runs.log"
 python3 - "$out/runs.json" <<'PY'
 import json, sys
 from pathlib import Path

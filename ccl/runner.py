@@ -159,14 +159,15 @@ def prepare(cfg: RunConfig) -> Prepared:
                 importlib.import_module(package)
             except ImportError:
                 raise CclError(f"--{flag} needs the {package} package: pip install {package}") from None
-    data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
-    if cfg.train_per_class:
-        data = data.first_per_class(cfg.train_per_class)
+    # Checks of the settings alone come before the data load, which can take seconds.
     if cfg.mem_augment != "none" and spec.kind != "device":
         raise CclError(f"--mem-augment applies to the on-device memories; memory {cfg.memory!r} has none")
     if cfg.protocol == "gdumb" and spec.kind != "device":
         raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
                        "(use random, herding or a condensing memory)")
+    data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
+    if cfg.train_per_class:
+        data = data.first_per_class(cfg.train_per_class)
     if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
@@ -329,8 +330,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     from avalanche.training.plugins import EvaluationPlugin
 
     from ccl.condense.dsa import DSASettings
-    from ccl.memory import DeviceMemoryPlugin
-    from ccl.memory.plugin import AugmentPlugin
+    from ccl.memory import AugmentPlugin, DeviceMemoryPlugin
     from ccl.memory.codec import MemoryCodec
     from ccl.memory.reservoir import TimedReplayPlugin
 

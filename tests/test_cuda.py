@@ -8,25 +8,21 @@ import torch
 
 from ccl.condense.methods import METHODS
 from ccl.runner import _build, make_config, prepare, run, seed_everything
+from test_run import TINY_METHOD  # the CPU run tests' tiny condensation settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY_METHOD = {
-    "random": {},
-    "datadam": {"iterations": 3, "width": 16, "real_batch": 8},
-    "pad": {"iterations": 2, "width": 8, "syn_steps": 2, "batch_syn": 32, "num_experts": 1,
-            "expert_train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 1, "score_epochs": 1},
-}
+CONDENSE_ON_GPU = {"random": {}, "datadam": TINY_METHOD["datadam"], "pad": TINY_METHOD["pad"]}
 
 
-@pytest.mark.parametrize("method", list(TINY_METHOD))
+@pytest.mark.parametrize("method", list(CONDENSE_ON_GPU))
 def test_condense_from_host_images_returns_them_on_the_gpu(method):
     spec = METHODS.get(method).value
     torch.manual_seed(0)
     real = torch.randn(40, 3, 8, 8)  # on the host, as a loader gives them
     labels = torch.arange(2).repeat_interleave(20)
     images, out = spec.condense(real, labels, {0: 2, 1: 2}, torch.device("cuda"),
-                                spec.settings(**TINY_METHOD[method]), progress=False)
+                                spec.settings(**CONDENSE_ON_GPU[method]), progress=False)
     assert images.device.type == "cuda" and out.device.type == "cuda"
     assert images.shape == (4, 3, 8, 8) and torch.isfinite(images).all()
 

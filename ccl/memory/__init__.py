@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller
-from ccl.memory.plugin import DeviceMemoryPlugin
+from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
 
@@ -45,4 +45,4 @@ for _name in ("dm", "datadam", "mtt", "pad"):
     MEMORIES.register(_name, f"condensed: {_method.description}")(
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense))
 
-__all__ = ["MEMORIES", "MemorySpec", "DeviceMemoryPlugin", "Filler", "slots_per_class"]
+__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "DeviceMemoryPlugin", "Filler", "slots_per_class"]
