@@ -31,7 +31,7 @@ def int_list(text: str | None) -> list[int] | None:
         raise CclError(f"expected comma-separated integers, got {text!r}") from None
 
 
-RUN_FLAGS = ("protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "seed", "epochs", "batch_size", "lr",
+RUN_FLAGS = ("protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
              "memory_config")
 
@@ -50,6 +50,8 @@ def run_options(fn):
                      help="how memory images are stored [float32]"),
         click.option("--mem-augment", type=click.Choice(["none", "dsa"]),
                      help="dsa: augment memory images afresh each time the learner trains on them [none]"),
+        click.option("--finetune-epochs", type=int,
+                     help="replay: then this many epochs on the memory alone at lr/10, class-balanced [0]"),
         click.option("--epochs", type=int, help="training epochs per experience [5]"),
         click.option("--batch-size", type=int, help="current-experience samples per minibatch [32]"),
         click.option("--lr", type=float, help="learner learning rate [0.01]"),

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ccl import config as cfgmod
+from ccl.condense import dsa
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
@@ -61,6 +63,7 @@ class RunConfig:
     class_order: list[int] | None = None  # default: a permutation drawn from the seed
     train_per_class: int | None = None    # keep the first N training images of each class
     protocol: str = "replay"       # replay: new data + memory; gdumb: a fresh learner on the memory alone
+    finetune_epochs: int = 0       # replay: then this many epochs on the memory alone at lr / 10 (EEIL)
     tensorboard: str | None = None  # also log to TensorBoard in this folder
     wandb: str | None = None        # also log to this Weights & Biases project
     memory_config: str | None = None      # preset name in configs/ or a TOML file
@@ -71,7 +74,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("mem_batch", "seed"):
+        for name in ("mem_batch", "seed", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         for name in ("lr",):
@@ -165,6 +168,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.protocol == "gdumb" and spec.kind != "device":
         raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
                        "(use random, herding or a condensing memory)")
+    if cfg.finetune_epochs and (spec.kind != "device" or cfg.protocol != "replay"):
+        raise CclError(f"--finetune-epochs follows replay with the on-device memory; memory {cfg.memory!r} under "
+                       f"--protocol {cfg.protocol} has nothing to finetune on")
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     if cfg.train_per_class:
         data = data.first_per_class(cfg.train_per_class)
@@ -316,6 +322,23 @@ def _memory_experience(memory, index: int):
     return experience
 
 
+def _finetune_on_memory(model: torch.nn.Module, memory, cfg: RunConfig) -> None:
+    """Class-balanced finetuning (EEIL, Castro et al. 2018): after an experience, a few
+    epochs on the memory alone, where every seen class has its share of the slots, so
+    that the classifier unlearns its bias toward the classes it just saw in bulk."""
+    images, labels = memory.codec.decode(memory.images), memory.labels  # (M, C, H, W), (M,)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr / 10, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    model.train()
+    for _ in range(cfg.finetune_epochs):
+        for idx in torch.randperm(len(labels), device=labels.device).split(cfg.batch_size):
+            x = images[idx] if memory.augment is None else dsa.augment(images[idx], memory.augment)
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
 def _reinitialise(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
@@ -453,6 +476,8 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
             strategy.train(_memory_experience(memory, i))
         else:
             strategy.train(steps[i])
+            if p.config.finetune_epochs and memory is not None:
+                _finetune_on_memory(strategy.model, memory, p.config)
         elapsed = time.perf_counter() - start
         update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
         start = time.perf_counter()

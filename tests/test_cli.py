@@ -30,6 +30,8 @@ def invoke(tmp_path, *args):
     (["--scenario", "split-folder"], "give --data-dir"),
     (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
     (["--memory", "reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),
+    (["--finetune-epochs", "-2"], "finetune-epochs must not be negative"),
+    (["--memory", "none", "--finetune-epochs", "2"], "memory 'none' under --protocol replay has nothing to finetune"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
     result = invoke(tmp_path, "run", *args)

@@ -174,3 +174,21 @@ def test_missing_wandb_is_a_clear_error(tmp_path, tiny_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if the package were not installed
     with pytest.raises(CclError, match="pip install wandb"):
         prepare(make_config(**tiny_run, wandb="proj"))
+
+
+def test_finetuning_on_the_memory_lifts_old_classes(tmp_path, tiny_run):
+    accuracy = {}
+    for epochs in (0, 10):
+        cfg = make_config(**tiny_run, memory="random", finetune_epochs=epochs)
+        run_dir = run(prepare(cfg), tmp_path / str(epochs), progress=False)
+        r = json.loads((run_dir / "results.json").read_text())
+        accuracy[epochs] = sum(r["accuracy_matrix"][-1][:-1]) / 4  # the four earlier experiences
+        assert json.loads((run_dir / "config.json").read_text())["run"]["finetune_epochs"] == epochs
+    assert accuracy[10] > accuracy[0] + 0.1
+
+
+@pytest.mark.parametrize("settings", [dict(memory="reservoir"), dict(memory="random", protocol="gdumb")])
+def test_finetuning_needs_replay_from_a_device_memory(tiny_run, settings):
+    from ccl.errors import CclError
+    with pytest.raises(CclError, match="finetune-epochs"):
+        prepare(make_config(**tiny_run, **settings, finetune_epochs=5))
