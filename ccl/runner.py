@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ccl import config as cfgmod
-from ccl.condense import dsa
+from ccl.condense.experts import sgd_epoch
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
@@ -327,16 +326,11 @@ def _finetune_on_memory(model: torch.nn.Module, memory, cfg: RunConfig) -> None:
     epochs on the memory alone, where every seen class has its share of the slots, so
     that the classifier unlearns its bias toward the classes it just saw in bulk."""
     images, labels = memory.codec.decode(memory.images), memory.labels  # (M, C, H, W), (M,)
+    everything = torch.arange(len(labels), device=labels.device)  # (M,)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr / 10, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    model.train()
     for _ in range(cfg.finetune_epochs):
-        for idx in torch.randperm(len(labels), device=labels.device).split(cfg.batch_size):
-            x = images[idx] if memory.augment is None else dsa.augment(images[idx], memory.augment)
-            loss = F.cross_entropy(model(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        sgd_epoch(model, images, labels, everything, optimizer, cfg.batch_size, memory.augment)
 
 
 def _reinitialise(model: torch.nn.Module) -> None:
