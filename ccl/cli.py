@@ -122,6 +122,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     entry = METHODS.get(method).value
     settings = preset_settings(entry.settings, preset or method, dict(parse_override(o) for o in overrides),
                                explicit=preset is not None)
+    if getattr(settings, "memory_context", False):
+        raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
     dev = pick_device(device)
     data = load_dataset(dataset, data_dir, not no_download)
     if train_per_class:

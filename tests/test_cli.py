@@ -118,3 +118,12 @@ def test_condense_then_evaluate_tests_on_the_set_classes(tmp_path):
     assert report["test_classes"] == [0, 1]
     assert 0 < report["test_images"] < 120  # digits' test split holds about 36 per class
     assert report["mean"] > 0.5  # two classes: far above the 1/10 of testing on all ten
+
+
+def test_condense_refuses_memory_context(tmp_path):
+    out = tmp_path / "set.pt"
+    result = CliRunner().invoke(main, ["condense", "--dataset", "digits", "--method", "pad", "--ipc", "1",
+                                       "--set", "memory_context=true", "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "memory_context" in result.output and "`ccl run` only" in result.output
+    assert not out.exists()

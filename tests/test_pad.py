@@ -276,6 +276,65 @@ def test_condense_budget_shapes_and_finite():
     assert stats["score_s"] > 0 and stats["iterations"] == 3 and not stats["stopped"]
 
 
+def test_fixed_images_join_the_minibatches_without_gradient():
+    settings, student, start, target, images, labels, lr = _student_setup()
+    settings = tiny(max_start_epoch=0, expert_train_epochs=1, syn_steps=3, batch_syn=4)
+    results = []
+    for fixed in (False, True):
+        images.grad = None
+        torch.manual_seed(5)  # the same start epoch, minibatches and draws both times
+        if fixed:  # the last two images as context: same loss, no gradient for them
+            synthetic = images[:4].detach().requires_grad_(True)
+            loss = match_once(student, [[start, target]], synthetic, labels[:4], lr, settings, 50,
+                              fixed=(images[4:].detach(), labels[4:]))
+            loss.backward()
+            results.append((loss.detach(), synthetic.grad))
+        else:
+            loss = match_once(student, [[start, target]], images, labels, lr, settings, 50)
+            loss.backward()
+            results.append((loss.detach(), images.grad[:4]))
+    (loss_all, grad_all), (loss_fixed, grad_fixed) = results
+    torch.testing.assert_close(loss_fixed, loss_all)
+    torch.testing.assert_close(grad_fixed, grad_all)
+    assert grad_fixed.abs().sum() > 0
+
+
+def test_context_joins_the_experts_balanced_and_is_not_returned(monkeypatch):
+    torch.manual_seed(0)
+    real, labels = two_class_data(n_per_class=12)
+    context = (torch.randn(6, 3, 8, 8), torch.tensor([1, 1, 1, 5, 5, 5]))
+    kept = context[0].clone()
+    seen = {}
+
+    def recording_train_experts(images, expert_labels, num_classes, *args):
+        seen.update(counts=torch.bincount(expert_labels, minlength=num_classes).tolist(), k=num_classes)
+        return experts.train_experts(images, expert_labels, num_classes, *args)
+
+    monkeypatch.setattr(pad, "train_experts", recording_train_experts)
+    stats: dict = {}
+    images, out_labels = condense(real, labels, {7: 2, 3: 2}, "cpu", tiny(), progress=False,
+                                  stats=stats, context=context)
+    # Outputs: the budget's classes 7, 3, then the context's 1, 5; each context class
+    # repeated to the real classes' count (12 = 3 images x 4).
+    assert seen == {"counts": [12, 12, 12, 12], "k": 4}
+    assert out_labels.tolist() == [7, 7, 3, 3] and images.shape == (4, 3, 8, 8)
+    assert torch.isfinite(images).all() and torch.equal(context[0], kept)
+    assert stats["context_images"] == 6
+
+
+def test_context_must_be_other_finite_classes():
+    real, labels = two_class_data()
+    with pytest.raises(ValueError, match="also in the budget"):
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(), progress=False,
+                 context=(torch.randn(2, 3, 8, 8), torch.tensor([3, 1])))
+    with pytest.raises(ValueError, match="NaN"):
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(), progress=False,
+                 context=(torch.full((2, 3, 8, 8), float("nan")), torch.tensor([1, 1])))
+    with pytest.raises(ValueError, match="context must be"):
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(), progress=False,
+                 context=(torch.randn(2, 3, 4, 4), torch.tensor([1, 1])))
+
+
 def test_condense_starts_from_init():
     real, labels = two_class_data()
     init = (torch.randn(3, 3, 8, 8), torch.tensor([3, 3, 7]))

@@ -144,6 +144,17 @@ def test_condensing_memories_fill_their_slots(tmp_path, tiny_run, memory):
     assert not any((real == img).flatten(1).all(1).any() for img in memory_state["images"][:4])
 
 
+def test_pad_with_memory_context_condenses_against_the_old_classes(tmp_path, tiny_run):
+    settings = {**TINY_METHOD["pad"], "memory_context": True}
+    p = prepare(make_config(**tiny_run, memory="pad", memory_settings=settings))
+    run_dir = run(p, tmp_path, progress=False)
+    updates = json.loads((run_dir / "results.json").read_text())["memory_updates"]
+    # the context is what the memory keeps of the old classes once their slots shrink
+    old_slots = [sum(n for c, n in u["slots"].items() if int(c) not in u["new_classes"]) for u in updates]
+    assert [u["context_images"] for u in updates] == old_slots == [0, 10, 14, 16, 16]
+    assert json.loads((run_dir / "config.json").read_text())["memory_settings"]["memory_context"] is True
+
+
 def test_gdumb_protocol_trains_on_the_memory_alone(tmp_path, tiny_run):
     p = prepare(make_config(**{**tiny_run, "epochs": 30}, memory="random", protocol="gdumb"))
     seed_everything(0)

@@ -27,6 +27,13 @@ distill.py), each also noted where it happens:
   last finite images with halved rates (`distill`); the reference can diverge.
 - The backward pass recomputes the student steps one at a time (`recompute_steps`),
   so memory does not grow with the graphs of N steps; the gradients are the same.
+
+For continual learning, `condense` takes an optional `context`: labelled images of other
+classes (a replay memory's old classes) that join the experts' data, repeated to the real
+classes' mean count, and every student minibatch, without being optimised. The experts
+then learn the new classes against the old ones, and the synthetic images must carry
+that too: with two new classes alone they carry what tells those two apart (a colour
+blotch can do), which a learner that also sees other classes does not keep.
 """
 from __future__ import annotations
 
@@ -104,6 +111,9 @@ class PADSettings:
     recompute_steps: bool = True
     progress_every: int = 50        # iterations between finiteness checks / bar updates
     max_recoveries: int = 3         # restarts from the last finite images on NaN/inf
+    # `ccl run` only: condense each experience's new classes with the memory's old-class
+    # images as fixed `context` (see the module docstring). `ccl condense` has no memory.
+    memory_context: bool = False
 
     def __post_init__(self) -> None:
         positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
@@ -356,7 +366,7 @@ class _RecomputedUnroll(torch.autograd.Function):
 
 def match_once(student: FunctionalStudent, trajectories: list[Trajectory], images: torch.Tensor,
                labels: torch.Tensor, lr: torch.Tensor, settings: PADSettings,
-               keep_from: int) -> torch.Tensor:
+               keep_from: int, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One distillation iteration's loss: random expert, random start epoch, N student steps.
 
     Args:
@@ -367,7 +377,11 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
         lr: scalar learnable student lr (requires grad).
         settings: syn_steps, expert_epochs, min/max_start_epoch, batch_syn, dsa.
         keep_from: first matched parameter index.
+        fixed: optional (images, local labels) that join the synthetic set in the student's
+            minibatches without receiving gradient (the context).
     """
+    if fixed is not None:
+        images, labels = torch.cat([images, fixed[0]]), torch.cat([labels, fixed[1]])
     trajectory = trajectories[int(torch.randint(len(trajectories), (1,)))]
     # Departure: inclusive upper end (reference: randint(min_start_epoch, max_start_epoch)).
     t = int(torch.randint(settings.min_start_epoch, settings.max_start_epoch + 1, (1,)))
@@ -381,7 +395,7 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
 
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
-            stats: dict | None = None) -> torch.Tensor:
+            stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Optimise synthetic images by trajectory matching; never returns non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
@@ -401,6 +415,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
             "recoveries" and "stopped" (recoveries ran out).
+        fixed: optional (images, local labels) in every student minibatch, not optimised.
 
     Returns:
         (S, C, H, W) optimised images (detached).
@@ -422,7 +437,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             "stopped": False}
     bar = tqdm(range(settings.iterations), desc="PAD", disable=not progress, leave=False)
     for it in bar:
-        loss = match_once(student, trajectories, images, labels, lr, settings, keep_from)
+        loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed)
         opt_images.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
         loss.backward()  # frees the unrolled graph
@@ -528,6 +543,20 @@ def _check_inputs(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
             raise ValueError("init images contain NaN or inf")
 
 
+def _check_context(context: tuple[torch.Tensor, torch.Tensor], classes: list[int],
+                   shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = context
+    if images.dim() != 4 or images.shape[1:] != shape or labels.shape != images.shape[:1] or not len(labels):
+        raise ValueError(f"context must be (M, {', '.join(map(str, shape))}) images with (M,) labels, M >= 1; "
+                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+    overlap = sorted(set(labels.unique().tolist()) & set(classes))
+    if overlap:
+        raise ValueError(f"context classes {overlap} are also in the budget")
+    if not torch.isfinite(images).all():
+        raise ValueError("context images contain NaN or inf")
+    return images, labels.long()
+
+
 def _now(device: torch.device | str) -> float:
     """Wall clock after the device's queued work is done (CUDA runs asynchronously)."""
     if torch.device(device).type == "cuda":
@@ -538,7 +567,8 @@ def _now(device: torch.device | str) -> float:
 def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: PADSettings = PADSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-             stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             stats: dict | None = None,
+             context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -555,7 +585,11 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         init: optional (images, labels) to start from, matching `budget`.
         progress: show a progress bar with the loss.
         stats: optional dict filled with phase times in seconds ("score_s", "experts_s",
-            "match_s"), the resolved "alpha", and `distill`'s entries.
+            "match_s"), the resolved "alpha", "context_images" and `distill`'s entries.
+        context: optional (images, labels) of classes outside the budget, e.g. a replay
+            memory's old classes: they join the experts' and scorers' data (repeated to
+            the real classes' mean count) and every student minibatch, and are not
+            optimised or returned.
 
     Returns:
         images (sum(budget), C, H, W) float32 on `device`, grouped by class in budget
@@ -563,6 +597,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     """
     _check_inputs(real, labels, budget, init)
     classes = list(budget)
+    if context is not None:
+        context_x, context_y = _check_context(context, classes, real.shape[1:])
     real, labels = real.to(device), labels.to(device)
     finite = torch.isfinite(real).flatten(1).all(1)  # (N,) one NaN pixel would poison the experts
     if not finite.all():
@@ -573,21 +609,32 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if set(torch.unique(labels).tolist()) != set(classes):
         raise ValueError("some budget classes have no finite real images")
     class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
-    to_local = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long, device=device)
-    to_local[class_ids] = torch.arange(len(classes), device=device)
+    # Context classes follow the budget's in the networks' outputs: K .. K+K'-1.
+    all_ids = class_ids if context is None else torch.cat([class_ids, context_y.unique().to(device)])
+    to_local = torch.full((int(all_ids.max()) + 1,), -1, dtype=torch.long, device=device)
+    to_local[all_ids] = torch.arange(len(all_ids), device=device)
     local_labels = to_local[labels]  # (N',) in [0, K)
-    num_classes = len(classes)
+    num_classes = len(all_ids)
+    fixed = None
+    train_x, train_y = real, local_labels  # the experts' and scorers' data
+    if context is not None:
+        fixed = (context_x.to(device).float(), to_local[context_y.to(device)])
+        # Repeated to the real classes' mean count: a class of 50 memory images beside
+        # classes of 1,000 real ones would barely move the experts.
+        repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
+        train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
+        train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
     timings = {"score_s": 0.0, "experts_s": 0.0, "match_s": 0.0}
 
     began = _now(device)
     order = None
     if settings.scheduler:
-        scores = el2n_scores(real, local_labels, num_classes, device, settings)  # (N',)
-        order = order_by_difficulty(scores, local_labels)
+        scores = el2n_scores(train_x, train_y, num_classes, device, settings)  # (N',)
+        order = order_by_difficulty(scores, train_y)
     timings["score_s"] = _now(device) - began
 
     began = _now(device)
-    trajectories = train_experts(real, local_labels, num_classes, device, settings, order)
+    trajectories = train_experts(train_x, train_y, num_classes, device, settings, order)
     timings["experts_s"] = _now(device) - began
 
     local_budget = {k: budget[c] for k, c in enumerate(classes)}
@@ -605,11 +652,12 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     began = _now(device)
     info: dict = {}
     images = distill(trajectories, images, syn_labels, num_classes, settings, keep_from,
-                     progress, info)
+                     progress, info, fixed)
     timings["match_s"] = _now(device) - began
 
     if stats is not None:
-        stats.update(timings, alpha=alpha, keep_from=keep_from, **info)
+        stats.update(timings, alpha=alpha, keep_from=keep_from,
+                     context_images=0 if context is None else len(context_x), **info)
     out_labels = class_ids[syn_labels]  # (S,) original classes
     return images, out_labels
 

@@ -45,21 +45,24 @@ def _herding_rank(images: torch.Tensor, labels: torch.Tensor, learner: nn.Module
 
 @dataclass
 class Filler:
-    """Base: `select(real, labels, budget, learner) -> (images, labels)` in priority order."""
+    """Base: `fill(real, labels, budget, learner, context) -> (images, labels)` in priority
+    order. `context` is the memory's old-class (images, labels) after shrinking; only
+    condensers that ask for it (`memory_context` in their settings) use it."""
     device: torch.device
     settings: Any = None
     progress: bool = True  # progress bars of long fillers (condensation)
     stats: dict = field(default_factory=dict)  # time per phase etc., read by the plugin
 
     def fill(self, real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
-             learner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+             learner: nn.Module, context: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
 class RandomFiller(Filler):
     """Class-balanced random real images."""
 
-    def fill(self, real, labels, budget, learner):
+    def fill(self, real, labels, budget, learner, context=None):
         return random_real(real, labels, budget, self.device)
 
 
@@ -67,7 +70,7 @@ class HerdingFiller(Filler):
     """iCaRL herding on the learner's features: the real images whose mean is closest
     to the class mean, in the order herding picks them."""
 
-    def fill(self, real, labels, budget, learner):
+    def fill(self, real, labels, budget, learner, context=None):
         real, labels = real.to(self.device), labels.to(self.device)
         feats = learner_features(learner, real)
         keep = torch.cat([idx[herding_order(feats[idx], k)] for _, k, idx in _per_class(labels, budget)])
@@ -82,10 +85,13 @@ class CondenseFiller(Filler):
         super().__init__(device, settings, progress)
         self.method = method
 
-    def fill(self, real, labels, budget, learner):
+    def fill(self, real, labels, budget, learner, context=None):
         stats: dict = {}
+        extra = {}
+        if getattr(self.settings, "memory_context", False) and context is not None and len(context[1]):
+            extra["context"] = context
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
-                                           progress=self.progress, stats=stats)
+                                           progress=self.progress, stats=stats, **extra)
         self.stats = stats
         order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]

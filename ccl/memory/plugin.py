@@ -75,7 +75,11 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         stats: dict = {}
         if new_classes:
             real, labels = self.real_images(new_classes)
-            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner)
+            context = None
+            if kept:
+                context = (self.codec.decode(torch.cat([x for x, _ in kept])), torch.cat([y for _, y in kept]))
+            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
+                                                    context)
             stats = dict(self.filler.stats)
             kept.append((self.codec.encode(images.to(self.device)), image_labels.to(self.device)))
         self.images = torch.cat([x for x, _ in kept])
