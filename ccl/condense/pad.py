@@ -572,8 +572,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
-    data, trajectory matching. Networks see only the budget's classes, relabelled
-    0..K-1 in budget order.
+    data, trajectory matching. Networks see the budget's classes, relabelled 0..K-1 in
+    budget order, then the context's classes (if any) as K..K+K'-1.
 
     Args:
         real: (N, C, H, W) normalised real images of the classes to condense; any device.
