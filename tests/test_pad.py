@@ -312,16 +312,6 @@ def record_expert_data(monkeypatch) -> dict:
     return seen
 
 
-def test_smaller_classes_are_repeated_for_the_experts(monkeypatch):
-    torch.manual_seed(0)
-    real, labels = two_class_data(n_per_class=12)
-    real, labels = real[:16], labels[:16]  # 12 of class 3, 4 of class 7 (a memory's exemplars)
-    seen = record_expert_data(monkeypatch)
-    images, out_labels = condense(real, labels, {7: 2, 3: 2}, "cpu", tiny(), progress=False)
-    assert seen == {"counts": [12, 12], "k": 2}  # class 7's 4 images 3 times
-    assert out_labels.tolist() == [7, 7, 3, 3] and torch.isfinite(images).all()
-
-
 def test_warns_when_the_student_takes_far_more_steps_than_the_expert():
     real, labels = two_class_data(n_per_class=12)  # 24 images, batch 16: 2 expert steps per epoch
     with pytest.warns(RuntimeWarning, match="ill-posed"):

@@ -29,8 +29,8 @@ distill.py), each also noted where it happens:
   so memory does not grow with the graphs of N steps; the gradients are the same.
 
 For continual learning, `condense` takes an optional `context`: labelled images of other
-classes (a replay memory's old classes) that join the experts' data, repeated to the
-largest real class's count, and every student minibatch, without being optimised. The experts
+classes (a replay memory's old classes) that join the experts' data, repeated to the real
+classes' mean count, and every student minibatch, without being optimised. The experts
 then learn the new classes against the old ones, and the synthetic images must carry
 that too: with two new classes alone they carry what tells those two apart (a colour
 blotch can do), which a learner that also sees other classes does not keep.
@@ -577,9 +577,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
 
     Args:
         real: (N, C, H, W) normalised real images of the classes to condense; any device.
-            Images of classes outside `budget` are ignored. Classes may differ in size
-            (a memory's exemplars beside a new experience): the experts see each class
-            repeated to the largest one's count.
+            Images of classes outside `budget` are ignored.
         labels: (N,) long labels of `real`.
         budget: {class: number of synthetic images}, e.g. {3: 34, 7: 33}.
         device: where the work happens and the result lives.
@@ -590,7 +588,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             "match_s"), the resolved "alpha", "context_images" and `distill`'s entries.
         context: optional (images, labels) of classes outside the budget, e.g. a replay
             memory's old classes: they join the experts' and scorers' data (repeated to
-            the largest real class's count) and every student minibatch, and are not
+            the real classes' mean count) and every student minibatch, and are not
             optimised or returned.
 
     Returns:
@@ -618,19 +616,14 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     local_labels = to_local[labels]  # (N',) in [0, K)
     num_classes = len(all_ids)
     fixed = None
-    # The experts' and scorers' data, every class repeated to the largest one's count: a
-    # class of 50 memory images beside classes of 1,000 real ones would barely move the
-    # experts. Balanced data is left as it is.
-    counts = torch.bincount(local_labels, minlength=len(classes))  # (K,)
-    largest = int(counts.max())
-    repeats = (largest / counts).round().clamp(min=1).long()  # (K,)
-    train_x, train_y = real.repeat_interleave(repeats[local_labels], 0), local_labels.repeat_interleave(
-        repeats[local_labels])
+    train_x, train_y = real, local_labels  # the experts' and scorers' data
     if context is not None:
         fixed = (context_x.to(device).float(), to_local[context_y.to(device)])
-        times = max(1, round(largest * (len(all_ids) - len(classes)) / len(context_x)))
-        train_x = torch.cat([train_x, fixed[0].repeat(times, 1, 1, 1)])
-        train_y = torch.cat([train_y, fixed[1].repeat(times)])
+        # Repeated to the real classes' mean count: a class of 50 memory images beside
+        # classes of 1,000 real ones would barely move the experts.
+        repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
+        train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
+        train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
     expert_steps = settings.expert_epochs * math.ceil(len(train_x) / settings.expert_batch)
     if settings.syn_steps > 2 * expert_steps:
         # Seen on a GPU: N 80 against M 3 epochs of 8 steps (1,000 images per class)

@@ -58,12 +58,6 @@ class Filler:
              ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    @property
-    def wants_context(self) -> bool:
-        """Condenses against the memory's old classes (the plugin defers classes that
-        arrive with none, see `DeviceMemoryPlugin.update`)."""
-        return bool(getattr(self.settings, "memory_context", False))
-
 
 class RandomFiller(Filler):
     """Class-balanced random real images."""
@@ -94,7 +88,7 @@ class CondenseFiller(Filler):
     def fill(self, real, labels, budget, learner, context=None):
         stats: dict = {}
         extra = {}
-        if self.wants_context and context is not None and len(context[1]):
+        if getattr(self.settings, "memory_context", False) and context is not None and len(context[1]):
             extra["context"] = context
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
                                            progress=self.progress, stats=stats, **extra)

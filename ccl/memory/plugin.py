@@ -13,7 +13,6 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ccl.condense import dsa
-from ccl.condense.methods import random_real
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler
 from ccl.memory.slots import slots_per_class
@@ -47,7 +46,6 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
         self.classes: list[int] = []  # seen classes, in arrival order
-        self.deferred: list[int] = []  # classes whose slots hold real images until they are condensed
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
         self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
@@ -69,37 +67,20 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
-        """Shrink the old classes' slots and fill the new classes' ones.
-
-        A filler that condenses against the memory's old classes (`wants_context`) has
-        none at the first experience. Those classes are then deferred: their slots hold
-        random real images until the next experience, where they are condensed from
-        those images together with the new classes, each the other's context.
-        """
+        """Shrink the old classes' slots and fill the new classes' ones."""
         start = time.perf_counter()
         self.classes += new_classes
         budget = slots_per_class(self.mem_size, self.classes)
-        deferred = self.deferred if new_classes else []
-        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes + deferred]
+        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]
         stats: dict = {}
-        if new_classes and self.filler.wants_context and not kept and not deferred:
+        if new_classes:
             real, labels = self.real_images(new_classes)
-            images, image_labels = random_real(real, labels, {c: budget[c] for c in new_classes}, self.device)
-            kept.append((self.codec.encode(images), image_labels))
-            self.deferred, stats = list(new_classes), {"deferred": list(new_classes)}
-        elif new_classes:
-            real, labels = self.real_images(new_classes)
-            if deferred:  # all of their exemplars, not just what their shrunk slots keep
-                exemplars = [self._first(c, len(self.labels)) for c in deferred]
-                real = torch.cat([real.to(self.device)] + [self.codec.decode(x) for x, _ in exemplars])
-                labels = torch.cat([labels.to(self.device)] + [y for _, y in exemplars])
             context = None
             if kept:
                 context = (self.codec.decode(torch.cat([x for x, _ in kept])), torch.cat([y for _, y in kept]))
-            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes + deferred},
-                                                    learner, context)
-            stats = dict(self.filler.stats, **({"condensed_deferred": deferred} if deferred else {}))
-            self.deferred = []
+            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
+                                                    context)
+            stats = dict(self.filler.stats)
             kept.append((self.codec.encode(images.to(self.device)), image_labels.to(self.device)))
         self.images = torch.cat([x for x, _ in kept])
         self.labels = torch.cat([y for _, y in kept])
@@ -113,8 +94,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         return self.images[idx], self.labels[idx]
 
     def state(self) -> dict:
-        return {"images": self.images, "labels": self.labels, "classes": list(self.classes),
-                "deferred": list(self.deferred)}
+        return {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
 
     def checkpoint(self) -> dict:
         return self.state()
@@ -123,7 +103,6 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.images = state["images"].to(self.device)
         self.labels = state["labels"].to(self.device)
         self.classes = list(state["classes"])
-        self.deferred = list(state.get("deferred", []))
 
 
 class AugmentPlugin(SupervisedPlugin):
