@@ -6,6 +6,7 @@ on a CPU.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -299,11 +300,8 @@ def test_fixed_images_join_the_minibatches_without_gradient():
     assert grad_fixed.abs().sum() > 0
 
 
-def test_context_joins_the_experts_balanced_and_is_not_returned(monkeypatch):
-    torch.manual_seed(0)
-    real, labels = two_class_data(n_per_class=12)
-    context = (torch.randn(6, 3, 8, 8), torch.tensor([1, 1, 1, 5, 5, 5]))
-    kept = context[0].clone()
+def record_expert_data(monkeypatch) -> dict:
+    """What the experts train on: class counts and number of outputs."""
     seen = {}
 
     def recording_train_experts(images, expert_labels, num_classes, *args):
@@ -311,6 +309,24 @@ def test_context_joins_the_experts_balanced_and_is_not_returned(monkeypatch):
         return experts.train_experts(images, expert_labels, num_classes, *args)
 
     monkeypatch.setattr(pad, "train_experts", recording_train_experts)
+    return seen
+
+
+def test_warns_when_the_student_takes_far_more_steps_than_the_expert():
+    real, labels = two_class_data(n_per_class=12)  # 24 images, batch 16: 2 expert steps per epoch
+    with pytest.warns(RuntimeWarning, match="ill-posed"):
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(syn_steps=5, iterations=1), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(syn_steps=4, iterations=1), progress=False)
+
+
+def test_context_joins_the_experts_balanced_and_is_not_returned(monkeypatch):
+    torch.manual_seed(0)
+    real, labels = two_class_data(n_per_class=12)
+    context = (torch.randn(6, 3, 8, 8), torch.tensor([1, 1, 1, 5, 5, 5]))
+    kept = context[0].clone()
+    seen = record_expert_data(monkeypatch)
     stats: dict = {}
     images, out_labels = condense(real, labels, {7: 2, 3: 2}, "cpu", tiny(), progress=False,
                                   stats=stats, context=context)

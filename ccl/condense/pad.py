@@ -624,6 +624,14 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
         train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
         train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
+    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / settings.expert_batch)
+    if settings.syn_steps > 2 * expert_steps:
+        # Seen on a GPU: N 80 against M 3 epochs of 8 steps (1,000 images per class)
+        # swung the loss between 0.9 and 2.5 and left images that held nothing.
+        warnings.warn(f"PAD: the student takes syn_steps={settings.syn_steps} steps to cover "
+                      f"{expert_steps} expert steps (expert_epochs={settings.expert_epochs} on "
+                      f"{len(train_x)} images); matching is ill-posed when N is over twice that: "
+                      "lower syn_steps or raise expert_epochs", RuntimeWarning, stacklevel=2)
     timings = {"score_s": 0.0, "experts_s": 0.0, "match_s": 0.0}
 
     began = _now(device)
