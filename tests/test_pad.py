@@ -278,7 +278,7 @@ def test_condense_budget_shapes_and_finite():
 
 
 def test_fixed_images_join_the_minibatches_without_gradient():
-    settings, student, start, target, images, labels, lr = _student_setup()
+    _, student, start, target, images, labels, lr = _student_setup()
     settings = tiny(max_start_epoch=0, expert_train_epochs=1, syn_steps=3, batch_syn=4)
     results = []
     for fixed in (False, True):
@@ -300,18 +300,6 @@ def test_fixed_images_join_the_minibatches_without_gradient():
     assert grad_fixed.abs().sum() > 0
 
 
-def record_expert_data(monkeypatch) -> dict:
-    """What the experts train on: class counts and number of outputs."""
-    seen = {}
-
-    def recording_train_experts(images, expert_labels, num_classes, *args):
-        seen.update(counts=torch.bincount(expert_labels, minlength=num_classes).tolist(), k=num_classes)
-        return experts.train_experts(images, expert_labels, num_classes, *args)
-
-    monkeypatch.setattr(pad, "train_experts", recording_train_experts)
-    return seen
-
-
 def test_warns_when_the_student_takes_far_more_steps_than_the_expert():
     real, labels = two_class_data(n_per_class=12)  # 24 images, batch 16: 2 expert steps per epoch
     with pytest.warns(RuntimeWarning, match="ill-posed"):
@@ -326,7 +314,13 @@ def test_context_joins_the_experts_balanced_and_is_not_returned(monkeypatch):
     real, labels = two_class_data(n_per_class=12)
     context = (torch.randn(6, 3, 8, 8), torch.tensor([1, 1, 1, 5, 5, 5]))
     kept = context[0].clone()
-    seen = record_expert_data(monkeypatch)
+    seen = {}
+
+    def recording_train_experts(images, expert_labels, num_classes, *args):
+        seen.update(counts=torch.bincount(expert_labels, minlength=num_classes).tolist(), k=num_classes)
+        return experts.train_experts(images, expert_labels, num_classes, *args)
+
+    monkeypatch.setattr(pad, "train_experts", recording_train_experts)
     stats: dict = {}
     images, out_labels = condense(real, labels, {7: 2, 3: 2}, "cpu", tiny(), progress=False,
                                   stats=stats, context=context)
