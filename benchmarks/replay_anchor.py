@@ -52,7 +52,7 @@ def train_steps(net, optimizer, images, labels, epochs, batch, memory=None, mem_
 
 def anchor(set_file: str, data, new_classes: list[int], args) -> np.ndarray:
     """(seeds, 3) rows of old-class accuracy, new-class accuracy, final memory loss."""
-    saved = torch.load(set_file, weights_only=False, map_location="cpu")
+    saved = torch.load(set_file, weights_only=True, map_location="cpu")  # tensors and plain types only
     memory = (saved["images"].float(), saved["labels"].long())
     old_classes = sorted(memory[1].unique().tolist())
     if set(old_classes) & set(new_classes):

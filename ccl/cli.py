@@ -167,15 +167,13 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     from ccl.condense.evaluate import EvalSettings, evaluate_synthetic
     from ccl.config import from_dict, parse_override, to_dict
     from ccl.data import load_dataset
-    from ccl.io import write_json
+    from ccl.io import load_torch, write_json
     from ccl.runner import pick_device, seed_everything
 
+    saved = load_torch(set_file, "synthetic set")
     try:
-        saved = torch.load(set_file, map_location="cpu", weights_only=False)
         images, labels, dataset = saved["images"], saved["labels"], saved["dataset"]
-    except FileNotFoundError:
-        raise CclError(f"{set_file}: file not found") from None
-    except Exception as e:
+    except (KeyError, TypeError) as e:
         raise CclError(f"{set_file}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -45,3 +46,21 @@ def read_json(path: Path) -> Any:
         raise CclError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: corrupt or truncated JSON ({e})") from None
+
+
+def load_torch(path: Path, what: str) -> Any:
+    """A file written with `save_torch`, loaded with weights_only=True: tensors and plain
+    types only, so a crafted or shared file cannot run code. Any failure is a CclError
+    naming the file and `what` it should have been."""
+    from ccl.errors import CclError
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CclError(f"{path}: file not found") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CclError(f"{path}: refusing to load: it holds Python objects that would have to be "
+                           f"unpickled, which can run code (a crafted file, or a {what} of an older ccl)") from None
+        raise CclError(f"{path}: corrupt or truncated {what} (UnpicklingError)") from None
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CclError(f"{path}: corrupt or truncated {what} ({type(e).__name__})") from None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ccl.errors import CclError
-from ccl.io import read_json, write_json, write_text
+from ccl.io import load_torch, read_json, write_json, write_text
 from ccl.runner import RunConfig
 
 
@@ -441,10 +441,7 @@ def plot_memory(label: str, seed: int, memory: dict[str, Any], path: Path) -> No
 
 
 def _load_memory(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors, lists and strings only
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise CclError(f"{path}: unreadable memory file ({type(e).__name__})") from None
+    return load_torch(path, "memory file")
 
 
 def write_figures(summary: dict[str, Any], by_label: dict[str, list[RunRecord]], out: Path) -> None:

@@ -31,7 +31,7 @@ from ccl.condense.experts import sgd_epoch
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
-from ccl.io import save_torch, write_json
+from ccl.io import load_torch, save_torch, write_json
 from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import LEARNERS, NORMS, build_learner
 
@@ -377,7 +377,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
             return train_x[mask], train_y[mask]
         memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
                                     real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
-                                    augment)
+                                    augment, schedule=p.experience_classes)
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
 
@@ -400,7 +400,11 @@ RESULT_SERIES = ("accuracy_matrix", "seen_accuracy", "average_accuracy", "forget
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    """Every generator's state as tensors and plain types (a checkpoint holds no pickles)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                      has_gauss, cached],
+             "random": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -408,23 +412,47 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["random"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What Avalanche's metrics carry from one experience to the next: forgetting and BWT keep
+# each experience's first and last accuracy; everything else resets at every evaluation.
+# Saved as plain values instead of pickling the metric objects (a pickle runs code on load).
+_METRIC_STATE = ("train_exp_id", "eval_exp_id")
+
+
+def _metric_states(metrics: list) -> list[dict]:
+    states = []
+    for metric in metrics:
+        state = {name: getattr(metric, name) for name in _METRIC_STATE if hasattr(metric, name)}
+        if hasattr(metric, "forgetting"):
+            state["initial"] = dict(metric.forgetting.initial)
+            state["last"] = dict(metric.forgetting.last)
+        states.append(state)
+    return states
+
+
+def _restore_metric_states(metrics: list, states: list[dict]) -> None:
+    if len(metrics) != len(states):
+        raise CclError("the checkpoint's metrics do not match this run's; it cannot be resumed")
+    for metric, state in zip(metrics, states):
+        for name in _METRIC_STATE:
+            if name in state:
+                setattr(metric, name, state[name])
+        if "initial" in state:
+            metric.forgetting.initial = dict(state["initial"])
+            metric.forgetting.last = dict(state["last"])
+
+
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by `train_and_evaluate`, or a CclError naming the file."""
-    try:
-        # weights_only=False: the checkpoint holds RNG states and Avalanche metric objects;
-        # it is a file this program wrote into its own run folder.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CclError(f"{path}: checkpoint not found") from None
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise CclError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); "
-                       "delete it to restart the run from the beginning") from None
+    """A checkpoint written by `train_and_evaluate` (tensors and plain types only), or a
+    CclError naming the file; checkpoints of ccl before 2026-11-30 pickled Avalanche
+    objects and are refused."""
+    return load_torch(path, "checkpoint (delete it to restart the run from the beginning)")
 
 
 def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_experience=None,
@@ -453,7 +481,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         # recognised by optimized_param_id being None; after the first experience it keeps
         # the state. Marking the parameters as already optimised keeps the loaded momentum.
         strategy.optimized_param_id = dict(strategy.model.named_parameters())
-        strategy.evaluator.metrics = ckpt["evaluator_metrics"]
+        _restore_metric_states(strategy.evaluator.metrics, ckpt["metric_states"])
         if memory is not None:
             memory.restore(ckpt["memory"])
         results, first = ckpt["results"], ckpt["experience"] + 1
@@ -489,7 +517,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         with _signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
             save_torch(run_dir / CHECKPOINT, {
                 "experience": i, "model": strategy.model.state_dict(), "optimizer": strategy.optimizer.state_dict(),
-                "evaluator_metrics": strategy.evaluator.metrics, "memory": memory.checkpoint() if memory else None,
+                "metric_states": _metric_states(strategy.evaluator.metrics), "memory": memory.checkpoint() if memory else None,
                 "results": results, "rng": _rng_state(), "class_order": p.order})
         if on_experience:
             on_experience(i, results)

@@ -223,16 +223,20 @@ def test_positions_subset_when_enough_and_cyclic_when_not():
     assert len(set(pos[2].tolist())) == 4 and pos[2].max() < 8
 
 
-def test_divergence_returns_last_finite_snapshot_with_warning():
+def test_a_huge_step_stays_within_the_real_pixel_range():
+    # Before projection, lr 1e38 sent the images to inf; now every step is clamped back into
+    # the real images' per-channel range, so a diverging step can never write a blown-up set.
     real, labels = blobs()
     settings = replace(TINY, iterations=20, lr_images=1e38, mmd_weight=1.0, progress_every=2)
     torch.manual_seed(0)
     stats = {}
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        images, out = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False,
-                               stats=stats)
+    images, _ = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False, stats=stats)
+    low = real.transpose(0, 1).flatten(1).amin(1).view(1, 3, 1, 1)
+    high = real.transpose(0, 1).flatten(1).amax(1).view(1, 3, 1, 1)
     assert torch.isfinite(images).all() and images.shape == (4, 3, 8, 8)
-    assert stats["stopped"] and stats["iterations"] < 20
+    assert (images >= low).all() and (images <= high).all()
+    assert ((images == low) | (images == high)).float().mean() > 0.5  # the steps did hit the bounds
+    assert not stats["stopped"] and stats["iterations"] == 20
 
 
 def test_nan_loss_is_caught(monkeypatch):
@@ -302,3 +306,58 @@ def test_budget_errors():
     with pytest.raises(ValueError, match="init images"):
         condense(real, labels, {0: 2}, "cpu", TINY, init=(torch.zeros(3, 3, 8, 8), torch.zeros(3)),
                  progress=False)
+
+
+def test_synthetic_groups_cover_each_prefix_with_equal_class_weight():
+    groups = datadam._SyntheticGroups([5, 2], [4, 3], {5: [2, 1, 4, 9], 2: [1]}, torch.device("cpu"))
+    # class 5: sizes 4 (its budget), 2, 1; sizes >= the budget or < 1 are ignored
+    assert groups.sizes == {5: [4, 2, 1], 2: [3, 1]}
+    assert groups.membership.tolist() == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0],
+                                          [0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 0, 0]]
+    assert groups.target.tolist() == [0, 0, 0, 1, 1]
+    assert groups.weight.tolist() == pytest.approx([1 / 3] * 3 + [1 / 2] * 2)
+    # Without prefixes: one group per class, the plain class means.
+    plain = datadam._SyntheticGroups([5, 2], [4, 3], None, torch.device("cpu"))
+    x = torch.randn(7, 6)
+    assert torch.allclose(class_means(x, plain.membership, 2), class_means(x, plain.image_class, 2))
+
+
+def _prefix_distance(images, real, labels, size, nets=8):
+    """Mean over random networks of the embedding-mean distance of each class's first
+    `size` images to all its real images (no augmentation): how good that subset is."""
+    torch.manual_seed(123)
+    total = 0.0
+    for _ in range(nets):
+        net = ConvNet(num_classes=2, channels=3, image_size=8, width=16, depth=2)
+        with torch.no_grad():
+            for c in (0, 1):
+                syn = net.embed(images[c * 6:c * 6 + size]).mean(0)
+                total += float((net.embed(real[labels == c]).mean(0) - syn).pow(2).sum())
+    return total / nets
+
+
+def test_nested_condensation_makes_each_prefix_a_matched_set():
+    # Condensed for 6 images a class but later cut to 2: with `nested`, the first two are
+    # matched as a set of their own and represent the class better than the first two of
+    # a set optimised only as a whole; the whole set stays about as good.
+    real, labels = blobs(n_per_class=60)
+    settings = replace(TINY, iterations=60, sam_weight=0.0, mmd_weight=1.0, dsa=False)
+    sets = {}
+    for nested in (False, True):
+        torch.manual_seed(0)
+        sets[nested], _ = condense(real, labels, {0: 6, 1: 6}, "cpu", replace(settings, nested=nested),
+                                   prefix_sizes={0: [2], 1: [2]}, progress=False)
+    assert _prefix_distance(sets[True], real, labels, 2) < 0.7 * _prefix_distance(sets[False], real, labels, 2)
+    assert _prefix_distance(sets[True], real, labels, 6) < 1.5 * _prefix_distance(sets[False], real, labels, 6)
+
+
+def test_guide_network_is_matched_and_never_trained():
+    real, labels = blobs()
+    guide = ConvNet(num_classes=2, channels=3, image_size=8, width=16, depth=2)
+    before = [p.detach().clone() for p in guide.parameters()]
+    settings = replace(TINY, iterations=5, guide_weight=10.0)
+    with pytest.raises(ValueError, match="needs a guide"):
+        condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False)
+    images, _ = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, guide=guide, progress=False)
+    assert torch.isfinite(images).all()
+    assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, guide.parameters()))

@@ -448,3 +448,15 @@ def test_condense_ignores_non_finite_real_images():
     with pytest.warns(RuntimeWarning, match="ignoring 1 real images"):
         images, _ = condense(real, labels, {3: 2, 7: 2}, "cpu", tiny(), progress=False)
     assert torch.isfinite(images).all()
+
+
+def test_a_huge_image_step_stays_within_the_real_pixel_range():
+    # lr_img 1e6 sent the reference-style images to thousands of pixel units; projection
+    # after every step keeps them inside the real images' per-channel range.
+    torch.manual_seed(0)
+    real, labels = two_class_data(size=16)
+    images, _ = condense(real, labels, {7: 3, 3: 2}, "cpu", tiny(lr_img=1e6), progress=False)
+    per_channel = real.transpose(0, 1).flatten(1)  # (3, N*H*W)
+    low, high = per_channel.amin(1).view(1, 3, 1, 1), per_channel.amax(1).view(1, 3, 1, 1)
+    assert torch.isfinite(images).all() and (images >= low).all() and (images <= high).all()
+    assert ((images == low) | (images == high)).any()  # the step was large enough to need it

@@ -32,7 +32,7 @@ def wait_for_experience(runs_dir: Path, proc: subprocess.Popen, experience: int)
         assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
         for ckpt in runs_dir.glob("*/checkpoint.pt"):
             try:
-                if torch.load(ckpt, weights_only=False)["experience"] >= experience:
+                if torch.load(ckpt, weights_only=True)["experience"] >= experience:
                     return ckpt.parent
             except Exception:
                 pass  # being replaced right now

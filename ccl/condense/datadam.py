@@ -20,6 +20,7 @@ iterations.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import time
 import warnings
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
 from ccl.models.convnet import NORMS, ConvNet
 
@@ -63,7 +65,18 @@ class DataDAMSettings:
     depth: int = 3
     dsa: bool = True            # siamese DSA on real and synthetic images of each class
     dsa_settings: DSASettings = field(default_factory=DSASettings)
-    init: str = "real"          # "real": random real images of the class; "noise": N(0, 1)
+    # "real": random real images of the class; "noise": N(0, 1); "herding": the replay
+    # memory starts from the learner's herding exemplars (standalone: as "real").
+    init: str = "real"
+    # Match every prefix of a class's images that the caller names (`prefix_sizes`) as a
+    # set of its own, so that keeping the first k images after a shrink keeps a matched set
+    # (a subset of a jointly optimised set is not one). The replay memory passes the sizes
+    # its schedule will cut each class to; standalone condensation has none.
+    nested: bool = False
+    # Weight of a third term: the MMD of a guide network's L2-normalised embeddings (the
+    # replay learner, as SSD matches on the model being trained), so the images also carry
+    # what this learner uses, not only what random networks see. 0 = off, the paper's loss.
+    guide_weight: float = 0.0
     progress_every: int = 50    # iterations between host synchronisations (bar, NaN check)
     # torch.compile the per-block work (conv -> norm -> ReLU -> attention -> class sums),
     # fusing the memory-bound steps. On 2 CPU cores it halved the time per iteration after
@@ -98,8 +111,10 @@ class DataDAMSettings:
         if self.norm not in NORMS:
             raise ValueError(f"DataDAMSettings.norm must be one of {', '.join(NORMS)}, "
                              f"got {self.norm!r}")
-        if self.init not in ("real", "noise"):
-            raise ValueError(f"DataDAMSettings.init must be 'real' or 'noise', got {self.init!r}")
+        if self.init not in ("real", "noise", "herding"):
+            raise ValueError(f"DataDAMSettings.init must be 'real', 'noise' or 'herding', got {self.init!r}")
+        if self.guide_weight < 0:
+            raise ValueError(f"DataDAMSettings.guide_weight must be >= 0, got {self.guide_weight}")
 
 
 def dm_settings(**overrides) -> DataDAMSettings:
@@ -171,6 +186,8 @@ def class_means(x: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.
 
 
 def _group_sizes(group: torch.Tensor, num_groups: int, dtype: torch.dtype) -> torch.Tensor:
+    if group.dim() == 2:  # (G, N) membership matrix: rows may overlap (nested prefixes)
+        return group.sum(1).to(dtype)
     # index_add rather than bincount: CUDA's bincount reads the maximum back to the host.
     ones = torch.ones(group.shape[0], dtype=dtype, device=group.device)
     sizes = torch.zeros(num_groups, dtype=dtype, device=group.device)
@@ -178,8 +195,13 @@ def _group_sizes(group: torch.Tensor, num_groups: int, dtype: torch.dtype) -> to
 
 
 def class_sums(x: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(num_groups, D) sums of the rows of `x` (flattened to (N, D)) in each group."""
+    """(num_groups, D) sums of the rows of `x` (flattened to (N, D)) in each group.
+
+    `group` is either (N,) long group indices or a (G, N) 0/1 membership matrix, where a
+    row may belong to several groups (the nested prefixes of a class)."""
     x = x.flatten(1)  # (N, D)
+    if group.dim() == 2:
+        return group.to(x.dtype) @ x  # (G, D)
     sums = torch.zeros(num_groups, x.shape[1], dtype=x.dtype, device=x.device)
     return sums.index_add(0, group, x)  # (G, D)
 
@@ -258,8 +280,8 @@ def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_
     Args:
         net: a ConvNet whose blocks are Sequential(conv, norm, relu, pool).
         x: (N, C, H, W) images.
-        group: (N,) class position of every image.
-        num_groups: number of classes K; every class needs at least one image.
+        group: (N,) class position of every image, or a (G, N) membership matrix.
+        num_groups: number of classes K (groups G); every group needs at least one image.
         p: attention exponent.
         attention: compute the attention maps (False for DM).
         chunk: images per forward pass; 0 = all at once. Chunks change nothing for
@@ -276,8 +298,8 @@ def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_
     maps: list[torch.Tensor] = []
     embed = None
     for start in range(0, n, step):  # fixed-size pieces, unrelated to classes
-        part_maps, part_embed = block_sums(net, x[start:start + step], group[start:start + step],
-                                           num_groups, p, attention)
+        part = group[..., start:start + step]  # (piece,) indices or (G, piece) membership
+        part_maps, part_embed = block_sums(net, x[start:start + step], part, num_groups, p, attention)
         maps = part_maps if not maps else [a + b for a, b in zip(maps, part_maps)]
         embed = part_embed if embed is None else embed + part_embed
     counts = _group_sizes(group, num_groups, embed.dtype)[:, None]  # (K, 1)
@@ -408,7 +430,8 @@ class _Pool:
 def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: DataDAMSettings = DataDAMSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-             stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             stats: dict | None = None, prefix_sizes: dict[int, list[int]] | None = None,
+             guide: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` synthetic images per class with DataDAM (or DM).
 
     Args:
@@ -423,10 +446,18 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         stats: optional dict filled with "setup_s" and "match_s" (seconds), "iterations"
             (done and kept), "loss" (mean over the last checked span), "stopped" (True if a
             non-finite loss or image ended the run early) and "real_chunk".
+        prefix_sizes: with `settings.nested`, {class: sizes}: the first s images of the
+            class are matched as a set for every s given, beside the whole budget.
+        guide: with `settings.guide_weight > 0`, a network with `embed(x) -> (N, D)`
+            (e.g. the replay learner) whose normalised embeddings are matched too; it is
+            copied and frozen, never trained.
 
     Returns:
         (sum(budget.values()), C, H, W) float32 images on `device`, grouped by class in the
-        order of `budget`, and their (M,) long labels. If the loss or the images become
+        order of `budget`, and their (M,) long labels. Every step is followed by a
+        projection onto the per-channel range of the real images, so the result is valid
+        pixels (the papers leave images unbounded; unbounded ones cannot be stored as
+        uint8 and are not what a picture of them shows). If the loss or the images become
         non-finite, optimisation stops with a warning and the last finite snapshot (taken
         at the previous progress check) is returned.
     """
@@ -441,22 +472,67 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     shape = tuple(real.shape[1:])
     syn_labels = torch.tensor(classes).repeat_interleave(torch.tensor(sizes)).to(device)  # (M,)
     images = _initial_images(pool, sizes, syn_labels, settings, init, shape, device)  # (M, C, H, W)
+    bounds = channel_range(pool.images)  # (1, C, 1, 1) each
+    images = project_(images, bounds)
+    groups = _SyntheticGroups(classes, sizes, prefix_sizes if settings.nested else None, device)
+    if settings.guide_weight > 0 and guide is None:
+        raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
+    guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
     info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device)}
 
     began = _now(device)
-    images, progress_info = _optimise(pool, images, sizes, settings, info["real_chunk"], progress)
+    images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
+                                      info["real_chunk"], progress)
     info.update(progress_info, match_s=_now(device) - began)
     if stats is not None:
         stats.update(info)
     return images, syn_labels
 
 
-def _optimise(pool: _Pool, images: torch.Tensor, sizes: list[int], settings: DataDAMSettings,
-              chunk: int, progress: bool) -> tuple[torch.Tensor, dict]:
+class _SyntheticGroups:
+    """Which synthetic images each matched statistic averages over.
+
+    Without prefixes there is one group per class. With them, class k has one group per
+    size s in {budget} + prefix_sizes[k] (its first s images), all compared with the same
+    real target; each group's term is weighted 1 / (number of sizes of its class), so a
+    class weighs the same in the loss whatever its number of sizes.
+    """
+
+    def __init__(self, classes: list[int], sizes: list[int], prefix_sizes: dict[int, list[int]] | None,
+                 device: torch.device):
+        k, m = len(classes), sum(sizes)
+        self.image_class = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(device)  # (M,)
+        starts = [sum(sizes[:i]) for i in range(k)]
+        rows, target, weight = [], [], []
+        for i, (c, n) in enumerate(zip(classes, sizes)):
+            nested = sorted({n, *(s for s in (prefix_sizes or {}).get(c, []) if 1 <= s < n)}, reverse=True)
+            for s in nested:
+                row = torch.zeros(m)
+                row[starts[i]:starts[i] + s] = 1.0
+                rows.append(row)
+                target.append(i)
+                weight.append(1.0 / len(nested))
+        self.membership = torch.stack(rows).to(device)  # (G, M)
+        self.target = torch.tensor(target, device=device)  # (G,) class position of each group
+        self.weight = torch.tensor(weight, device=device)  # (G,)
+        self.sizes = {c: [int(r.sum()) for r, t in zip(rows, target) if t == i] for i, c in enumerate(classes)}
+
+    def distance(self, real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
+        """sum_g weight_g || real_means[target_g] - syn_means[g] ||^2 for (K, D) and (G, D) means."""
+        return ((real_means[self.target] - syn_means).pow(2).sum(1) * self.weight).sum()
+
+
+def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
+    guide = copy.deepcopy(guide).to(device).eval()  # eval: no BatchNorm statistics updates
+    return guide.requires_grad_(False)  # gradients reach the images only
+
+
+def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
+              bounds: tuple[torch.Tensor, torch.Tensor], guide: nn.Module | None,
+              settings: DataDAMSettings, chunk: int, progress: bool) -> tuple[torch.Tensor, dict]:
     """The DataDAM iterations; returns the last finite images and what happened."""
     device = images.device
-    k = len(sizes)
-    syn_group = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(device)  # (M,)
+    k = int(groups.target.max()) + 1
     real_group = torch.arange(k, device=device).repeat_interleave(settings.real_batch)  # (K*B,)
     images = images.detach().clone().requires_grad_(True)  # (M, C, H, W), what learns
     optimizer = torch.optim.SGD([images], lr=settings.lr_images, momentum=settings.momentum)
@@ -471,10 +547,11 @@ def _optimise(pool: _Pool, images: torch.Tensor, sizes: list[int], settings: Dat
     try:
         for it in range(settings.iterations):
             reinitialise(net)
-            loss = _iteration_loss(net, pool, images, real_group, syn_group, k, settings, chunk)
+            loss = _iteration_loss(net, pool, images, real_group, groups, k, settings, chunk, guide)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            project_(images, bounds)  # projected gradient descent: back into the pixel range
             loss_sum = loss_sum + loss.detach()
             since_check += 1
             if since_check < settings.progress_every and it < settings.iterations - 1:
@@ -509,8 +586,8 @@ def _now(device: torch.device | str) -> float:
 
 
 def _iteration_loss(net: ConvNet, pool: _Pool, images: torch.Tensor, real_group: torch.Tensor,
-                    syn_group: torch.Tensor, k: int, settings: DataDAMSettings,
-                    chunk: int = 0) -> torch.Tensor:
+                    groups: _SyntheticGroups, k: int, settings: DataDAMSettings,
+                    chunk: int = 0, guide: nn.Module | None = None) -> torch.Tensor:
     """The DataDAM loss of one iteration with the current random network."""
     real = pool.sample(settings.real_batch)  # (K * B, C, H, W), grouped by class
     syn = images  # (M, C, H, W)
@@ -518,20 +595,26 @@ def _iteration_loss(net: ConvNet, pool: _Pool, images: torch.Tensor, real_group:
         # Siamese: one draw, one slot per class, shared by real and synthetic images.
         draw = sample_draw(k, settings.dsa_settings, images.device)
         real = apply(real, draw, real_group)
-        syn = apply(syn, draw, syn_group)
+        syn = apply(syn, draw, groups.image_class)
     fmt = _memory_format(images.device)
     real, syn = real.contiguous(memory_format=fmt), syn.contiguous(memory_format=fmt)
     sam = settings.sam_weight > 0
+    g = groups.membership.shape[0]
     with torch.no_grad():  # real statistics are targets: no graph, activations freed early
         real_maps, real_embed = matching_statistics(net, real, real_group, k, settings.p, sam,
                                                     chunk, settings.compile)
-    syn_maps, syn_embed = matching_statistics(net, syn, syn_group, k, settings.p, sam,
+    syn_maps, syn_embed = matching_statistics(net, syn, groups.membership, g, settings.p, sam,
                                               compiled=settings.compile)
     # = mmd_weight * mmd_loss(...) + sam_weight * sam_loss(...) on the raw features
     # (tests/test_datadam.py checks the equality); here on class means directly.
-    loss = settings.mmd_weight * (real_embed - syn_embed).pow(2).sum()
+    loss = settings.mmd_weight * groups.distance(real_embed, syn_embed)
     for real_map, syn_map in zip(real_maps, syn_maps):
-        loss = loss + settings.sam_weight * (real_map - syn_map).pow(2).sum()
+        loss = loss + settings.sam_weight * groups.distance(real_map, syn_map)
+    if guide is not None:
+        with torch.no_grad():
+            real_guide = class_means(nn.functional.normalize(guide.embed(real), dim=1), real_group, k)
+        syn_guide = class_means(nn.functional.normalize(guide.embed(syn), dim=1), groups.membership, g)
+        loss = loss + settings.guide_weight * groups.distance(real_guide, syn_guide)
     return loss
 
 

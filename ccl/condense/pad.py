@@ -48,6 +48,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
@@ -395,7 +396,8 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
 
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
-            stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+            bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Optimise synthetic images by trajectory matching; never returns non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
@@ -416,6 +418,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
             "recoveries" and "stopped" (recoveries ran out).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
+        bounds: optional per-channel (low, high) the images are projected into after
+            every step (`ccl.condense.bounds`); the reference leaves them unbounded.
 
     Returns:
         (S, C, H, W) optimised images (detached).
@@ -445,6 +449,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         opt_lr.step()
         with torch.no_grad():
             lr.clamp_(min=lr_floor)
+        if bounds is not None:
+            project_(images, bounds)  # a no-op on NaN, which the check below catches
         if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
             continue
         value = float(loss.detach())
@@ -659,8 +665,9 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
 
     began = _now(device)
     info: dict = {}
-    images = distill(trajectories, images, syn_labels, num_classes, settings, keep_from,
-                     progress, info, fixed)
+    bounds = channel_range(real)
+    images = distill(trajectories, project_(images.clone(), bounds), syn_labels, num_classes, settings,
+                     keep_from, progress, info, fixed, bounds)
     timings["match_s"] = _now(device) - began
 
     if stats is not None:

@@ -8,6 +8,7 @@ learner's features so that shrinking keeps the subset closest to the class mean.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,9 +46,11 @@ def _herding_rank(images: torch.Tensor, labels: torch.Tensor, learner: nn.Module
 
 @dataclass
 class Filler:
-    """Base: `fill(real, labels, budget, learner, context) -> (images, labels)` in priority
-    order. `context` is the memory's old-class (images, labels) after shrinking; only
-    condensers that ask for it (`memory_context` in their settings) use it."""
+    """Base: `fill(real, labels, budget, learner, context, later) -> (images, labels)` in
+    priority order. `context` is the memory's old-class (images, labels) after shrinking;
+    only condensers that ask for it (`memory_context` in their settings) use it. `later`
+    gives the sizes each new class will be cut to ({class: [sizes]}), for condensers
+    that match those prefixes (`nested`)."""
     device: torch.device
     settings: Any = None
     progress: bool = True  # progress bars of long fillers (condensation)
@@ -55,43 +58,65 @@ class Filler:
 
     def fill(self, real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              learner: nn.Module, context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             later: dict[int, list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
 class RandomFiller(Filler):
     """Class-balanced random real images."""
 
-    def fill(self, real, labels, budget, learner, context=None):
+    def fill(self, real, labels, budget, learner, context=None, later=None):
         return random_real(real, labels, budget, self.device)
 
 
-class HerdingFiller(Filler):
-    """iCaRL herding on the learner's features: the real images whose mean is closest
-    to the class mean, in the order herding picks them."""
+def herding_exemplars(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
+                      learner: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """iCaRL herding on the learner's features: the real images whose mean is closest to
+    the class mean, grouped by class in budget order, each class in the order picked."""
+    feats = learner_features(learner, real)
+    keep = torch.cat([idx[herding_order(feats[idx], k)] for _, k, idx in _per_class(labels, budget)])
+    return real[keep], labels[keep]
 
-    def fill(self, real, labels, budget, learner, context=None):
-        real, labels = real.to(self.device), labels.to(self.device)
-        feats = learner_features(learner, real)
-        keep = torch.cat([idx[herding_order(feats[idx], k)] for _, k, idx in _per_class(labels, budget)])
-        return real[keep], labels[keep]
+
+class HerdingFiller(Filler):
+    """iCaRL herding on the learner's features, in the order herding picks them."""
+
+    def fill(self, real, labels, budget, learner, context=None, later=None):
+        return herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
 
 
 class CondenseFiller(Filler):
-    """Synthetic images from a `ccl.condense` method, ranked by herding on the learner."""
+    """Synthetic images from a `ccl.condense` method, in priority order.
+
+    Settings the condenser may carry, read here: `init = "herding"` starts from the
+    learner's herding exemplars (in herding order); `nested` matches every size the class
+    will be cut to, so its order is kept as the priority order; otherwise the images are
+    ranked by herding on the learner. `guide_weight > 0` hands the learner over as the
+    guide network; `memory_context` hands over the old classes' memory.
+    """
     method: Callable
 
     def __init__(self, device, settings, method: Callable, progress: bool = True):
         super().__init__(device, settings, progress)
         self.method = method
 
-    def fill(self, real, labels, budget, learner, context=None):
+    def fill(self, real, labels, budget, learner, context=None, later=None):
         stats: dict = {}
         extra = {}
-        if getattr(self.settings, "memory_context", False) and context is not None and len(context[1]):
+        option = functools.partial(getattr, self.settings)
+        if option("memory_context", False) and context is not None and len(context[1]):
             extra["context"] = context
+        if option("init", None) == "herding":
+            extra["init"] = herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
+        nested = option("nested", False) and later is not None
+        if nested:
+            extra["prefix_sizes"] = later
+        if option("guide_weight", 0.0) > 0:
+            extra["guide"] = learner
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
                                            progress=self.progress, stats=stats, **extra)
         self.stats = stats
+        if nested:
+            return images, image_labels
         order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]

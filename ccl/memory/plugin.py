@@ -15,7 +15,7 @@ from avalanche.core import SupervisedPlugin
 from ccl.condense import dsa
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler
-from ccl.memory.slots import slots_per_class
+from ccl.memory.slots import future_shares, slots_per_class
 
 RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -35,16 +35,19 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             Condensed images are made to be trained on under DSA; without it a learner
             fits trajectory-matched ones to a quarter of real images' loss within a few
             steps, and they hold their classes less.
+        schedule: the classes of every experience, in order, if known: fillers then learn
+            the sizes each new class will be cut to later (`future_shares`).
     """
 
     def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
                  device: torch.device, codec: MemoryCodec | None = None,
-                 augment: dsa.DSASettings | None = None):
+                 augment: dsa.DSASettings | None = None, schedule: list[list[int]] | None = None):
         super().__init__()
         self.mem_size, self.mem_batch = mem_size, mem_batch
         self.filler, self.real_images, self.device = filler, real_images, torch.device(device)
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
+        self.schedule = [list(g) for g in schedule or []]
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
@@ -78,8 +81,11 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             context = None
             if kept:
                 context = (self.codec.decode(torch.cat([x for x, _ in kept])), torch.cat([y for _, y in kept]))
+            seen = set(self.classes)
+            upcoming = [g for g in self.schedule if not seen.issuperset(g)]
+            later = future_shares(self.mem_size, self.classes, upcoming)
             images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
-                                                    context)
+                                                    context, {c: later[c] for c in new_classes})
             stats = dict(self.filler.stats)
             kept.append((self.codec.encode(images.to(self.device)), image_labels.to(self.device)))
         self.images = torch.cat([x for x, _ in kept])

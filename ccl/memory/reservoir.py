@@ -30,7 +30,13 @@ class TimedReplayPlugin(ReplayPlugin):
         return {"images": images, "labels": labels, "classes": sorted(set(labels.tolist()))}
 
     def checkpoint(self) -> dict:
-        return {"storage_policy": self.storage_policy}
+        """Tensors only (loaded with weights_only=True): the buffer and its reservoir keys."""
+        return {**self.state(), "weights": self.storage_policy._buffer_weights}
 
     def restore(self, state: dict) -> None:
-        self.storage_policy = state["storage_policy"]
+        from avalanche.benchmarks.utils.classification_dataset import \
+            _make_taskaware_tensor_classification_dataset as tensor_dataset
+        images, labels = state["images"], state["labels"]
+        # The same dataset type the runner builds experiences from, in the same order.
+        self.storage_policy.buffer = tensor_dataset(images, labels, targets=labels, task_labels=0)
+        self.storage_policy._buffer_weights = state["weights"]
