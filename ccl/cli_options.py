@@ -31,7 +31,7 @@ def int_list(text: str | None) -> list[int] | None:
         raise CclError(f"expected comma-separated integers, got {text!r}") from None
 
 
-RUN_FLAGS = ("protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
+RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
              "memory_config")
 
@@ -42,6 +42,7 @@ def run_options(fn):
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
+        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++ [er]"),
         click.option("--protocol", type=click.Choice(["replay", "gdumb"]),
                      help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
         click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),

@@ -34,6 +34,7 @@ from ccl.errors import CclError
 from ccl.io import load_torch, save_torch, write_json
 from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import LEARNERS, NORMS, build_learner
+from ccl.strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RunConfig:
     """Everything that determines a run; written to config.json fully resolved."""
     scenario: str = "split-digits"
     memory: str = "random"
+    strategy: str = "er"           # how the loss uses memory samples: er | er-ace | der | der++
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
@@ -167,6 +169,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.protocol == "gdumb" and spec.kind != "device":
         raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
                        "(use random, herding or a condensing memory)")
+    STRATEGIES.get(cfg.strategy)  # an unknown name is a one-line error listing the known ones
+    if cfg.strategy != "er" and (spec.kind != "device" or cfg.protocol != "replay"):
+        raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; memory {cfg.memory!r} under "
+                       f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
     if cfg.finetune_epochs and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has nothing to finetune on")
@@ -385,6 +391,9 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     # plugin appends memory samples to every minibatch and fills itself after each experience.
     replay = memory is not None and cfg.protocol == "replay"
     plugins = [_Progress(progress, cfg.memory)] + ([memory] if replay else [])
+    strategy_plugin = STRATEGIES.get(cfg.strategy).value.plugin
+    if replay and strategy_plugin is not None:
+        plugins.append(strategy_plugin(memory))  # after the memory: it reads what was replayed
     if augment is not None and cfg.protocol == "gdumb":
         plugins.append(AugmentPlugin(augment))
     strategy_cls = JointTraining if p.spec.kind == "joint" else Naive

@@ -48,15 +48,22 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
         self.schedule = [list(g) for g in schedule or []]
+        # Set by a replay strategy (ccl.strategies) before training:
+        self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
+        self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
+        self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
+        self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
         self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
 
     def before_forward(self, strategy, **kwargs):
+        self.last_draw = None
         if len(self.labels) == 0 or self.mem_batch == 0:
             return
-        idx = torch.randint(len(self.labels), (self.mem_batch,), device=self.device)
+        idx = torch.randint(len(self.labels), (self.draws * self.mem_batch,), device=self.device)
+        self.last_draw = idx
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
         replayed = self.codec.decode(self.images[idx])  # (mem_batch, C, H, W)
         if self.augment is not None:
@@ -74,33 +81,48 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         start = time.perf_counter()
         self.classes += new_classes
         budget = slots_per_class(self.mem_size, self.classes)
-        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]
+        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]  # (images, labels, logits)
         stats: dict = {}
         if new_classes:
             real, labels = self.real_images(new_classes)
             context = None
             if kept:
-                context = (self.codec.decode(torch.cat([x for x, _ in kept])), torch.cat([y for _, y in kept]))
+                context = (self.codec.decode(torch.cat([k[0] for k in kept])), torch.cat([k[1] for k in kept]))
             seen = set(self.classes)
             upcoming = [g for g in self.schedule if not seen.issuperset(g)]
             later = future_shares(self.mem_size, self.classes, upcoming)
             images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
                                                     context, {c: later[c] for c in new_classes})
             stats = dict(self.filler.stats)
-            kept.append((self.codec.encode(images.to(self.device)), image_labels.to(self.device)))
-        self.images = torch.cat([x for x, _ in kept])
-        self.labels = torch.cat([y for _, y in kept])
+            stored = self.codec.encode(images.to(self.device))
+            kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner)))
+        self.images = torch.cat([k[0] for k in kept])
+        self.labels = torch.cat([k[1] for k in kept])
+        self.logits = torch.cat([k[2] for k in kept])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
                                 "slots": {str(c): n for c, n in budget.items()}, **stats})
 
-    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.nonzero(self.labels == c).flatten()[:k]
-        return self.images[idx], self.labels[idx]
+        return self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits
+
+    @torch.no_grad()
+    def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
+        """(n, classes) logits of the images as stored (after the codec), as DER records
+        them when a sample enters its buffer; empty unless a strategy asks for them."""
+        if not self.record_logits:
+            return self.logits
+        was_training = learner.training
+        learner.eval()
+        logits = torch.cat([learner(self.codec.decode(stored[i:i + 512])) for i in range(0, len(stored), 512)])
+        learner.train(was_training)
+        return logits.float()
 
     def state(self) -> dict:
-        return {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
+        state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
+        return {**state, "logits": self.logits} if self.record_logits else state
 
     def checkpoint(self) -> dict:
         return self.state()
@@ -109,6 +131,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.images = state["images"].to(self.device)
         self.labels = state["labels"].to(self.device)
         self.classes = list(state["classes"])
+        if self.record_logits:
+            self.logits = state["logits"].to(self.device)
 
 
 class AugmentPlugin(SupervisedPlugin):

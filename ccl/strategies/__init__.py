@@ -1,0 +1,108 @@
+"""Replay strategies: how the learner's loss uses the on-device memory's samples.
+
+Every strategy is an Avalanche plugin over `DeviceMemoryPlugin`, which appends memory
+samples to each minibatch once it is on the device: the minibatch is the stream's B
+samples followed by `draws` memory batches of `mem_batch` each, and the memory records
+which images it drew (`last_draw`). A strategy swaps the strategy's criterion for a loss
+over that split; `er` keeps Avalanche's plain cross-entropy over the whole minibatch.
+Any memory (real or condensed) works with any strategy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.training.regularization import ACECriterion
+
+from ccl.memory import DeviceMemoryPlugin
+from ccl.registry import Registry
+
+
+class ReplayLoss(SupervisedPlugin):
+    """Base: `loss(output, y, stream)` replaces the criterion, where `stream` is the
+    number of stream samples at the front of the minibatch (the rest came from memory)."""
+
+    draws = 1
+    record_logits = False
+
+    def __init__(self, memory: DeviceMemoryPlugin):
+        super().__init__()
+        self.memory = memory
+        memory.draws, memory.record_logits = self.draws, self.record_logits
+
+    def before_training_exp(self, strategy, **kwargs):
+        # Avalanche calls _criterion(mb_output, mb_y); only while training, where the
+        # memory appends its samples (evaluation keeps the plain criterion).
+        self._plain, strategy._criterion = strategy._criterion, self
+
+    def after_training_exp(self, strategy, **kwargs):
+        strategy._criterion = self._plain
+
+    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        drawn = self.memory.last_draw
+        stream = len(y) - (0 if drawn is None else len(drawn))
+        if drawn is None:  # nothing in memory yet (first experience): plain cross-entropy
+            return F.cross_entropy(output, y)
+        return self.loss(output, y, stream)
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ACEPlugin(ReplayLoss):
+    """ER-ACE (Caccia et al., ICLR 2022): the stream samples' cross-entropy sees only the
+    logits of the classes in the current batch, so new classes stop pushing old ones
+    down; memory samples get the plain cross-entropy. Avalanche's `ACECriterion`, whose
+    two terms are averaged (mammoth sums them; with SGD that is a factor 2 in lr)."""
+
+    def __init__(self, memory: DeviceMemoryPlugin):
+        super().__init__(memory)
+        self.criterion = ACECriterion()
+
+    def loss(self, output, y, stream):
+        return self.criterion(output[:stream], y[:stream], output[stream:], y[stream:])
+
+
+class DERPlugin(ReplayLoss):
+    """DER (Buzzega et al., NeurIPS 2020): cross-entropy on the stream plus alpha times
+    the MSE between the logits of memory samples now and the logits recorded when they
+    entered the memory. DER++ adds beta times the cross-entropy of a second, independent
+    memory batch. Recorded at the end of the experience that stores an image (real or
+    condensed), where DER records them as a sample streams by: condensed images exist
+    only then. mammoth's Seq-CIFAR-10 values for a 200-image buffer: DER alpha 0.3;
+    DER++ alpha 0.1, beta 0.5."""
+
+    record_logits = True
+
+    def __init__(self, memory: DeviceMemoryPlugin, alpha: float = 0.3, beta: float = 0.0):
+        self.draws = 2 if beta > 0 else 1
+        super().__init__(memory)
+        self.alpha, self.beta = alpha, beta
+
+    def loss(self, output, y, stream):
+        n = self.memory.mem_batch
+        drawn = self.memory.last_draw  # (draws * n,) memory indices
+        loss = F.cross_entropy(output[:stream], y[:stream])
+        loss = loss + self.alpha * F.mse_loss(output[stream:stream + n], self.memory.logits[drawn[:n]])
+        if self.beta > 0:
+            loss = loss + self.beta * F.cross_entropy(output[stream + n:], y[stream + n:])
+        return loss
+
+
+@dataclass(frozen=True)
+class Strategy:
+    plugin: Callable[[DeviceMemoryPlugin], SupervisedPlugin] | None  # None: plain ER
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+STRATEGIES.register("er", "experience replay: one cross-entropy over stream and memory samples")(Strategy(None))
+STRATEGIES.register("er-ace", "ER with asymmetric cross-entropy (Caccia et al. 2022)")(Strategy(ACEPlugin))
+STRATEGIES.register("der", "dark experience replay: MSE to the logits stored with memory images (2020)")(
+    Strategy(lambda memory: DERPlugin(memory, alpha=0.3)))
+STRATEGIES.register("der++", "DER plus cross-entropy on a second memory batch (2020)")(
+    Strategy(lambda memory: DERPlugin(memory, alpha=0.1, beta=0.5)))
+
+__all__ = ["STRATEGIES", "Strategy", "ReplayLoss", "ACEPlugin", "DERPlugin"]
