@@ -124,6 +124,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
                                explicit=preset is not None)
     if getattr(settings, "memory_context", False):
         raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
+    if getattr(settings, "holdout", 0.0) > 0 or getattr(settings, "guide_weight", 0.0) > 0:
+        raise CclError("holdout and guide_weight need the replay learner: they apply to `ccl run` only")
     dev = pick_device(device)
     data = load_dataset(dataset, data_dir, not no_download)
     if train_per_class:

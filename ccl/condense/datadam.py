@@ -77,6 +77,10 @@ class DataDAMSettings:
     # replay learner, as SSD matches on the model being trained), so the images also carry
     # what this learner uses, not only what random networks see. 0 = off, the paper's loss.
     guide_weight: float = 0.0
+    # `ccl run` only: hold out this share of each class's real images and keep a class's
+    # condensed images only where they represent the held-out ones better than the real
+    # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
+    holdout: float = 0.0
     progress_every: int = 50    # iterations between host synchronisations (bar, NaN check)
     # torch.compile the per-block work (conv -> norm -> ReLU -> attention -> class sums),
     # fusing the memory-bound steps. On 2 CPU cores it halved the time per iteration after
@@ -113,6 +117,8 @@ class DataDAMSettings:
                              f"got {self.norm!r}")
         if self.init not in ("real", "noise", "herding"):
             raise ValueError(f"DataDAMSettings.init must be 'real', 'noise' or 'herding', got {self.init!r}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"DataDAMSettings.holdout must be in [0, 1), got {self.holdout}")
         if self.guide_weight < 0:
             raise ValueError(f"DataDAMSettings.guide_weight must be >= 0, got {self.guide_weight}")
 
@@ -479,6 +485,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
     info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device)}
+    if settings.nested:
+        info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
 
     began = _now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,

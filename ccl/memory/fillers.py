@@ -8,6 +8,7 @@ learner's features so that shrinking keeps the subset closest to the class mean.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ccl.condense.datadam import reinitialise
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
 
@@ -92,7 +94,10 @@ class CondenseFiller(Filler):
     learner's herding exemplars (in herding order); `nested` matches every size the class
     will be cut to, so its order is kept as the priority order; otherwise the images are
     ranked by herding on the learner. `guide_weight > 0` hands the learner over as the
-    guide network; `memory_context` hands over the old classes' memory.
+    guide network; `memory_context` hands over the old classes' memory. `holdout > 0`
+    keeps that share of each class's real images out of condensation and, class by class,
+    keeps the condensed images only where they represent those held-out images better
+    than the real images they started from (`stats["kept"]` records the decision).
     """
     method: Callable
 
@@ -104,10 +109,16 @@ class CondenseFiller(Filler):
         stats: dict = {}
         extra = {}
         option = functools.partial(getattr, self.settings)
+        real, labels = real.to(self.device), labels.to(self.device)
+        holdout = option("holdout", 0.0)
+        if holdout > 0:
+            (real, labels), held = _split_per_class(real, labels, holdout)
         if option("memory_context", False) and context is not None and len(context[1]):
             extra["context"] = context
         if option("init", None) == "herding":
-            extra["init"] = herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
+            extra["init"] = herding_exemplars(real, labels, budget, learner)
+        elif holdout > 0:
+            extra["init"] = random_real(real, labels, budget, self.device)
         nested = option("nested", False) and later is not None
         if nested:
             extra["prefix_sizes"] = later
@@ -115,8 +126,67 @@ class CondenseFiller(Filler):
             extra["guide"] = learner
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
                                            progress=self.progress, stats=stats, **extra)
+        if holdout > 0:
+            images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
+                images, extra["init"][0], image_labels, held, learner, later or {})
         self.stats = stats
         if nested:
             return images, image_labels
         order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]
+
+
+def _split_per_class(real: torch.Tensor, labels: torch.Tensor, fraction: float):
+    """((kept images, labels), (held-out images, labels)): a random `fraction` of every
+    class held out (at least one image, never all)."""
+    keep, held = [], []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), device=idx.device)]
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        held.append(idx[:n])
+        keep.append(idx[n:])
+    keep, held = torch.cat(keep), torch.cat(held)
+    return (real[keep], labels[keep]), (real[held], labels[held])
+
+
+@torch.no_grad()
+def keep_if_better(condensed: torch.Tensor, start: torch.Tensor, labels: torch.Tensor,
+                   held: tuple[torch.Tensor, torch.Tensor], learner: nn.Module,
+                   later: dict[int, list[int]], networks: int = 4):
+    """Per class, the condensed images or the real ones they started from, whichever set
+    (and each prefix the schedule will cut it to) has class-mean embeddings closer to the
+    held-out real images': under the learner's normalised features and `networks` random
+    copies of its architecture, as a ratio condensed / start averaged over the networks.
+
+    Returns:
+        the chosen images (same layout), {class: "condensed" | "real"} and {class: ratio}.
+    """
+    nets = [learner] + [_random_copy(learner) for _ in range(networks)]
+    held_x, held_y = held
+    chosen, kept, ratios = condensed.clone(), {}, {}
+    for c in labels.unique().tolist():
+        at = torch.nonzero(labels == c).flatten()  # positions of class c, in priority order
+        sizes = [len(at), *(s for s in later.get(c, []) if 1 <= s < len(at))]
+        target_x = held_x[held_y == c]
+        ratio = []
+        for net in nets:
+            target = _mean_feature(net, target_x)
+            dist = [sum(float((_mean_feature(net, x[at[:s]]) - target).pow(2).sum()) for s in sizes)
+                    for x in (condensed, start)]
+            ratio.append(dist[0] / max(dist[1], 1e-12))
+        ratios[str(c)] = sum(ratio) / len(ratio)
+        kept[str(c)] = "condensed" if ratios[str(c)] < 1 else "real"
+        if kept[str(c)] == "real":
+            chosen[at] = start[at]
+    return chosen, kept, ratios
+
+
+def _mean_feature(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(learner_features(net, images), dim=1).mean(0)  # (d,)
+
+
+def _random_copy(learner: nn.Module) -> nn.Module:
+    net = copy.deepcopy(learner)
+    reinitialise(net)
+    return net
