@@ -49,8 +49,9 @@ def run_options(fn):
         click.option("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project"),
         click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
                      help="how memory images are stored [float32]"),
-        click.option("--mem-augment", type=click.Choice(["none", "dsa"]),
-                     help="dsa: augment memory images afresh each time the learner trains on them [none]"),
+        click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa"]),
+                     help="dsa: augment memory images afresh each time the learner trains on them; "
+                          "auto: dsa for the on-device memories, else none [auto]"),
         click.option("--finetune-epochs", type=int,
                      help="replay: then this many epochs on the memory alone at lr/10, class-balanced [0]"),
         click.option("--epochs", type=int, help="training epochs per experience [5]"),

@@ -46,7 +46,10 @@ class RunConfig:
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
-    mem_augment: str = "none"      # none | dsa: a fresh DSA draw on memory images each time they are trained on
+    # none | dsa: a fresh DSA draw on memory images each time they are trained on; auto (the
+    # default) is dsa for the on-device memories (it lifted every memory, condensed ones
+    # most: docs/results.md) and none for the others, resolved by make_config.
+    mem_augment: str = "auto"
     seed: int = 0
     epochs: int = 5                # per experience
     batch_size: int = 32           # current-experience samples per minibatch
@@ -102,14 +105,18 @@ class RunConfig:
 
 PROTOCOLS = ("replay", "gdumb")
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
-MEM_AUGMENTS = ("none", "dsa")
+MEM_AUGMENTS = ("auto", "none", "dsa")
 
 
 def make_config(**values: Any) -> RunConfig:
     """RunConfig from keyword values over the scenario's defaults over RunConfig's own;
     CclError (not ValueError) for bad values."""
     defaults = get_scenario(values.get("scenario", RunConfig.scenario)).defaults
-    return cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+    cfg = cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+    if cfg.mem_augment == "auto":
+        on_device = MEMORIES.get(cfg.memory).value.kind == "device"
+        cfg = dataclasses.replace(cfg, mem_augment="dsa" if on_device else "none")
+    return cfg
 
 
 def pick_device(name: str) -> torch.device:

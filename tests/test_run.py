@@ -203,3 +203,11 @@ def test_finetuning_needs_replay_from_a_device_memory(tiny_run, settings):
     from ccl.errors import CclError
     with pytest.raises(CclError, match="finetune-epochs"):
         prepare(make_config(**tiny_run, **settings, finetune_epochs=5))
+
+
+def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
+    from ccl.runner import make_config
+    assert make_config(memory="random").mem_augment == "dsa"
+    assert make_config(memory="datadam").mem_augment == "dsa"
+    assert make_config(memory="reservoir").mem_augment == "none"  # Avalanche's own buffer: no hook for it
+    assert make_config(memory="random", mem_augment="none").mem_augment == "none"
