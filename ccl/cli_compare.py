@@ -58,7 +58,8 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
             overrides, no_download, class_order, runs_dir, quiet, **flags):
     """Run every memory with every seed, then write the comparison report.
 
-    Each cell is an ordinary run folder in OUT/cells/<memory>-s<seed>/. Running the same
+    Each cell is an ordinary run folder in OUT/cells/<memory>-s<seed>/ (with --strategy a,b,
+    OUT/cells/<strategy>-<memory>-s<seed>/). Running the same
     command again skips finished cells and redoes failed or unfinished ones; a failing
     cell is reported and does not stop the others (exit code 1 when any failed).
     With --executor ray the cells run in parallel as Ray tasks that write into OUT
@@ -90,7 +91,9 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         click.echo(f"note: {' and '.join(ignored)} from {config_file} ignored; use --memory and --seeds", err=True)
     names = _names(memories) if memories else MEMORIES.names()
     chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
-    grid = Grid(tuple(names), chosen_seeds, values, Path("."))
+    # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
+    strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
+    grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies)
     settings = validate(grid)
     if out is None:
         out = find_previous(COMPARISONS_DIR, grid, settings) or \
@@ -104,7 +107,8 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         run_cells = ray_executor(ray_address, cpus, gpus)  # connects now: errors before any folder
         where = f" on Ray ({ray_address or 'this machine'}; {cpus:g} CPUs, {gpus:g} GPUs per run)"
     start(grid, settings)
-    click.echo(f"{settings['scenario']}: {len(grid.memories)} memories x {len(grid.seeds)} seeds, "
+    axis = f"{len(grid.strategies)} strategies x " if grid.strategies else ""
+    click.echo(f"{settings['scenario']}: {axis}{len(grid.memories)} memories x {len(grid.seeds)} seeds, "
                f"{verb} {grid.out}{where}")
     try:
         results = run_grid(grid, progress=not quiet, executor=run_cells, on_result=_cell_line)

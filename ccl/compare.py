@@ -46,12 +46,13 @@ class CellSpec:
     memory: str
     seed: int
     values: dict[str, Any]   # keyword values for ccl.runner.make_config, memory and seed included
-    folder: Path             # DIR/cells/<memory>-s<seed>
+    folder: Path             # DIR/cells/[<strategy>-]<memory>-s<seed>
     progress: bool = False
+    strategy: str | None = None  # set when the grid has a strategy axis
 
     @property
     def name(self) -> str:
-        return cell_name(self.memory, self.seed)
+        return cell_name(self.memory, self.seed, self.strategy)
 
 
 @dataclass(frozen=True)
@@ -63,36 +64,40 @@ class CellResult:
     error: str | None = None
     seconds: float = 0.0
     final_average_accuracy: float | None = None
+    strategy: str | None = None
 
     @property
     def name(self) -> str:
-        return cell_name(self.memory, self.seed)
+        return cell_name(self.memory, self.seed, self.strategy)
 
 
-def cell_name(memory: str, seed: int) -> str:
-    return f"{memory}-s{seed}"
+def cell_name(memory: str, seed: int, strategy: str | None = None) -> str:
+    return f"{strategy}-{memory}-s{seed}" if strategy else f"{memory}-s{seed}"
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Memories x seeds over shared run values.
+    """[Strategies x] memories x seeds over shared run values.
 
     `values` are the run settings as given (config file and flags), without memory and
     seed; `memory_settings` in it are `--set` overrides, sent only to the memories whose
-    settings have that key.
+    settings have that key. With `strategies` (from `--strategy a,b`) the grid gains that
+    axis and cells are named <strategy>-<memory>-s<seed>; without, every cell runs the
+    strategy in `values` and keeps the older <memory>-s<seed> names.
     """
     memories: tuple[str, ...]
     seeds: tuple[int, ...]
     values: dict[str, Any]
     out: Path
+    strategies: tuple[str, ...] = ()
 
-    def cell_values(self, memory: str, seed: int) -> dict[str, Any]:
-        return {**memory_values(self.values, memory), "seed": seed}
+    def cell_values(self, memory: str, seed: int, strategy: str | None = None) -> dict[str, Any]:
+        return {**memory_values(self.values, memory), "seed": seed, **({"strategy": strategy} if strategy else {})}
 
     def cells(self, progress: bool = False) -> list[CellSpec]:
         """Seed-major order: after the first len(memories) cells, one full comparison exists."""
-        return [CellSpec(m, s, self.cell_values(m, s), self.out / CELLS_DIR / cell_name(m, s), progress)
-                for s in self.seeds for m in self.memories]
+        return [CellSpec(m, s, self.cell_values(m, s, g), self.out / CELLS_DIR / cell_name(m, s, g), progress, g)
+                for s in self.seeds for g in (self.strategies or (None,)) for m in self.memories]
 
 
 def memory_values(values: dict[str, Any], memory: str) -> dict[str, Any]:
@@ -130,17 +135,18 @@ def validate(grid: Grid) -> dict[str, Any]:
         raise CclError("--memory: give at least one memory")
     if not grid.seeds:
         raise CclError("give at least one seed")
-    for name, items in (("memory", grid.memories), ("seed-list", grid.seeds)):
+    for name, items in (("memory", grid.memories), ("seed-list", grid.seeds), ("strategy", grid.strategies)):
         repeated = sorted({str(v) for v in items if items.count(v) > 1})
         if repeated:
             raise CclError(f"--{name}: {', '.join(repeated)} given twice")
     check_overrides(grid)
     for memory in grid.memories:
-        for seed in grid.seeds:
-            make_config(**grid.cell_values(memory, seed))
-        # prepare() is the runner's own full check (memory settings, data present, budget
-        # against the number of classes); it loads the data, so once per memory, not per cell.
-        prepare(make_config(**grid.cell_values(memory, grid.seeds[0])))
+        for strategy in grid.strategies or (None,):
+            for seed in grid.seeds:
+                make_config(**grid.cell_values(memory, seed, strategy))
+            # prepare() is the runner's own full check (memory settings, data present, budget
+            # against the number of classes); it loads the data, so once per memory, not per cell.
+            prepare(make_config(**grid.cell_values(memory, grid.seeds[0], strategy)))
     return shared_settings(grid)
 
 
@@ -151,13 +157,17 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
     cfg = dataclasses.asdict(make_config(**grid.cell_values(grid.memories[0], grid.seeds[0])))
     for key in ("memory", "seed", "memory_settings", "memory_config", *MACHINE_KEYS):
         cfg.pop(key, None)
+    cfg["mem_augment"] = grid.values.get("mem_augment") or "auto"  # auto resolves per memory
+    if grid.strategies:
+        cfg.pop("strategy", None)
     cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})
     cfg["memory_config"] = grid.values.get("memory_config")
     return cfg
 
 
 def grid_record(grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
-    return {"memories": list(grid.memories), "seeds": list(grid.seeds), "settings": settings,
+    return {"memories": list(grid.memories), "seeds": list(grid.seeds), "strategies": list(grid.strategies),
+            "settings": settings,
             "machine": {k: grid.values.get(k) for k in MACHINE_KEYS if k in grid.values},
             "layout": f"{CELLS_DIR}/<memory>-s<seed>/<run folder>",
             "created": dt.datetime.now().isoformat(timespec="seconds")}
@@ -177,7 +187,7 @@ def find_previous(parent: Path, grid: Grid, settings: dict[str, Any]) -> Path | 
         except CclError:
             continue
         if (old.get("settings") == settings and old.get("memories") == list(grid.memories)
-                and old.get("seeds") == list(grid.seeds)):
+                and old.get("seeds") == list(grid.seeds) and old.get("strategies", []) == list(grid.strategies)):
             return path.parent
     return None
 
@@ -228,7 +238,7 @@ def run_cell(spec: CellSpec) -> CellResult:
     done = finished_run(spec.folder)
     if done is not None:
         acc = read_json(done / "results.json").get("final_average_accuracy")
-        return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc)
+        return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc, strategy=spec.strategy)
     if spec.folder.exists():
         shutil.rmtree(spec.folder)  # a failed or unfinished attempt: start the cell over
     start_time = time.perf_counter()
@@ -239,7 +249,8 @@ def run_cell(spec: CellSpec) -> CellResult:
         error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
         return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time)
     acc = read_json(run_dir / "results.json")["final_average_accuracy"]
-    return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc)
+    return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc,
+                      spec.strategy)
 
 
 def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) -> CellResult:
@@ -249,7 +260,7 @@ def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) 
     write_json(spec.folder / ERROR_FILE, {
         "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
         "run_dir": run_dir.name if run_dir else None, "traceback": details})
-    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds)
+    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds, strategy=spec.strategy)
 
 
 def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential,

@@ -173,7 +173,7 @@ def _outcome(ray, ref, spec: CellSpec) -> CellResult:
         try:
             return failed_cell(spec, error, str(e))
         except OSError:  # the cell's folder is not writable from here either
-            return CellResult(spec.memory, spec.seed, "failed", None, error)
+            return CellResult(spec.memory, spec.seed, "failed", None, error, strategy=spec.strategy)
 
 
 def _cancel(ray, refs: list) -> None:

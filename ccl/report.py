@@ -310,6 +310,7 @@ def save_figure(fig, path: Path) -> None:
 
 def slug(label: str) -> str:
     """A file-name-safe form of a group label."""
+    label = label.replace("+", "p")  # der++ and der stay apart
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "memory"
 
 

@@ -141,3 +141,13 @@ def test_a_cell_failing_before_its_run_folder_exists_is_recorded(tmp_path, monke
     assert [p.name for p in cell.iterdir()] == ["error.json"]
     [record] = collect_runs([tmp_path])
     assert (record.memory, record.seed, record.status, record.error) == ("random", 3, "failed", result.error)
+
+
+def test_strategy_axis_names_cells_and_report_rows(tmp_path):
+    out = tmp_path / "cmp"
+    result = invoke("--memory", "random", "--strategy", "er,der++,der", "--seeds", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["der++-random-s0", "der-random-s0", "er-random-s0"]
+    labels = [g["label"] for g in json.loads((out / "comparison.json").read_text())["memories"]]
+    assert sorted(labels) == ["random strategy=der", "random strategy=der++", "random strategy=er"]
+    assert len(list(out.glob("matrix-*.png"))) == 3  # der and der++ keep their own figures
