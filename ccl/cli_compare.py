@@ -67,6 +67,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     """
     from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
     from ccl.executors import ray_executor, require_ray, sequential
+    from ccl.io import folder_lock
     from ccl.memory import MEMORIES
     from ccl.report import table, write_report
     from ccl.runner import Interrupted
@@ -106,17 +107,18 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         gpus = 0.0 if gpus_per_run is None else gpus_per_run
         run_cells = ray_executor(ray_address, cpus, gpus)  # connects now: errors before any folder
         where = f" on Ray ({ray_address or 'this machine'}; {cpus:g} CPUs, {gpus:g} GPUs per run)"
-    start(grid, settings)
-    axis = f"{len(grid.strategies)} strategies x " if grid.strategies else ""
-    click.echo(f"{settings['scenario']}: {axis}{len(grid.memories)} memories x {len(grid.seeds)} seeds, "
-               f"{verb} {grid.out}{where}")
-    try:
-        results = run_grid(grid, progress=not quiet, executor=run_cells, on_result=_cell_line)
-    except KeyboardInterrupt as e:
-        click.echo(f"\ninterrupted; run the same command (or with --out {grid.out}) to continue: "
-                   "finished cells are kept", err=True)
-        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))  # as `ccl run` does
-    summary = write_report([grid.out])
+    with folder_lock(grid.out, "a comparison"):  # one writer per comparison folder
+        start(grid, settings)
+        axis = f"{len(grid.strategies)} strategies x " if grid.strategies else ""
+        click.echo(f"{settings['scenario']}: {axis}{len(grid.memories)} memories x {len(grid.seeds)} seeds, "
+                   f"{verb} {grid.out}{where}")
+        try:
+            results = run_grid(grid, progress=not quiet, executor=run_cells, on_result=_cell_line)
+        except KeyboardInterrupt as e:
+            click.echo(f"\ninterrupted; run the same command (or with --out {grid.out}) to continue: "
+                       "finished cells are kept", err=True)
+            sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))  # as `ccl run` does
+        summary = write_report([grid.out])
     click.echo(table(summary))
     click.echo(f"comparison folder: {grid.out}")
     if any(r.status == "failed" for r in results):

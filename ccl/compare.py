@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ccl.errors import CclError
 from ccl.executors import Executor, sequential
-from ccl.io import read_json, write_json
+from ccl.io import LOCK_FILE, read_json, write_json
 from ccl.memory import MEMORIES
 from ccl.report import ERROR_FILE
 from ccl.runner import make_config, prepare, run as run_experiment, status
@@ -202,7 +202,7 @@ def start(grid: Grid, settings: dict[str, Any]) -> None:
             changed = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
             raise CclError(f"{grid.out} holds a comparison with other settings ({', '.join(changed)}); "
                            "choose another --out")
-    elif grid.out.exists() and any(grid.out.iterdir()):
+    elif grid.out.exists() and any(p.name != LOCK_FILE for p in grid.out.iterdir()):
         raise CclError(f"{grid.out} exists and is not a comparison folder (no {GRID_FILE}); choose another --out")
     write_json(path, grid_record(grid, settings))
 

@@ -1,6 +1,8 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -64,3 +66,32 @@ def load_torch(path: Path, what: str) -> Any:
         raise CclError(f"{path}: corrupt or truncated {what} (UnpicklingError)") from None
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
         raise CclError(f"{path}: corrupt or truncated {what} ({type(e).__name__})") from None
+
+
+LOCK_FILE = ".ccl.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str):
+    """Hold an exclusive lock on `folder` (a run or comparison folder) while writing it.
+
+    A second writer gets a CclError at once naming the holder's process id. The lock is
+    an flock on `folder/.ccl.lock`: the kernel releases it when its process ends, however
+    it ends, so a lock left by a killed process never blocks.
+    """
+    from ccl.errors import CclError
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise CclError(f"{folder}: in use by another ccl process (pid {holder}, {what}); "
+                           "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

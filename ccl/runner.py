@@ -31,7 +31,7 @@ from ccl.condense.experts import sgd_epoch
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
-from ccl.io import load_torch, save_torch, write_json
+from ccl.io import folder_lock, load_torch, save_torch, write_json
 from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import LEARNERS, NORMS, build_learner
 from ccl.strategies import STRATEGIES
@@ -609,6 +609,11 @@ def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True, run_d
     if run_dir is None:
         run_dir = new_run_dir(runs_dir, p.config)
         write_json(run_dir / "config.json", resolved_config(p))
+    with folder_lock(run_dir, "a run"):
+        return _run_locked(p, run_dir, progress, on_experience, resume)
+
+
+def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resume: bool) -> Path:
     _set_status(run_dir, "running")
     start = time.perf_counter()
     try:

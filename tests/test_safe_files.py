@@ -65,3 +65,31 @@ def test_resume_from_a_tensor_only_checkpoint_gives_the_same_numbers(tmp_path, t
     a, b = (json.loads((d / "results.json").read_text()) for d in (full, cut))
     for key in ("accuracy_matrix", "forgetting", "bwt", "average_accuracy"):
         assert a[key] == b[key], key
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_never_blocks(tmp_path, tiny_run):
+    import os
+    import subprocess
+    import sys
+
+    from ccl.cli_compare import compare
+    from ccl.io import folder_lock
+
+    run_dir = run(prepare(make_config(**tiny_run, experiences=2)), tmp_path, progress=False)
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    (run_dir / "results.json").unlink()
+    with folder_lock(run_dir, "a test"):  # another open file description: a second writer
+        result = CliRunner().invoke(main, ["run", "--resume", str(run_dir)])
+        assert result.exit_code == 2 and f"in use by another ccl process (pid {os.getpid()}" in result.output
+        out = tmp_path / "cmp"
+        with folder_lock(out, "a test"):
+            result = CliRunner().invoke(compare, ["--memory", "random", "--seeds", "1", "--out", str(out),
+                                                  "--scenario", "split-digits", "--epochs", "1"])
+            assert result.exit_code == 2 and "in use by another ccl process" in result.output
+            assert not (out / "cells").exists()
+    # A holder killed with SIGKILL leaves its lock file behind, and it does not block.
+    code = f"import os; from ccl.io import folder_lock; folder_lock({str(run_dir)!r}, 'x').__enter__(); os.kill(os.getpid(), 9)"
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert (run_dir / ".ccl.lock").exists()
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
