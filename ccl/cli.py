@@ -69,15 +69,17 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
 
 @main.command(name="list")
 def list_cmd():
-    """List scenarios and memories."""
+    """List scenarios, memories and replay strategies."""
     from ccl.data.scenarios import scenarios
     from ccl.memory import MEMORIES
+    from ccl.strategies import STRATEGIES
     click.echo("scenarios:")
     for s in scenarios().values():
         click.echo(f"  {s.name:<16} {s.description}")
-    click.echo("memories:")
-    for e in MEMORIES.entries():
-        click.echo(f"  {e.name:<16} {e.description}")
+    for title, registry in (("memories", MEMORIES), ("strategies", STRATEGIES)):
+        click.echo(f"{title}:")
+        for e in registry.entries():
+            click.echo(f"  {e.name:<16} {e.description}")
 
 
 def _dataset_options(fn):
