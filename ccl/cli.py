@@ -1,6 +1,7 @@
 """`ccl`: the command line. Every command turns CclError into one line and exit code 2."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -31,7 +32,8 @@ def main():
 def _experience_line(i: int, results: dict) -> None:
     click.echo(f"experience {i}: seen-class accuracy {results['seen_accuracy'][-1]:.3f}, all classes "
                f"{results['average_accuracy'][-1]:.3f}, forgetting {results['forgetting'][-1]:.3f} "
-               f"(train {results['train_seconds'][-1]:.0f} s, memory {results['memory_update_seconds'][-1]:.0f} s)")
+               f"(train {results['train_seconds'][-1]:.0f} s, memory {results['memory_update_seconds'][-1]:.0f} s, "
+               f"eval {results['eval_seconds'][-1]:.0f} s)")
 
 
 @main.command()
@@ -64,6 +66,12 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}", err=True)
         sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
     click.echo(summary_table(run_dir))
+    if (run_dir / "memory.pt").exists():  # a picture of what the learner replays, class by class
+        from ccl.report import plot_memory
+        from ccl.io import load_torch
+        config = json.loads((run_dir / "config.json").read_text())["run"]
+        plot_memory(config["memory"], config["seed"], load_torch(run_dir / "memory.pt", "memory file"),
+                    run_dir / "memory.png")
     click.echo(f"run folder: {run_dir}")
 
 

@@ -32,7 +32,7 @@ def int_list(text: str | None) -> list[int] | None:
 
 
 RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
-             "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class",
+             "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class", "test_per_class",
              "memory_config")
 
 
@@ -68,6 +68,7 @@ def run_options(fn):
         click.option("--experiences", type=int, help="number of experiences [the scenario's]"),
         click.option("--class-order", help="comma-separated class indices [drawn from the seed]"),
         click.option("--train-per-class", type=int, help="keep the first N training images per class"),
+        click.option("--test-per-class", type=int, help="test on the first N test images per class (quick runs)"),
         click.option("--config", "config_file", type=click.Path(path_type=Path),
                      help="TOML file of run settings (keys as the flags, with underscores)"),
         click.option("--memory-config", help="memory settings preset (name in configs/) or TOML file"),

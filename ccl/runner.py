@@ -66,6 +66,7 @@ class RunConfig:
     experiences: int | None = None  # default: the scenario's
     class_order: list[int] | None = None  # default: a permutation drawn from the seed
     train_per_class: int | None = None    # keep the first N training images of each class
+    test_per_class: int | None = None     # test on the first N test images of each class (quick runs)
     protocol: str = "replay"       # replay: new data + memory; gdumb: a fresh learner on the memory alone
     finetune_epochs: int = 0       # replay: then this many epochs on the memory alone at lr / 10 (EEIL)
     tensorboard: str | None = None  # also log to TensorBoard in this folder
@@ -89,8 +90,12 @@ class RunConfig:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative")
         if self.experiences is not None and self.experiences < 1:
             raise ValueError(f"experiences must be at least 1, got {self.experiences}")
-        if self.train_per_class is not None and self.train_per_class < 1:
-            raise ValueError(f"train-per-class must be at least 1, got {self.train_per_class}")
+        for name in ("train_per_class", "test_per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.mem_batch == 0 and MEMORIES.get(self.memory).value.kind in ("device", "reservoir") \
+                and self.protocol == "replay":
+            raise ValueError("--mem-batch 0 would fill a memory that is never replayed; use --memory none")
         if self.model not in LEARNERS:
             raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(LEARNERS)}")
         if self.norm not in NORMS:
@@ -184,8 +189,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has nothing to finetune on")
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
-    if cfg.train_per_class:
-        data = data.first_per_class(cfg.train_per_class)
+    if cfg.train_per_class or cfg.test_per_class:
+        data = data.first_per_class(cfg.train_per_class, cfg.test_per_class)
     if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")

@@ -127,3 +127,14 @@ def test_condense_refuses_memory_context(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "memory_context" in result.output and "`ccl run` only" in result.output
     assert not out.exists()
+
+
+def test_quick_run_options_and_memory_picture(tmp_path):
+    result = invoke(tmp_path, "run", *TINY, "--test-per-class", "5")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "memory.png").exists() and "eval s" in result.output
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run"]["test_per_class"] == 5 and config["data"]["test_images"] == 50  # 10 classes x 5
+    result = invoke(tmp_path, "run", *TINY, "--mem-batch", "0")
+    assert result.exit_code == 2 and "never replayed" in result.output

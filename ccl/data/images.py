@@ -40,12 +40,16 @@ class ImageSet:
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return t.sub_(mean).div_(std).contiguous()
 
-    def first_per_class(self, n: int) -> "ImageSet":
-        """Keep the first `n` training images of every class (in data set order)."""
-        keep = np.concatenate([np.flatnonzero(self.train_y == c)[:n] for c in range(self.num_classes)])
-        keep.sort()
-        return ImageSet(self.name, self.classes, self.train_x[keep], self.train_y[keep],
-                        self.test_x, self.test_y, self.mean, self.std)
+    def first_per_class(self, n: int | None = None, test: int | None = None) -> "ImageSet":
+        """Keep the first `n` training and `test` test images of every class (in data set
+        order); None keeps all of them."""
+        def first(y: np.ndarray, k: int | None) -> np.ndarray:
+            if k is None:
+                return np.arange(len(y))
+            return np.sort(np.concatenate([np.flatnonzero(y == c)[:k] for c in range(self.num_classes)]))
+        train, held = first(self.train_y, n), first(self.test_y, test)
+        return ImageSet(self.name, self.classes, self.train_x[train], self.train_y[train],
+                        self.test_x[held], self.test_y[held], self.mean, self.std)
 
 
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
