@@ -187,9 +187,13 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
         images, labels, dataset = saved["images"], saved["labels"], saved["dataset"]
     except (KeyError, TypeError) as e:
         raise CclError(f"{set_file}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
+    _check_set(set_file, images, labels)
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
     data = load_dataset(dataset, data_dir, not no_download)
+    if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape):
+        raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "
+                       f"fit {dataset} ({data.num_classes} classes of {tuple(data.shape)} images)")
     # A set of some classes (`ccl condense --classes`) is tested on those classes only.
     test_y, set_classes = torch.from_numpy(data.test_y), labels.unique().cpu()
     on_set = torch.isin(test_y, set_classes).numpy()
@@ -202,6 +206,20 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     accs = ", ".join(f"{a:.4f}" for a in result["accuracies"])
     click.echo(f"{set_file}: test accuracy {result['mean']:.4f} +- {result['std']:.4f} over {networks} networks "
                f"({accs}; {epochs} epochs)")
+
+
+def _check_set(set_file: Path, images, labels) -> None:
+    """One line for each way a set file can be malformed, before any training."""
+    import torch
+    if not (torch.is_tensor(images) and images.dim() == 4 and len(images) > 0):
+        raise CclError(f"{set_file}: images must be a non-empty (N, C, H, W) tensor")
+    if not (torch.is_tensor(labels) and labels.shape == (len(images),) and not labels.is_floating_point()):
+        raise CclError(f"{set_file}: labels must be N={len(images)} integer class indices, "
+                       f"got {tuple(getattr(labels, 'shape', ()))}")
+    if not bool(torch.isfinite(images.float()).all()):
+        raise CclError(f"{set_file}: images contain NaN or inf")
+    if int(labels.min()) < 0:
+        raise CclError(f"{set_file}: labels must be >= 0")
 
 
 main.add_command(compare)

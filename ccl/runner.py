@@ -252,7 +252,8 @@ def resolved_config(p: Prepared) -> dict[str, Any]:
             "class_order": p.order, "experience_classes": p.experience_classes,
             "classes": p.data.classes,
             "data": {"train_images": int(len(p.data.train_y)), "test_images": int(len(p.data.test_y)),
-                     "shape": list(p.data.shape), "mean": p.data.mean, "std": p.data.std},
+                     "shape": list(p.data.shape), "mean": p.data.mean, "std": p.data.std,
+                     "fingerprint": p.data.fingerprint()},
             "device": {"name": str(p.device), "description": device_description(p.device)},
             "versions": versions(), "host": socket.gethostname(), "argv": sys.argv,
             "created": dt.datetime.now().isoformat(timespec="seconds")}
@@ -662,6 +663,12 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tupl
     p = prepare(cfg)
     if p.order != config.get("class_order"):
         raise CclError(f"{run_dir}: the data set's classes changed since the run started")
+    recorded = (config.get("data") or {}).get("fingerprint")
+    if recorded is not None and recorded != p.data.fingerprint():
+        raise CclError(f"{run_dir}: the data changed since the run started (images, labels or per-class "
+                       "counts differ); resuming would mix two data sets, so start a new run")
+    for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
+        leftover.unlink(missing_ok=True)
     if (run_dir / CHECKPOINT).exists():
         load_checkpoint(run_dir / CHECKPOINT)  # fail early, before anything is overwritten
     return run(p, run_dir=run_dir, progress=progress, on_experience=on_experience), True

@@ -93,3 +93,49 @@ def test_a_second_writer_is_refused_and_a_dead_holder_never_blocks(tmp_path, tin
     assert (run_dir / ".ccl.lock").exists()
     result = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+def test_resume_on_changed_data_refuses_and_leftovers_are_cleaned(tmp_path):
+    from test_data import write_class_folders
+
+    data = tmp_path / "data"
+    write_class_folders(data, ["a", "b", "c", "d"], 12, size=(8, 8))
+    args = ["run", "--scenario", "split-folder", "--data-dir", str(data), "--experiences", "2", "--epochs", "1",
+            "--mem-size", "8", "--width", "8", "--quiet", "--runs-dir", str(tmp_path / "runs")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    (run_dir / "results.json").unlink()
+    (run_dir / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    from PIL import Image
+    import numpy as np
+    import shutil
+
+    extra = [data / "train" / "a" / f"extra{i}.png" for i in range(2)]
+    for path in extra:  # two more images of class a
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+    shutil.rmtree(data / ".ccl-cache", ignore_errors=True)
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir)])
+    assert result.exit_code == 2 and "the data changed since the run started" in result.output
+    assert result.output.count("\n") == 1
+    for path in extra:  # the data as it was: the resume goes on, and cleans what a kill left
+        path.unlink()
+    shutil.rmtree(data / ".ccl-cache", ignore_errors=True)
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (torch.zeros(2, 8, 8), torch.tensor([0, 1]), "non-empty (N, C, H, W)"),
+    (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), "non-empty (N, C, H, W)"),
+    (torch.zeros(2, 1, 8, 8), torch.tensor([0, 1, 1]), "labels must be N=2"),
+    (torch.full((2, 1, 8, 8), float("nan")), torch.tensor([0, 1]), "NaN or inf"),
+    (torch.zeros(2, 1, 8, 8), torch.tensor([0, 12]), "do not fit digits"),
+    (torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), "do not fit digits"),
+])
+def test_malformed_sets_are_one_line_errors(tmp_path, images, labels, message):
+    path = tmp_path / "set.pt"
+    torch.save({"images": images, "labels": labels, "dataset": "digits"}, path)
+    result = CliRunner().invoke(main, ["evaluate", str(path), "--epochs", "1", "--networks", "1"])
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1

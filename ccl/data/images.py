@@ -1,6 +1,7 @@
 """`ImageSet`: a data set held as uint8 arrays, the one shape every loader returns."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,16 @@ class ImageSet:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return t.sub_(mean).div_(std).contiguous()
+
+    def fingerprint(self) -> dict:
+        """Per-class counts, image shape and a SHA-256 of every pixel and label: what a
+        resumed run checks to know it trains on the data it started with."""
+        digest = hashlib.sha256()
+        for array in (self.train_x, self.train_y, self.test_x, self.test_y):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return {"train_per_class": np.bincount(self.train_y, minlength=self.num_classes).tolist(),
+                "test_per_class": np.bincount(self.test_y, minlength=self.num_classes).tolist(),
+                "shape": list(self.shape), "sha256": digest.hexdigest()}
 
     def first_per_class(self, n: int | None = None, test: int | None = None) -> "ImageSet":
         """Keep the first `n` training and `test` test images of every class (in data set
