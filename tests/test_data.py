@@ -116,3 +116,18 @@ def test_scenarios_and_class_order():
         class_order(4, 0, [0, 1, 1, 3])
     with pytest.raises(CclError):
         get_scenario("split-mnist")
+
+
+def test_missing_cifar_says_whether_a_download_was_tried_and_creates_nothing(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    missing = tmp_path / "typo"
+    with pytest.raises(CclError, match=r"a torchvision download failed \(OSError: no network\)"):
+        load_dataset("cifar10", missing, download=True)
+    assert not missing.exists()  # a mistyped --data-dir is not left behind
+    with pytest.raises(CclError, match=r"download not tried \(--no-download\)"):
+        load_dataset("cifar10", missing, download=False)

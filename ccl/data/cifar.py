@@ -9,6 +9,7 @@ Only when neither is there does it ask torchvision to download.
 from __future__ import annotations
 
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +90,15 @@ def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = True) -> ImageS
     """Load CIFAR from `data_dir` (either layout), downloading only when neither is there."""
     data_dir = Path(data_dir).expanduser()
     found = _find(data_dir, spec)
+    tried = ""
     if found is None and download:
-        found = _download(spec, data_dir)
+        found, tried = _download(spec, data_dir)
     if found is None:
         raise CclError(
             f"{spec.name} not found in {data_dir}: expected class folders "
             f"{data_dir}/train/<class>/ and {data_dir}/test/<class>/ (or under {data_dir}/{spec.name}/), "
-            f"or torchvision's {data_dir}/{spec.pickle_dir}/; set --data-dir or $CCL_DATA_DIR")
+            f"or torchvision's {data_dir}/{spec.pickle_dir}/; {tried or 'download not tried (--no-download)'}; "
+            "extract a copy there, or point --data-dir or $CCL_DATA_DIR at one")
     layout, root = found
     if layout == "folders":
         files = [f for s in ("train", "test") for f, _ in list_images(root / s, [p.name for p in class_folders(root / s)])]
@@ -110,12 +113,18 @@ def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = True) -> ImageS
                     arrays["test_x"], arrays["test_y"], spec.mean, spec.std)
 
 
-def _download(spec: CifarSpec, data_dir: Path) -> tuple[str, Path] | None:
+def _download(spec: CifarSpec, data_dir: Path) -> tuple[tuple[str, Path] | None, str]:
+    """(what _find gives after a torchvision download, or None; why it failed). A folder
+    created for the download is removed again when nothing arrived."""
     import torchvision
     cls = torchvision.datasets.CIFAR10 if spec.name == "cifar10" else torchvision.datasets.CIFAR100
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         cls(str(data_dir), train=True, download=True)
-    except Exception:  # no network, no disk space, a proxy: all mean "not available"
-        return None
-    return _find(data_dir, spec)
+    except Exception as e:  # no network, no disk space, a proxy: all mean "not available"
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        return None, f"a torchvision download failed ({type(e).__name__}: {reason})"
+    return _find(data_dir, spec), ""
