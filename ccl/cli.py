@@ -1,6 +1,7 @@
 """`ccl`: the command line. Every command turns CclError into one line and exit code 2."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -130,12 +131,17 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     if ipc < 1:
         raise CclError(f"--ipc must be at least 1, got {ipc}")
     entry = METHODS.get(method).value
-    settings = preset_settings(entry.settings, preset or method, dict(parse_override(o) for o in overrides),
-                               explicit=preset is not None)
+    given = dict(parse_override(o) for o in overrides)
+    settings = preset_settings(entry.settings, preset or method, given, explicit=preset is not None)
     if getattr(settings, "memory_context", False):
         raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
-    if getattr(settings, "holdout", 0.0) > 0 or getattr(settings, "guide_weight", 0.0) > 0:
-        raise CclError("holdout and guide_weight need the replay learner: they apply to `ccl run` only")
+    # A preset made for `ccl run` may match the replay learner's features or hold images
+    # out to choose against it; standalone there is no learner, so those settings are off
+    # (asked for explicitly, they are an error).
+    learner_only = [k for k in ("guide_weight", "holdout") if getattr(settings, k, 0.0) > 0]
+    if any(k in given for k in learner_only):
+        raise CclError(f"{' and '.join(learner_only)} need the replay learner: they apply to `ccl run` only")
+    settings = dataclasses.replace(settings, **{k: 0.0 for k in learner_only})
     dev = pick_device(device)
     data = load_dataset(dataset, data_dir, not no_download)
     if train_per_class:

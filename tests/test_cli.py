@@ -1,5 +1,7 @@
 """Bad input ends in one line, a non-zero exit and no run folder."""
 import json
+
+import torch
 import os
 import subprocess
 import sys
@@ -138,3 +140,16 @@ def test_quick_run_options_and_memory_picture(tmp_path):
     assert config["run"]["test_per_class"] == 5 and config["data"]["test_images"] == 50  # 10 classes x 5
     result = invoke(tmp_path, "run", *TINY, "--mem-batch", "0")
     assert result.exit_code == 2 and "never replayed" in result.output
+
+
+def test_condense_turns_off_what_needs_the_replay_learner(tmp_path):
+    # configs/datadam.toml is made for `ccl run` (guide_weight > 0); standalone it condenses
+    # without the learner, and asking for the guide explicitly is an error.
+    out = tmp_path / "dd.pt"
+    args = ["condense", "--dataset", "digits", "--method", "datadam", "--ipc", "1", "--set", "iterations=2",
+            "--set", "width=8", "--quiet", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert torch.load(out, weights_only=True)["settings"]["guide_weight"] == 0.0
+    result = CliRunner().invoke(main, [*args, "--set", "guide_weight=5"])
+    assert result.exit_code == 2 and "need the replay learner" in result.output
