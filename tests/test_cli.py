@@ -1,12 +1,11 @@
 """Bad input ends in one line, a non-zero exit and no run folder."""
 import json
-
-import torch
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ccl.cli import main
