@@ -176,6 +176,9 @@ def prepare(cfg: RunConfig) -> Prepared:
             except ImportError:
                 raise CclError(f"--{flag} needs the {package} package: pip install {package}") from None
     # Checks of the settings alone come before the data load, which can take seconds.
+    if cfg.mem_dtype != "float32" and spec.kind != "device":
+        raise CclError(f"--mem-dtype applies to the on-device memories; memory {cfg.memory!r} stores what "
+                       "Avalanche gives it")
     if cfg.mem_augment != "none" and spec.kind != "device":
         raise CclError(f"--mem-augment applies to the on-device memories; memory {cfg.memory!r} has none")
     if cfg.protocol == "gdumb" and spec.kind != "device":
