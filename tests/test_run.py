@@ -122,11 +122,13 @@ def test_uint8_memory_round_trips(tmp_path, tiny_run):
 TINY_METHOD = {
     "dm": {"iterations": 3, "width": 16, "real_batch": 8, "progress_every": 1},
     "datadam": {"iterations": 3, "width": 16, "real_batch": 8, "progress_every": 1},
+    # holdout 0: here the matched images themselves must fill the slots (the presets' fallback
+    # to real images is tested in test_condensed_memory.py)
     "mtt": {"iterations": 2, "width": 8, "syn_steps": 2, "batch_syn": 32, "num_experts": 1,
-            "expert_train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 1, "progress_every": 1},
+            "expert_train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 1, "progress_every": 1, "holdout": 0.0},
     "pad": {"iterations": 2, "width": 8, "syn_steps": 2, "batch_syn": 32, "num_experts": 1,
             "expert_train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 1, "score_epochs": 1,
-            "progress_every": 1},
+            "progress_every": 1, "holdout": 0.0},
 }
 
 
