@@ -29,13 +29,20 @@ from ccl.runner import RunConfig
 
 
 def summary_table(run_dir: Path) -> str:
-    """Per-experience table of one run, and its final figures."""
-    r = read_json(Path(run_dir) / "results.json")
-    lines = ["exp  classes   seen acc  all acc  forgetting  train s  memory s  eval s",
-             "---  --------  --------  -------  ----------  -------  --------  ------"]
+    """Per-experience table of one run (classes by name where config.json has them), and
+    its final figures."""
+    run_dir = Path(run_dir)
+    r = read_json(run_dir / "results.json")
+    names = read_json(run_dir / "config.json").get("classes") if (run_dir / "config.json").exists() else None
     groups = r["experience_classes"] if len(r["accuracy_matrix"]) > 1 else [sum(r["experience_classes"], [])]
-    for i, classes in enumerate(groups):
-        lines.append(f"{i:>3}  {','.join(map(str, classes)):<8}  {r['seen_accuracy'][i]:>8.3f}  "
+    if not (isinstance(names, list) and all(0 <= c < len(names) for g in groups for c in g)):
+        names = None
+    cells = [",".join(str(names[c]) if names else str(c) for c in g) for g in groups]
+    width = max(8, *(len(c) for c in cells))
+    lines = [f"exp  {'classes':<{width}}  seen acc  all acc  forgetting  train s  memory s  eval s",
+             f"---  {'-' * width}  --------  -------  ----------  -------  --------  ------"]
+    for i, classes in enumerate(cells):
+        lines.append(f"{i:>3}  {classes:<{width}}  {r['seen_accuracy'][i]:>8.3f}  "
                      f"{r['average_accuracy'][i]:>7.3f}  {r['forgetting'][i]:>10.3f}  "
                      f"{r['train_seconds'][i]:>7.1f}  {r['memory_update_seconds'][i]:>8.1f}  "
                      f"{r['eval_seconds'][i]:>6.1f}")

@@ -78,18 +78,18 @@ class RunConfig:
         positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("mem_batch", "seed", "finetune_epochs"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         for name in ("lr",):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         for name in ("momentum", "weight_decay"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative")
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         if self.experiences is not None and self.experiences < 1:
-            raise ValueError(f"experiences must be at least 1, got {self.experiences}")
+            raise ValueError(f"--experiences must be at least 1, got {self.experiences}")
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
