@@ -510,6 +510,9 @@ def write_report(dirs: Sequence[Path], out: Path | None = None) -> dict[str, Any
     if out is None:
         if len(dirs) != 1:
             raise CclError("a report over several folders needs --out")
+        if (dirs[0] / "config.json").exists():  # a run folder holds what the run wrote, nothing else
+            raise CclError(f"{dirs[0]} is a run folder; give --out for the report (its memory is in "
+                           f"{dirs[0] / 'memory.png'})")
         out = dirs[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

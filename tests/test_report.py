@@ -163,3 +163,15 @@ def test_memory_settings_given_beyond_the_preset_are_reported(tmp_path):
     write_report([tmp_path / "runs"])
     assert "Memory settings changed from their presets: dm: iterations=30." in \
         (tmp_path / "runs" / "comparison.md").read_text()
+
+
+def test_a_report_never_writes_into_a_run_folder_unasked(tmp_path, tiny_run):
+    from ccl.errors import CclError
+    from ccl.runner import make_config, prepare, run
+    run_dir = run(prepare(make_config(**tiny_run)), tmp_path / "runs", progress=False)
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(CclError, match="is a run folder; give --out"):
+        write_report([run_dir])
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    summary = write_report([run_dir], tmp_path / "report")
+    assert (tmp_path / "report" / "comparison.md").exists() and summary["memories"]
