@@ -91,9 +91,17 @@ def list_cmd():
             click.echo(f"  {e.name:<16} {e.description}")
 
 
+def _dataset_name(name: str) -> str:
+    """A data set name, or the data set of the scenario so named (split-cifar10 -> cifar10)."""
+    from ccl.data.scenarios import scenarios
+    known = scenarios()
+    return known[name].dataset if name in known else name
+
+
 def _dataset_options(fn):
     for opt in reversed([
-        click.option("--dataset", default="cifar10", show_default=True, help="data set name (digits, cifar10, cifar100, folder)"),
+        click.option("--dataset", "--scenario", "dataset", default="cifar10", show_default=True,
+                     help="data set (digits, cifar10, cifar100, folder) or a scenario naming one (split-cifar10)"),
         click.option("--data-dir", type=click.Path(path_type=str), help="data folder [$CCL_DATA_DIR]"),
         click.option("--no-download", is_flag=True, help="never try to download a data set"),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
@@ -108,7 +116,8 @@ def _dataset_options(fn):
 @click.option("--ipc", type=int, default=10, show_default=True, help="synthetic images per class")
 @click.option("--classes", help="comma-separated classes to condense [all]")
 @click.option("--train-per-class", type=int, help="condense from the first N training images per class")
-@click.option("--config", "preset", help="settings preset (name in configs/) or TOML file [the method's]")
+@click.option("--memory-config", "--config", "preset",
+              help="settings preset (name in configs/) or TOML file [the method's]; as `ccl run --memory-config`")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")
 @click.option("--out", type=click.Path(path_type=Path), help="output .pt [sets/<dataset>-<method>-ipc<N>-s<seed>.pt]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
@@ -143,6 +152,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"{' and '.join(learner_only)} need the replay learner: they apply to `ccl run` only")
     settings = dataclasses.replace(settings, **{k: 0.0 for k in learner_only})
     dev = pick_device(device)
+    dataset = _dataset_name(dataset)
     data = load_dataset(dataset, data_dir, not no_download)
     if train_per_class:
         data = data.first_per_class(train_per_class)
@@ -196,6 +206,7 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     _check_set(set_file, images, labels)
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
+    dataset = _dataset_name(dataset)
     data = load_dataset(dataset, data_dir, not no_download)
     if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape):
         raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "

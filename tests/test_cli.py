@@ -146,10 +146,11 @@ def test_condense_turns_off_what_needs_the_replay_learner(tmp_path):
     # configs/datadam.toml is made for `ccl run` (guide_weight > 0); standalone it condenses
     # without the learner, and asking for the guide explicitly is an error.
     out = tmp_path / "dd.pt"
-    args = ["condense", "--dataset", "digits", "--method", "datadam", "--ipc", "1", "--set", "iterations=2",
+    args = ["condense", "--scenario", "split-digits", "--method", "datadam", "--ipc", "1", "--set", "iterations=2",
             "--set", "width=8", "--quiet", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert torch.load(out, weights_only=True)["settings"]["guide_weight"] == 0.0
+    saved = torch.load(out, weights_only=True)
+    assert saved["settings"]["guide_weight"] == 0.0 and saved["dataset"] == "digits"  # the scenario's data set
     result = CliRunner().invoke(main, [*args, "--set", "guide_weight=5"])
     assert result.exit_code == 2 and "need the replay learner" in result.output
