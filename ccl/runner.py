@@ -273,7 +273,8 @@ def _avalanche_dataset(x: torch.Tensor, y: torch.Tensor):
 
 
 class _Progress:
-    """Avalanche plugin drawing one tqdm bar per experience with the running loss."""
+    """Avalanche plugin drawing one tqdm bar per experience with the running loss, and
+    one over the test minibatches while evaluating."""
 
     def __new__(cls, enabled: bool, label: str):
         from avalanche.core import SupervisedPlugin
@@ -299,6 +300,17 @@ class _Progress:
             def after_training_exp(self, strategy, **kw):
                 self.bar.close()
                 self.bar = None
+
+            # Evaluation: one bar over every test experience's minibatches.
+            def before_eval(self, strategy, **kw):
+                self.eval_bar = tqdm(desc=f"{label} testing", unit="batch", disable=not enabled, leave=False,
+                                     dynamic_ncols=True)
+
+            def after_eval_iteration(self, strategy, **kw):
+                self.eval_bar.update(1)
+
+            def after_eval(self, strategy, **kw):
+                self.eval_bar.close()
 
         return ProgressPlugin()
 

@@ -551,7 +551,8 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     loss_sum = torch.zeros((), device=device)  # summed on the device between checks
     since_check = 0
     name = "DataDAM" if settings.sam_weight > 0 else "DM"
-    bar = tqdm(total=settings.iterations, disable=not progress, desc=name, leave=False)
+    classes = ",".join(str(c) for c in groups.sizes)
+    bar = tqdm(total=settings.iterations, disable=not progress, desc=f"{name} classes {classes}", leave=False)
     try:
         for it in range(settings.iterations):
             reinitialise(net)
