@@ -131,3 +131,23 @@ def test_missing_cifar_says_whether_a_download_was_tried_and_creates_nothing(tmp
     assert not missing.exists()  # a mistyped --data-dir is not left behind
     with pytest.raises(CclError, match=r"download not tried \(--no-download\)"):
         load_dataset("cifar10", missing, download=False)
+
+
+def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
+    # torchvision's layout is pickles: only arrays, lists and bytes may come out of them.
+    import pathlib
+
+    class Payload:
+        def __reduce__(self):
+            return pathlib.Path.touch, (tmp_path / "pwned",)
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), b"labels": list(range(10))}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))  # protocol 2 as the originals
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [Payload()]}))
+    with pytest.raises(CclError, match="refusing pathlib"):
+        load_dataset("cifar10", tmp_path, download=False)
+    assert not (tmp_path / "pwned").exists()

@@ -42,10 +42,25 @@ CIFAR100 = CifarSpec("cifar100", "cifar-100-python", ("train",), "test", b"fine_
                      b"fine_label_names", 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles what torchvision's CIFAR files hold (dicts, lists, bytes, numpy arrays)
+    and nothing else: any other global a file names is refused, so a crafted file in a
+    data folder cannot run code (plain pickle.load would call whatever it names)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 store bytes this way
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR file holds arrays and lists only")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _ArraysOnly(f, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise CclError(f"{path}: unreadable or corrupt CIFAR file ({e})") from None
 
