@@ -511,9 +511,11 @@ class _SyntheticGroups:
         k, m = len(classes), sum(sizes)
         self.image_class = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)).to(device)  # (M,)
         starts = [sum(sizes[:i]) for i in range(k)]
+        self.sizes: dict[int, list[int]] = {}  # class -> matched sizes, largest first
         rows, target, weight = [], [], []
         for i, (c, n) in enumerate(zip(classes, sizes)):
             nested = sorted({n, *(s for s in (prefix_sizes or {}).get(c, []) if 1 <= s < n)}, reverse=True)
+            self.sizes[c] = nested
             for s in nested:
                 row = torch.zeros(m)
                 row[starts[i]:starts[i] + s] = 1.0
@@ -523,7 +525,6 @@ class _SyntheticGroups:
         self.membership = torch.stack(rows).to(device)  # (G, M)
         self.target = torch.tensor(target, device=device)  # (G,) class position of each group
         self.weight = torch.tensor(weight, device=device)  # (G,)
-        self.sizes = {c: [int(r.sum()) for r, t in zip(rows, target) if t == i] for i, c in enumerate(classes)}
 
     def distance(self, real_means: torch.Tensor, syn_means: torch.Tensor) -> torch.Tensor:
         """sum_g weight_g || real_means[target_g] - syn_means[g] ||^2 for (K, D) and (G, D) means."""
@@ -540,7 +541,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
               settings: DataDAMSettings, chunk: int, progress: bool) -> tuple[torch.Tensor, dict]:
     """The DataDAM iterations; returns the last finite images and what happened."""
     device = images.device
-    k = int(groups.target.max()) + 1
+    k = len(groups.sizes)
     real_group = torch.arange(k, device=device).repeat_interleave(settings.real_batch)  # (K*B,)
     images = images.detach().clone().requires_grad_(True)  # (M, C, H, W), what learns
     optimizer = torch.optim.SGD([images], lr=settings.lr_images, momentum=settings.momentum)

@@ -22,11 +22,14 @@ from ccl.condense.selection import herding_order
 
 
 @torch.no_grad()
-def learner_features(learner: nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """(n, d) embeddings of `images` under the learner (eval mode, then restored)."""
+def learner_features(learner: nn.Module, images: torch.Tensor, batch: int = 512,
+                     logits: bool = False) -> torch.Tensor:
+    """(n, d) embeddings of `images` under the learner, or with `logits` its (n, classes)
+    outputs (eval mode, then restored)."""
     was_training = learner.training
     learner.eval()
-    out = torch.cat([learner.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
+    call = learner if logits else learner.embed
+    out = torch.cat([call(images[i:i + batch]) for i in range(0, len(images), batch)])
     learner.train(was_training)
     return out
 
@@ -171,9 +174,11 @@ def keep_if_better(condensed: torch.Tensor, start: torch.Tensor, labels: torch.T
         target_x = held_x[held_y == c]
         ratio = []
         for net in nets:
-            target = _mean_feature(net, target_x)
-            dist = [sum(float((_mean_feature(net, x[at[:s]]) - target).pow(2).sum()) for s in sizes)
-                    for x in (condensed, start)]
+            target = _normalised_features(net, target_x).mean(0)  # (d,)
+            dist = []
+            for x in (condensed, start):
+                feats = _normalised_features(net, x[at])  # (n, d), once per set; prefixes below
+                dist.append(sum(float((feats[:s].mean(0) - target).pow(2).sum()) for s in sizes))
             ratio.append(dist[0] / max(dist[1], 1e-12))
         ratios[str(c)] = sum(ratio) / len(ratio)
         kept[str(c)] = "condensed" if ratios[str(c)] < 1 else "real"
@@ -182,8 +187,8 @@ def keep_if_better(condensed: torch.Tensor, start: torch.Tensor, labels: torch.T
     return chosen, kept, ratios
 
 
-def _mean_feature(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return nn.functional.normalize(learner_features(net, images), dim=1).mean(0)  # (d,)
+def _normalised_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(learner_features(net, images), dim=1)  # (n, d)
 
 
 def _random_copy(learner: nn.Module) -> nn.Module:

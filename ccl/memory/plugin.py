@@ -14,7 +14,7 @@ from avalanche.core import SupervisedPlugin
 
 from ccl.condense import dsa
 from ccl.memory.codec import MemoryCodec
-from ccl.memory.fillers import Filler
+from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
 
 RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
@@ -108,17 +108,12 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         idx = torch.nonzero(self.labels == c).flatten()[:k]
         return self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits
 
-    @torch.no_grad()
     def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
         """(n, classes) logits of the images as stored (after the codec), as DER records
         them when a sample enters its buffer; empty unless a strategy asks for them."""
         if not self.record_logits:
             return self.logits
-        was_training = learner.training
-        learner.eval()
-        logits = torch.cat([learner(self.codec.decode(stored[i:i + 512])) for i in range(0, len(stored), 512)])
-        learner.train(was_training)
-        return logits.float()
+        return learner_features(learner, self.codec.decode(stored), logits=True).float()
 
     def state(self) -> dict:
         state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
