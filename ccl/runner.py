@@ -50,6 +50,9 @@ class RunConfig:
     # default) is dsa for the on-device memories (it lifted every memory, condensed ones
     # most: docs/results.md) and none for the others, resolved by make_config.
     mem_augment: str = "auto"
+    # replay: while an experience streams, its new classes' slots hold a class-balanced
+    # reservoir of their samples (DeviceMemoryPlugin); off: they enter memory at its end.
+    stream_slots: bool = False
     seed: int = 0
     epochs: int = 5                # per experience
     batch_size: int = 32           # current-experience samples per minibatch
@@ -187,6 +190,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     STRATEGIES.get(cfg.strategy)  # an unknown name is a one-line error listing the known ones
     if cfg.strategy != "er" and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; memory {cfg.memory!r} under "
+                       f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
+    if cfg.stream_slots and (spec.kind != "device" or cfg.protocol != "replay"):
+        raise CclError(f"--stream-slots fills the on-device memory while replaying; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
     if cfg.finetune_epochs and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; memory {cfg.memory!r} under "
@@ -411,7 +417,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
             return train_x[mask], train_y[mask]
         memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
                                     real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
-                                    augment, schedule=p.experience_classes)
+                                    augment, schedule=p.experience_classes, stream_slots=cfg.stream_slots)
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
 

@@ -390,6 +390,16 @@ def test_correct_init_draws_from_the_images_marked_correct(monkeypatch):
     assert chosen == set(torch.nonzero(marked).flatten().tolist())
 
 
+def test_herding_init_without_a_learner_starts_from_real_images_of_each_class():
+    # `ccl condense` has no learner to herd with: "herding" starts from random real images
+    torch.manual_seed(0)
+    real, labels = two_class_data(n_per_class=20)
+    images, out = condense(real, labels, {3: 4, 7: 4}, "cpu", tiny(iterations=0, init="herding"), progress=False)
+    for image, label in zip(images, out):
+        match = torch.nonzero((real == image).flatten(1).all(1)).flatten()
+        assert len(match) and labels[match[0]] == label
+
+
 def _poison_losses(monkeypatch, bad_calls):
     """Make the matching loss NaN on the given (1-based) calls; returns the call log."""
     real_loss, calls = pad.trajectory_matching_loss, []

@@ -97,3 +97,54 @@ def test_every_strategy_runs_with_every_memory(tmp_path, tiny_run, strategy, mem
 def test_strategies_that_cannot_work_are_one_line_errors(tiny_run, changes, message):
     with pytest.raises(CclError, match=message):
         prepare(make_config(**{**tiny_run, **changes}))
+
+
+def test_stream_reservoir_keeps_a_uniform_sample_of_each_class_in_its_own_rows():
+    from ccl.memory.plugin import StreamReservoir
+    torch.manual_seed(0)
+    hits = torch.zeros(2, 40)  # how often each of class 3's and class 7's samples was kept
+    for _ in range(300):
+        reservoir = StreamReservoir({3: 4, 7: 2}, offset=5, device=torch.device("cpu"))
+        assert reservoir.labels.tolist() == [3, 3, 3, 3, 7, 7] and not reservoir.filled().any()
+        rows = torch.full((6,), -1)
+        order = torch.randperm(80)  # 40 samples of each class, streamed in minibatches of 16
+        y = torch.tensor([3, 7]).repeat_interleave(40)[order]
+        ids = torch.arange(40).repeat(2)[order]
+        for start in range(0, 80, 16):
+            taken = reservoir.offer(y[start:start + 16])
+            kept = taken >= 0
+            assert ((taken[kept] >= 5) & (taken[kept] < 11)).all() and len(taken[kept].unique()) == int(kept.sum())
+            assert (reservoir.labels[taken[kept] - 5] == y[start:start + 16][kept]).all()  # a class's own rows
+            rows[taken[kept] - 5] = ids[start:start + 16][kept]
+        assert reservoir.filled().all() and reservoir.seen.tolist() == [40, 40]
+        hits[0, rows[:4]] += 1
+        hits[1, rows[4:]] += 1
+    # uniform: every sample kept with probability rows / 40, whenever it streamed by
+    expected = torch.tensor([4 / 40, 2 / 40])[:, None] * 300
+    assert ((hits - expected).abs() < 5 * expected.sqrt()).all()
+
+
+def test_stream_slots_replay_new_classes_while_they_stream(tmp_path, tiny_run):
+    from avalanche.core import SupervisedPlugin
+    seen: list[set] = []  # the classes each experience's replayed samples came from
+
+    class Spy(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kw):
+            seen.append(set())
+
+        def after_forward(self, strategy, **kw):
+            if memory.last_draw is not None:
+                seen[-1] |= set(memory.labels[memory.last_draw].tolist())
+
+    from ccl.runner import _build
+    p = prepare(make_config(**tiny_run, strategy="der++", stream_slots=True))
+    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    strategy.plugins.append(Spy())
+    for i, step in enumerate(bench.train_stream[:2]):
+        strategy.train(step)
+        # the filler took the stream slots over: a class-balanced memory with a logit per image
+        assert len(memory.labels) == 20 == len(memory.logits)
+        assert sorted(torch.bincount(memory.labels).tolist())[-1] == 20 // len(memory.classes)
+    first, second = (set(c) for c in p.experience_classes[:2])
+    assert seen[0] == first  # the first experience replays its own classes as they stream
+    assert seen[1] == first | second

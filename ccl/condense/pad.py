@@ -54,7 +54,7 @@ from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
 from ccl.models.convnet import NORMS
 
-INITS = ("real", "correct", "noise")
+INITS = ("real", "correct", "noise", "herding")
 
 # PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
 # 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
@@ -105,7 +105,9 @@ class PADSettings:
     dsa: bool = True                # DSA on the experts', scorers' and student's batches
     dsa_settings: DSASettings = field(default_factory=DSASettings)
     # "real": random real images of the class; "correct": random among those the first
-    # expert's final network classifies correctly (the PAD reference); "noise".
+    # expert's final network classifies correctly (the PAD reference); "noise";
+    # "herding": under `ccl run`, the learner's herding exemplars (the memory filler
+    # passes them as `init`); `ccl condense` has no learner and starts from "real".
     init: str = "real"
     # Backward pass recomputes one student step at a time from the stored parameter
     # vectors: memory of one step instead of N, for one extra forward/backward per step.
@@ -665,7 +667,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     else:
         correct = (classified_correctly(trajectories[0], real, local_labels, num_classes, settings)
                    if settings.init == "correct" else None)
-        images = init_synthetic(real, local_labels, local_budget, settings.init, correct)
+        kind = "real" if settings.init == "herding" else settings.init  # no learner here
+        images = init_synthetic(real, local_labels, local_budget, kind, correct)
     alpha = resolve_alpha(settings, budget)
     keep_from = deep_parameter_start(trajectories[0][0].numel(), alpha)
 

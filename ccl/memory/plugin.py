@@ -37,17 +37,28 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             steps, and they hold their classes less.
         schedule: the classes of every experience, in order, if known: fillers then learn
             the sizes each new class will be cut to later (`future_shares`).
+        stream_slots: while an experience streams, its new classes' slots hold a
+            class-balanced reservoir of their stream samples (with the logits the learner
+            gave them, for DER), so the old classes are cut to their shares at its start
+            instead of its end; the filler takes the slots over at the end. Off: new
+            classes enter memory only at the end, as in Avalanche's ReplayPlugin. The
+            ER, ER-ACE and DER papers (and mammoth) use a reservoir buffer, which holds
+            stream samples while they stream: ER-ACE's masked loss relies on it.
     """
 
     def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
                  device: torch.device, codec: MemoryCodec | None = None,
-                 augment: dsa.DSASettings | None = None, schedule: list[list[int]] | None = None):
+                 augment: dsa.DSASettings | None = None, schedule: list[list[int]] | None = None,
+                 stream_slots: bool = False):
         super().__init__()
         self.mem_size, self.mem_batch = mem_size, mem_batch
         self.filler, self.real_images, self.device = filler, real_images, torch.device(device)
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
         self.schedule = [list(g) for g in schedule or []]
+        self.stream_slots = stream_slots
+        self._reservoir: StreamReservoir | None = None  # the new classes' slots while they stream
+        self._stream: tuple[torch.Tensor, torch.Tensor] | None = None  # this minibatch's stream samples
         # Set by a replay strategy (ccl.strategies) before training:
         self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
         self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
@@ -58,13 +69,38 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
         self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
 
+    def before_training_exp(self, strategy, **kwargs):
+        new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.classes)
+        if not (self.stream_slots and new and self.mem_batch):
+            return
+        budget = slots_per_class(self.mem_size, self.classes + new)
+        kept = [self._first(c, budget[c]) for c in self.classes]
+        self._reservoir = StreamReservoir({c: budget[c] for c in new}, sum(budget[c] for c in self.classes),
+                                          self.device)
+        shape = strategy.experience.dataset[0][0].shape
+        empty = self.codec.encode(torch.zeros(self._reservoir.size, *shape, device=self.device))
+        self.images = torch.cat([k[0] for k in kept] + [empty])
+        self.labels = torch.cat([k[1] for k in kept] + [self._reservoir.labels])
+        if self.record_logits and kept:
+            self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
+
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        reservoir = self._reservoir
+        if reservoir is not None:
+            self._stream = (x, y)  # they enter the stream slots after the forward pass, with their logits
         if len(self.labels) == 0 or self.mem_batch == 0:
             return
-        idx = torch.randint(len(self.labels), (self.draws * self.mem_batch,), device=self.device)
+        n = self.draws * self.mem_batch
+        if reservoir is None:
+            idx = torch.randint(len(self.labels), (n,), device=self.device)
+        elif reservoir.offset == 0 and reservoir.offered == 0:
+            return  # the first minibatch of the first experience: nothing to replay yet
+        else:  # uniformly over the old classes' rows and the stream slots filled so far
+            idx = torch.multinomial(torch.cat([torch.ones(reservoir.offset, device=self.device),
+                                               reservoir.filled().float()]), n, replacement=True)
         self.last_draw = idx
-        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
         replayed = self.codec.decode(self.images[idx])  # (mem_batch, C, H, W)
         if self.augment is not None:
             replayed = dsa.augment(replayed, self.augment)
@@ -72,8 +108,27 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
 
+    def after_forward(self, strategy, **kwargs):
+        if self._reservoir is None:
+            return
+        x, y = self._stream
+        rows = self._reservoir.offer(y)  # (B,) the memory row each stream sample takes, -1: none
+        kept = rows >= 0
+        self.images[rows[kept]] = self.codec.encode(x[kept])
+        if self.record_logits:
+            logits = strategy.mb_output[:len(y)].detach().float()  # (B, classes) as DER records them
+            if len(self.logits) < len(self.labels):
+                self.logits = torch.cat([self.logits.view(-1, logits.shape[1]),
+                                         logits.new_zeros(self._reservoir.size, logits.shape[1])])
+            self.logits[rows[kept]] = logits[kept]
+
     def after_training_exp(self, strategy, **kwargs):
         new = [c for c in strategy.experience.classes_in_this_experience if c not in self.classes]
+        if self._reservoir is not None:  # the filler takes the stream slots over
+            n = self._reservoir.offset
+            self.images, self.labels = self.images[:n], self.labels[:n]
+            self.logits = self.logits[:n] if self.record_logits else self.logits
+            self._reservoir = self._stream = None
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
@@ -128,6 +183,51 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.classes = list(state["classes"])
         if self.record_logits:
             self.logits = state["logits"].to(self.device)
+
+
+class StreamReservoir:
+    """Reservoir sampling (Vitter's algorithm R) of each class's stream samples into its
+    own fixed rows of the memory, `offset` onwards, all on the device.
+
+    Args:
+        budget: {class: rows}, in the order the rows are laid out.
+        offset: the memory row of the first slot.
+    """
+
+    def __init__(self, budget: dict[int, int], offset: int, device: torch.device):
+        caps = torch.tensor(list(budget.values()), device=device)  # (K,)
+        self.offset, self.size, self.offered = offset, int(caps.sum()), 0
+        self.caps, self.seen = caps, torch.zeros_like(caps)  # seen: samples of each class offered so far
+        self.starts = offset + caps.cumsum(0) - caps  # (K,) first row of each class
+        self.local = torch.full((max(budget) + 1,), -1, dtype=torch.long, device=device)
+        self.local[torch.tensor(list(budget), device=device)] = torch.arange(len(budget), device=device)
+        self.row_class = torch.repeat_interleave(torch.arange(len(budget), device=device), caps)  # (size,)
+        self.row_rank = torch.arange(self.size, device=device) - (self.starts - offset)[self.row_class]
+        self.labels = torch.tensor(list(budget), device=device)[self.row_class]  # (size,)
+
+    def filled(self) -> torch.Tensor:
+        """(size,) bool: which slots hold a sample."""
+        return self.row_rank < self.seen[self.row_class]
+
+    def offer(self, y: torch.Tensor) -> torch.Tensor:
+        """The memory row each sample of a minibatch takes, or -1; as if offered one by one."""
+        self.offered += len(y)
+        in_range = y < len(self.local)
+        k = torch.where(in_range, self.local[y.clamp(max=len(self.local) - 1)], -1)  # (B,) -1: not a new class
+        onehot = torch.nn.functional.one_hot(k.clamp(min=0), len(self.caps)) * (k >= 0)[:, None]  # (B, K)
+        k = k.clamp(min=0)
+        nth = self.seen[k] + (onehot.cumsum(0) * onehot).sum(1)  # (B,) the n-th sample of its class
+        self.seen += onehot.sum(0)
+        cap = self.caps[k]
+        slot = torch.where(nth <= cap, nth - 1, (torch.rand(len(y), device=y.device) * nth).long())
+        rows = torch.where((onehot.sum(1) > 0) & (slot < cap), self.starts[k] + slot, -1)
+        # Two samples of one minibatch taking the same row: the later one wins.
+        order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=y.device))
+        last = torch.ones(len(rows), dtype=torch.bool, device=y.device)
+        last[:-1] = rows[order][:-1] != rows[order][1:]
+        wins = torch.zeros_like(last)
+        wins[order] = last
+        return torch.where(wins, rows, -1)
 
 
 class AugmentPlugin(SupervisedPlugin):
