@@ -31,7 +31,7 @@ def int_list(text: str | None) -> list[int] | None:
         raise CclError(f"expected comma-separated integers, got {text!r}") from None
 
 
-RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
+RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "stream_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class", "test_per_class",
              "memory_config")
 
@@ -52,6 +52,9 @@ def run_options(fn):
         click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa"]),
                      help="dsa: augment memory images afresh each time the learner trains on them; "
                           "auto: dsa for the on-device memories, else none [auto]"),
+        click.option("--stream-augment", type=click.Choice(["none", "crop-flip"]),
+                     help="augment the stream samples: crop-flip pads by 4, crops back and flips at "
+                          "random (the field's CIFAR default) [none]"),
         click.option("--stream-slots/--no-stream-slots", default=None,
                      help="replay: new classes' slots hold a reservoir of their samples while they "
                           "stream (as in the ER, ER-ACE and DER papers); the memory's filler takes "

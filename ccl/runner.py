@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import importlib
 import os
 import platform
@@ -27,8 +28,10 @@ import numpy as np
 import torch
 
 from ccl import config as cfgmod
+from ccl.condense import dsa
 from ccl.condense.experts import sgd_epoch
 from ccl.data import ImageSet, load_dataset
+from ccl.data.augment import crop_flip
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
 from ccl.io import folder_lock, load_torch, save_torch, write_json
@@ -53,6 +56,9 @@ class RunConfig:
     # replay: while an experience streams, its new classes' slots hold a class-balanced
     # reservoir of their samples (DeviceMemoryPlugin); off: they enter memory at its end.
     stream_slots: bool = False
+    # none | crop-flip: the stream samples' augmentation (crop-flip: padding 4 and a random
+    # horizontal flip, the field's CIFAR default); memory samples follow mem_augment.
+    stream_augment: str = "none"
     seed: int = 0
     epochs: int = 5                # per experience
     batch_size: int = 32           # current-experience samples per minibatch
@@ -107,6 +113,9 @@ class RunConfig:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if self.mem_dtype not in MEM_DTYPES:
             raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPES)}")
+        if self.stream_augment not in STREAM_AUGMENTS:
+            raise ValueError(f"unknown stream-augment {self.stream_augment!r}; choose one of: "
+                             f"{', '.join(STREAM_AUGMENTS)}")
         if self.mem_augment not in MEM_AUGMENTS:
             raise ValueError(f"unknown mem-augment {self.mem_augment!r}; choose one of: {', '.join(MEM_AUGMENTS)}")
 
@@ -114,6 +123,7 @@ class RunConfig:
 PROTOCOLS = ("replay", "gdumb")
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
 MEM_AUGMENTS = ("auto", "none", "dsa")
+STREAM_AUGMENTS = ("none", "crop-flip")
 
 
 def make_config(**values: Any) -> RunConfig:
@@ -191,6 +201,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.strategy != "er" and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
+    if cfg.stream_augment != "none" and cfg.protocol == "gdumb":
+        raise CclError("--stream-augment applies to the stream; --protocol gdumb trains on the memory alone "
+                       "(its images follow --mem-augment)")
     if cfg.stream_slots and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--stream-slots fills the on-device memory while replaying; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
@@ -424,12 +437,16 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     # GDumb: the runner fills the memory and trains a fresh learner on it; replay: the
     # plugin appends memory samples to every minibatch and fills itself after each experience.
     replay = memory is not None and cfg.protocol == "replay"
-    plugins = [_Progress(progress, cfg.memory)] + ([memory] if replay else [])
+    plugins = [_Progress(progress, cfg.memory)]
+    if cfg.stream_augment == "crop-flip":  # before the memory: only the stream samples
+        black = -torch.tensor(data.mean) / torch.tensor(data.std)  # (C,) the padding, normalised
+        plugins.append(AugmentPlugin(functools.partial(crop_flip, fill=black.to(p.device))))
+    plugins += [memory] if replay else []
     strategy_plugin = STRATEGIES.get(cfg.strategy).value.plugin
     if replay and strategy_plugin is not None:
         plugins.append(strategy_plugin(memory))  # after the memory: it reads what was replayed
     if augment is not None and cfg.protocol == "gdumb":
-        plugins.append(AugmentPlugin(augment))
+        plugins.append(AugmentPlugin(functools.partial(dsa.augment, settings=augment)))
     strategy_cls = JointTraining if p.spec.kind == "joint" else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,

@@ -113,3 +113,20 @@ def test_settings_reject_bad_values():
         DSASettings(families=("colour",))
     with pytest.raises(ValueError, match="empty"):
         DSASettings(families=())
+
+
+def test_crop_flip_shifts_and_mirrors_each_image_as_torchvision_would():
+    from ccl.data.augment import crop_flip
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    out = crop_flip(x, padding=2, fill=fill)
+    padded = torch.nn.functional.pad(x - fill.view(1, 3, 1, 1), (2,) * 4) + fill.view(1, 3, 1, 1)
+    shifts, flips = set(), 0
+    for i in range(len(x)):
+        found = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
+                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, t:t + 8, l:l + 8]))]
+        assert found, "every output is a crop of the padded image, flipped or not"
+        shifts.add(found[0][:2])
+        flips += found[0][2]
+    assert len(shifts) > 10 and 16 < flips < 48  # offsets and flips vary from image to image

@@ -93,6 +93,8 @@ def test_every_strategy_runs_with_every_memory(tmp_path, tiny_run, strategy, mem
     ({"strategy": "icarl2"}, "unknown strategy 'icarl2'"),
     ({"strategy": "der", "memory": "reservoir"}, "replays from the on-device memory"),
     ({"strategy": "er-ace", "protocol": "gdumb"}, "replays from the on-device memory"),
+    ({"stream_slots": True, "memory": "reservoir"}, "--stream-slots fills the on-device memory"),
+    ({"stream_augment": "crop-flip", "protocol": "gdumb"}, "trains on the memory alone"),
 ])
 def test_strategies_that_cannot_work_are_one_line_errors(tiny_run, changes, message):
     with pytest.raises(CclError, match=message):
@@ -148,3 +150,11 @@ def test_stream_slots_replay_new_classes_while_they_stream(tmp_path, tiny_run):
     first, second = (set(c) for c in p.experience_classes[:2])
     assert seen[0] == first  # the first experience replays its own classes as they stream
     assert seen[1] == first | second
+
+
+def test_stream_augmentation_and_slots_are_recorded_and_run(tmp_path, tiny_run):
+    run_dir = run(prepare(make_config(**tiny_run, strategy="er-ace", stream_slots=True, stream_augment="crop-flip")),
+                  tmp_path, progress=False)
+    recorded = json.loads((run_dir / "config.json").read_text())["run"]
+    assert recorded["stream_slots"] is True and recorded["stream_augment"] == "crop-flip"
+    assert 0.0 < json.loads((run_dir / "results.json").read_text())["final_average_accuracy"] <= 1.0

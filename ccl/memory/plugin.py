@@ -231,12 +231,14 @@ class StreamReservoir:
 
 
 class AugmentPlugin(SupervisedPlugin):
-    """A fresh DSA draw on every training minibatch: GDumb's learner trains on the memory
-    alone, so there the whole minibatch is memory images."""
+    """A fresh augmentation of every training minibatch's images, `augment(x) -> x`: DSA
+    under GDumb, whose learner trains on the memory alone; crop and flip of the stream
+    samples under replay, where it goes before the memory plugin (which appends its
+    own samples, augmented its own way, after it)."""
 
-    def __init__(self, settings: dsa.DSASettings):
+    def __init__(self, augment: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.settings = settings
+        self.augment = augment
 
     def before_forward(self, strategy, **kwargs):
-        strategy.mbatch[0] = dsa.augment(strategy.mbatch[0], self.settings)
+        strategy.mbatch[0] = self.augment(strategy.mbatch[0])
