@@ -13,10 +13,23 @@ from typing import Any, Callable
 import torch
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _file_mode() -> int:
+    """The mode an ordinary open() gives a new file now (mkstemp's own is 0600)."""
+    try:  # read, not set: setting the umask to read it would race with other threads
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     try:
         write(Path(tmp))
@@ -29,15 +42,15 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def read_json(path: Path) -> Any:

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ccl.errors import CclError
-from ccl.io import load_torch, read_json, write_json, write_text
+from ccl.io import atomic_write, load_torch, read_json, write_json, write_text
 from ccl.runner import RunConfig
 
 
@@ -304,16 +303,7 @@ def _figure(width: float, height: float):
 
 def save_figure(fig, path: Path) -> None:
     """Write a PNG atomically: render to a temporary file beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # long tick labels stay in
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))  # long tick labels stay in
 
 
 def slug(label: str) -> str:

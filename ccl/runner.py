@@ -340,17 +340,23 @@ FORGETTING = "StreamForgetting/eval_phase/test_stream"
 BWT = "StreamBWT/eval_phase/test_stream"
 
 
-def _csv_logger(folder: Path):
-    """Avalanche's CSVLogger, keeping the rows of an earlier (interrupted) segment of the
-    run: the logger truncates its files when it opens them."""
-    from avalanche.logging import CSVLogger
-    names = ("training_results.csv", "eval_results.csv")
-    earlier = {n: (folder / n).read_text().splitlines(keepends=True)[1:] if (folder / n).exists() else [] for n in names}
-    logger = CSVLogger(log_folder=str(folder))
-    for handle, name in ((logger.training_file, names[0]), (logger.eval_file, names[1])):
-        handle.writelines(earlier[name])
+CSV_LOGS = {"training_results.csv": 0, "eval_results.csv": 1}  # file: column of training_exp
+
+
+def _csv_rows(folder: Path) -> dict[str, list[str]]:
+    """The rows (without header) of an earlier segment's CSV logs, read before Avalanche's
+    CSVLogger truncates them on opening."""
+    return {n: (folder / n).read_text().splitlines(keepends=True)[1:] if (folder / n).exists() else []
+            for n in CSV_LOGS}
+
+
+def _carry_csv_rows(logger, rows: dict[str, list[str]], first: int) -> None:
+    """Put back an interrupted run's CSV rows of the experiences before `first` (the rest
+    are logged again as the run repeats them, and would be duplicates)."""
+    for handle, name in ((logger.training_file, "training_results.csv"), (logger.eval_file, "eval_results.csv")):
+        column = CSV_LOGS[name]
+        handle.writelines(r for r in rows[name] if int(r.split(",")[column]) < first)
         handle.flush()
-    return logger
 
 
 def _optional_loggers(cfg: RunConfig, run_dir: Path) -> list:
@@ -396,6 +402,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+    from avalanche.logging import CSVLogger
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -420,7 +427,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         accuracy_metrics(experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
         bwt_metrics(experience=True, stream=True),
-        loggers=[_csv_logger(run_dir / "logs"), *_optional_loggers(cfg, run_dir)])
+        loggers=[CSVLogger(log_folder=str(run_dir / "logs")), *_optional_loggers(cfg, run_dir)])
 
     memory = None
     augment = DSASettings() if cfg.mem_augment == "dsa" else None
@@ -528,6 +535,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         The results and the final memory state (None without a memory).
     """
     seed_everything(p.config.seed)
+    csv_rows = _csv_rows(run_dir / "logs") if resume else {n: [] for n in CSV_LOGS}
     bench, strategy, memory = _build(p, run_dir, progress)
     n = len(p.experience_classes)
     steps = [bench.train_stream] if p.spec.kind == "joint" else list(bench.train_stream)
@@ -546,6 +554,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
             memory.restore(ckpt["memory"])
         results, first = ckpt["results"], ckpt["experience"] + 1
         _set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
+    _carry_csv_rows(strategy.evaluator.loggers[0], csv_rows, first)
     if p.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(p.device)
     gdumb = p.config.protocol == "gdumb"

@@ -45,13 +45,23 @@ def uninterrupted(tmp_path_factory):
     cfg = dict(zip([a.lstrip("-").replace("-", "_") for a in ARGS[0:-1:2]], ARGS[1:-1:2]))
     cfg = {k: (int(v) if v.isdigit() else v) for k, v in cfg.items()}
     run_dir = run(prepare(make_config(**cfg)), tmp_path_factory.mktemp("full"), progress=False)
-    return json.loads((run_dir / "results.json").read_text())
+    return {**json.loads((run_dir / "results.json").read_text()), "csv": csv_keys(run_dir)}
+
+
+def csv_keys(run_dir: Path) -> dict[str, list[str]]:
+    """Each CSV log's rows by their experience and epoch columns (values vary with timing)."""
+    return {name: [",".join(line.split(",")[:2]) for line in (run_dir / "logs" / name).read_text().splitlines()]
+            for name in ("training_results.csv", "eval_results.csv")}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_results(tmp_path, uninterrupted, sig):
     proc = start(tmp_path)
     run_dir = wait_for_experience(tmp_path, proc, 1)
+    log = run_dir / "logs" / "training_results.csv"
+    deadline = time.time() + 60  # into experience 2: its first epoch's CSV row is written
+    while "\n2," not in log.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -65,6 +75,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, uninterrupted, sig):
     resumed = json.loads((run_dir / "results.json").read_text())
     for key in ("accuracy_matrix", "average_accuracy", "forgetting", "bwt", "final_average_accuracy"):
         assert resumed[key] == uninterrupted[key], key
+    assert csv_keys(run_dir) == uninterrupted["csv"]  # the repeated experience's rows are not doubled
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
     again = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])

@@ -139,3 +139,19 @@ def test_malformed_sets_are_one_line_errors(tmp_path, images, labels, message):
     torch.save({"images": images, "labels": labels, "dataset": "digits"}, path)
     result = CliRunner().invoke(main, ["evaluate", str(path), "--epochs", "1", "--networks", "1"])
     assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1
+
+
+def test_written_files_get_the_users_usual_mode(tmp_path):
+    import os
+    import stat
+    from ccl.io import save_torch, write_json
+    mask = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_torch(tmp_path / "b.pt", {"x": torch.zeros(1)})
+        plain = tmp_path / "c.txt"
+        plain.write_text("x")  # what an ordinary open() gives
+    finally:
+        os.umask(mask)
+    modes = {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.json", "b.pt")}
+    assert modes == {stat.S_IMODE(plain.stat().st_mode)} == {0o640}
