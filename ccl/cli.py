@@ -67,9 +67,9 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
     click.echo(summary_table(run_dir))
     if (run_dir / "memory.pt").exists():  # a picture of what the learner replays, class by class
-        from ccl.io import load_torch, read_json
+        from ccl.io import CONFIG_SHAPE, load_torch, read_json
         from ccl.report import plot_memory
-        config = read_json(run_dir / "config.json")["run"]
+        config = read_json(run_dir / "config.json", CONFIG_SHAPE)["run"]
         plot_memory(config["memory"], config["seed"], load_torch(run_dir / "memory.pt", "memory file"),
                     run_dir / "memory.png")
     click.echo(f"run folder: {run_dir}")

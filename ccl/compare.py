@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ccl.errors import CclError
 from ccl.executors import Executor, sequential
-from ccl.io import LOCK_FILE, read_json, write_json
+from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, read_json, write_json
 from ccl.memory import MEMORIES
 from ccl.report import ERROR_FILE
 from ccl.runner import make_config, prepare, run as run_experiment, status
@@ -183,7 +183,7 @@ def find_previous(parent: Path, grid: Grid, settings: dict[str, Any]) -> Path | 
     memories and seeds), so that re-running the command continues it."""
     for path in sorted(Path(parent).glob(f"*/{GRID_FILE}"), reverse=True):
         try:
-            old = read_json(path)
+            old = read_json(path, GRID_SHAPE)
         except CclError:
             continue
         if (old.get("settings") == settings and old.get("memories") == list(grid.memories)
@@ -197,7 +197,7 @@ def start(grid: Grid, settings: dict[str, Any]) -> None:
     same thing (memories and seeds may be added; shared settings may not change)."""
     path = grid.out / GRID_FILE
     if path.exists():
-        old = read_json(path).get("settings")
+        old = read_json(path, GRID_SHAPE)["settings"]
         if old != settings:
             changed = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
             raise CclError(f"{grid.out} holds a comparison with other settings ({', '.join(changed)}); "
@@ -217,7 +217,7 @@ def finished_run(folder: Path) -> Path | None:
     try:
         if status(runs[0]).get("status") != "finished":
             return None
-        read_json(runs[0] / "results.json")
+        read_json(runs[0] / "results.json", RESULTS_SHAPE)
     except CclError:
         return None
     return runs[0]
@@ -248,7 +248,10 @@ def run_cell(spec: CellSpec) -> CellResult:
     except Exception as e:
         error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
         return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time)
-    acc = read_json(run_dir / "results.json")["final_average_accuracy"]
+    try:
+        acc = read_json(run_dir / "results.json", RESULTS_SHAPE)["final_average_accuracy"]
+    except CclError as e:  # finished but unreadable: the cell failed, the grid goes on
+        return failed_cell(spec, str(e), "", time.perf_counter() - start_time)
     return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc,
                       spec.strategy)
 

@@ -53,14 +53,53 @@ def save_torch(path: Path, obj: Any) -> None:
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def read_json(path: Path) -> Any:
+NUMBER = (int, float)
+# The shapes of the run-folder files ccl reads back: {key: shape} is an object with at
+# least these keys, [shape] a list of such values, a type (or tuple) an instance of it.
+RESULTS_SHAPE = {"memory": str, "seed": int, "final_average_accuracy": NUMBER,
+                 "average_forgetting": NUMBER, "accuracy_matrix": [[NUMBER]],
+                 "average_accuracy": [NUMBER], "experience_classes": [[int]]}
+STATUS_SHAPE = {"status": str}
+CONFIG_SHAPE = {"run": {"memory": str, "seed": int}}
+GRID_SHAPE = {"memories": [str], "seeds": [int], "settings": dict}  # a comparison's grid.json
+
+
+def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
+    """What in `value` does not have `shape` (see RESULTS_SHAPE), or None."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the file'} should be a JSON object, not {type(value).__name__}"
+        for key, inner in shape.items():
+            if key not in value:
+                return f"{where + '.' if where else ''}{key} is missing"
+            problem = shape_problem(value[key], inner, f"{where + '.' if where else ''}{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} should be a list, not {type(value).__name__}"
+        return next((p for i, v in enumerate(value) if (p := shape_problem(v, shape[0], f"{where}[{i}]"))), None)
+    if isinstance(value, bool) or not isinstance(value, shape):
+        names = " or ".join(t.__name__ for t in (shape if isinstance(shape, tuple) else (shape,)))
+        return f"{where} should be {'a number' if shape == NUMBER else names}, not {json.dumps(value)[:40]}"
+    return None
+
+
+def read_json(path: Path, shape: Any = None) -> Any:
+    """A JSON file; with `shape`, checked to have it (a CclError naming the file and the
+    first thing wrong, never a traceback further on)."""
     from ccl.errors import CclError
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise CclError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: corrupt or truncated JSON ({e})") from None
+    problem = None if shape is None else shape_problem(data, shape)
+    if problem:
+        raise CclError(f"{path}: not what ccl wrote there ({problem})")
+    return data
 
 
 def load_torch(path: Path, what: str) -> Any:

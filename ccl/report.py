@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ccl.errors import CclError
-from ccl.io import atomic_write, load_torch, read_json, write_json, write_text
+from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, RESULTS_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json,
+                    write_json, write_text)
 from ccl.runner import RunConfig
 
 
@@ -31,7 +32,7 @@ def summary_table(run_dir: Path) -> str:
     """Per-experience table of one run (classes by name where config.json has them), and
     its final figures."""
     run_dir = Path(run_dir)
-    r = read_json(run_dir / "results.json")
+    r = read_json(run_dir / "results.json", RESULTS_SHAPE)
     names = read_json(run_dir / "config.json").get("classes") if (run_dir / "config.json").exists() else None
     groups = r["experience_classes"] if len(r["accuracy_matrix"]) > 1 else [sum(r["experience_classes"], [])]
     if not (isinstance(names, list) and all(0 <= c < len(names) for g in groups for c in g)):
@@ -80,21 +81,19 @@ class RunRecord:
 def _read_run(folder: Path) -> RunRecord | None:
     """A run folder's record, or None when `folder` is not a ccl run folder."""
     try:
-        config = read_json(folder / "config.json")
+        config = read_json(folder / "config.json", CONFIG_SHAPE)
     except CclError:
-        return None
-    run = config.get("run") if isinstance(config, dict) else None
-    if not isinstance(run, dict) or "memory" not in run:
-        return None
+        return None  # not a ccl run folder
     # Settings added to RunConfig after a run was made read as their defaults, so older
     # run folders group with new ones that did not change them.
-    run = {**_RUN_DEFAULTS, **run}
-    record = RunRecord(folder, run["memory"], int(run.get("seed", 0)), "running", settings=run)
+    run = {**_RUN_DEFAULTS, **config["run"]}
+    record = RunRecord(folder, run["memory"], run["seed"], "running", settings=run)
     try:
-        state = read_json(folder / "status.json") if (folder / "status.json").exists() else {"status": "finished"}
+        state = read_json(folder / "status.json", STATUS_SHAPE) if (folder / "status.json").exists() \
+            else {"status": "finished"}
         record.status, record.error = state.get("status", "unknown"), state.get("error")
         if record.status == "finished":
-            record.results = read_json(folder / "results.json")
+            record.results = read_json(folder / "results.json", RESULTS_SHAPE)
     except CclError as e:  # one corrupt file fails that run in the report, not the report
         record.status, record.error = "failed", str(e)
     return record
@@ -477,7 +476,7 @@ def comparison_order(dirs: Sequence[Path]) -> list[str]:
     for d in dirs:
         grid = Path(d) / "grid.json"
         if grid.exists():
-            order += [m for m in read_json(grid).get("memories", []) if m not in order]
+            order += [m for m in read_json(grid, GRID_SHAPE)["memories"] if m not in order]
     return order
 
 

@@ -645,8 +645,8 @@ def _signals_raise_interrupted():
 
 
 def status(run_dir: Path) -> dict:
-    from ccl.io import read_json
-    return read_json(Path(run_dir) / "status.json")
+    from ccl.io import STATUS_SHAPE, read_json
+    return read_json(Path(run_dir) / "status.json", STATUS_SHAPE)
 
 
 def _set_status(run_dir: Path, state: str, **extra) -> None:
@@ -695,14 +695,14 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
 
 def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tuple[Path, bool]:
     """Continue an interrupted run; returns (folder, whether anything was left to do)."""
-    from ccl.io import read_json
+    from ccl.io import CONFIG_SHAPE, RESULTS_SHAPE, read_json
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise CclError(f"{run_dir}: not a run folder (no config.json)")
     if (run_dir / "results.json").exists() and status(run_dir).get("status") == "finished":
-        read_json(run_dir / "results.json")  # a corrupt results file is an error, not "finished"
+        read_json(run_dir / "results.json", RESULTS_SHAPE)  # a corrupt results file is an error, not "finished"
         return run_dir, False
-    config = read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json", CONFIG_SHAPE)
     try:
         cfg = cfgmod.from_dict(RunConfig, config["run"], f"{run_dir / 'config.json'}: run")
     except (KeyError, TypeError):

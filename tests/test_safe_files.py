@@ -155,3 +155,31 @@ def test_written_files_get_the_users_usual_mode(tmp_path):
         os.umask(mask)
     modes = {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.json", "b.pt")}
     assert modes == {stat.S_IMODE(plain.stat().st_mode)} == {0o640}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tiny = dict(scenario="split-digits", epochs=1, train_per_class=20, mem_size=20, mem_batch=8, width=16,
+                batch_size=16)
+    return run(prepare(make_config(**tiny)), tmp_path_factory.mktemp("runs"), progress=False)
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    ("results.json", "{}", "memory is missing"),
+    ("results.json", "[]", "should be a JSON object, not list"),
+    ("results.json", '{"memory": "random", "seed": 0, "final_average_accuracy": "x"}', "should be a number"),
+    ("status.json", "[]", "should be a JSON object, not list"),
+    ("config.json", '{"run": {"memory": "random", "seed": "0"}}', "run.seed should be int"),
+])
+def test_json_of_the_wrong_shape_is_one_line(tmp_path, finished_run, name, content, problem):
+    import shutil
+    run_dir = tmp_path / "runs" / finished_run.name
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / name).write_text(content)
+    if name == "config.json":
+        (run_dir / "status.json").write_text('{"status": "interrupted"}')
+    resume = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
+    assert resume.exit_code == 2 and resume.output.startswith(f"error: {run_dir / name}: not what ccl wrote")
+    assert problem in resume.output and len(resume.output.strip().splitlines()) == 1
+    report = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    assert "Traceback" not in report.output and report.exception is None or isinstance(report.exception, SystemExit)
