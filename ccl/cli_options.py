@@ -58,7 +58,7 @@ def run_options(fn):
         click.option("--stream-slots/--no-stream-slots", default=None,
                      help="replay: new classes' slots hold a reservoir of their samples while they "
                           "stream (as in the ER, ER-ACE and DER papers); the memory's filler takes "
-                          "them over at the experience's end [off]"),
+                          "them over at the experience's end [on for er-ace, else off]"),
         click.option("--finetune-epochs", type=int,
                      help="replay: then this many epochs on the memory alone at lr/10, class-balanced [0]"),
         click.option("--epochs", type=int, help="training epochs per experience [5; split-digits 10]"),

@@ -158,6 +158,7 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
     for key in ("memory", "seed", "memory_settings", "memory_config", *MACHINE_KEYS):
         cfg.pop(key, None)
     cfg["mem_augment"] = grid.values.get("mem_augment") or "auto"  # auto resolves per memory
+    cfg["stream_slots"] = grid.values.get("stream_slots")  # None resolves per strategy
     if grid.strategies:
         cfg.pop("strategy", None)
     cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})

@@ -55,7 +55,8 @@ class RunConfig:
     mem_augment: str = "auto"
     # replay: while an experience streams, its new classes' slots hold a class-balanced
     # reservoir of their samples (DeviceMemoryPlugin); off: they enter memory at its end.
-    stream_slots: bool = False
+    # None: the strategy's own choice (on for er-ace), resolved by make_config.
+    stream_slots: bool | None = None
     # none | crop-flip: the stream samples' augmentation (crop-flip: padding 4 and a random
     # horizontal flip, the field's CIFAR default); memory samples follow mem_augment.
     stream_augment: str = "none"
@@ -134,6 +135,9 @@ def make_config(**values: Any) -> RunConfig:
     if cfg.mem_augment == "auto":
         on_device = MEMORIES.get(cfg.memory).value.kind == "device"
         cfg = dataclasses.replace(cfg, mem_augment="dsa" if on_device else "none")
+    if cfg.stream_slots is None:
+        replays = MEMORIES.get(cfg.memory).value.kind == "device" and cfg.protocol == "replay"
+        cfg = dataclasses.replace(cfg, stream_slots=replays and STRATEGIES.get(cfg.strategy).value.stream_slots)
     return cfg
 
 
