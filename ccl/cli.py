@@ -129,8 +129,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 
     import torch
 
-    from ccl.condense.methods import METHODS
-    from ccl.config import parse_override, preset_settings, to_dict
+    from ccl.condense.methods import METHODS, method_settings
+    from ccl.config import parse_override, to_dict
     from ccl.data import load_dataset
     from ccl.io import save_torch
     from ccl.report import save_image_grid
@@ -140,7 +140,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"--ipc must be at least 1, got {ipc}")
     entry = METHODS.get(method).value
     given = dict(parse_override(o) for o in overrides)
-    settings = preset_settings(entry.settings, preset or method, given, explicit=preset is not None)
+    settings = method_settings(method, preset, given)
     if getattr(settings, "memory_context", False):
         raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
     # A preset made for `ccl run` may match the replay learner's features or hold images

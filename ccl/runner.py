@@ -30,6 +30,7 @@ import torch
 from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.experts import sgd_epoch
+from ccl.condense.methods import METHODS, method_settings
 from ccl.data import ImageSet, load_dataset
 from ccl.data.augment import crop_flip
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
@@ -164,6 +165,8 @@ def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
+    if cfg.memory in METHODS.names():
+        return method_settings(cfg.memory, cfg.memory_config, cfg.memory_settings)
     return cfgmod.preset_settings(spec.settings, cfg.memory_config or cfg.memory, cfg.memory_settings,
                                   explicit=cfg.memory_config is not None)
 
@@ -711,6 +714,9 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tupl
         cfg = cfgmod.from_dict(RunConfig, config["run"], f"{run_dir / 'config.json'}: run")
     except (KeyError, TypeError):
         raise CclError(f"{run_dir / 'config.json'}: not a ccl run configuration") from None
+    if isinstance(config.get("memory_settings"), dict):
+        # The settings that ran, not what the preset file says today.
+        cfg = dataclasses.replace(cfg, memory_config=None, memory_settings=config["memory_settings"])
     p = prepare(cfg)
     if p.order != config.get("class_order"):
         raise CclError(f"{run_dir}: the data set's classes changed since the run started")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ccl.runner import _build, make_config, prepare, run, seed_everything
+from ccl.errors import CclError
+from ccl.runner import _build, make_config, prepare, resume_run, run, seed_everything
 
 
 def test_run_folder_and_results_schema(tmp_path, tiny_run):
@@ -213,3 +214,34 @@ def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
     assert make_config(memory="datadam").mem_augment == "dsa"
     assert make_config(memory="reservoir").mem_augment == "none"  # Avalanche's own buffer: no hook for it
     assert make_config(memory="random", mem_augment="none").mem_augment == "none"
+
+
+def test_a_variant_keeps_its_defining_settings_whatever_the_preset():
+    from ccl.memory import MEMORIES
+    from ccl.runner import memory_settings
+    dm = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
+    assert dm.sam_weight == 0.0  # the preset's attention weight (1.0) does not make dm DataDAM
+    mtt = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))
+    assert mtt.scheduler is False and mtt.alpha == 0.0
+    with pytest.raises(CclError, match="dm is defined by sam_weight = 0.0"):
+        memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_settings={"sam_weight": 1.0}))
+
+
+def test_a_resumed_run_uses_the_settings_it_recorded_not_the_preset_file(tmp_path, tiny_run):
+    preset = tmp_path / "mine.toml"
+    preset.write_text("iterations = 2\nwidth = 8\nprogress_every = 1\n")
+
+    class Stop(Exception):
+        pass
+
+    def stop(i, results):
+        if i == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(prepare(make_config(**tiny_run, memory="datadam", memory_config=str(preset))), tmp_path / "runs",
+            progress=False, on_experience=stop)
+    preset.write_text("iterations = -5\n")  # edited (here: broken) after the run started
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    _, resumed = resume_run(run_dir, progress=False)
+    assert resumed and json.loads((run_dir / "status.json").read_text())["status"] == "finished"

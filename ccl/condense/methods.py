@@ -7,7 +7,7 @@ scheduler off and alpha 0), never copies of the code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -35,6 +35,9 @@ def random_real(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int]
 class Method:
     condense: Callable
     settings: type
+    # What makes a variant that variant, applied after any preset and override: `dm` is
+    # DataDAM without attention whatever preset it is given.
+    fixed: dict[str, Any] = field(default_factory=dict)
 
 
 METHODS: Registry[Method] = Registry("condensation method")
@@ -42,8 +45,21 @@ METHODS.register("random", "random real images per class (the baseline)")(Method
 METHODS.register("datadam", "DataDAM: attention and embedding matching on random networks (ICCV 2023)")(
     Method(datadam.condense, datadam.DataDAMSettings))
 METHODS.register("dm", "DM: DataDAM without the attention term (distribution matching)")(
-    Method(datadam.condense, datadam.DataDAMSettings))
+    Method(datadam.condense, datadam.DataDAMSettings, fixed={"sam_weight": 0.0}))
 METHODS.register("pad", "PAD: trajectory matching, difficulty-scheduled experts, deep parameters only (2024)")(
     Method(pad.condense, pad.PADSettings))
 METHODS.register("mtt", "MTT: plain trajectory matching (PAD without its two filters)")(
-    Method(pad.condense, pad.PADSettings))
+    Method(pad.condense, pad.PADSettings, fixed={"scheduler": False, "alpha": 0.0}))
+
+
+def method_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> Any:
+    """A method's settings: its dataclass's defaults <- the preset (the method's own,
+    configs/<name>.toml, when None) <- overrides <- the variant's fixed settings."""
+    from ccl.config import preset_settings
+    from ccl.errors import CclError
+    entry = METHODS.get(name).value
+    for key, value in overrides.items():
+        if key in entry.fixed and value != entry.fixed[key]:
+            raise CclError(f"{name} is defined by {key} = {entry.fixed[key]!r}; for {key} = {value!r} "
+                           f"use another method")
+    return preset_settings(entry.settings, preset or name, {**overrides, **entry.fixed}, explicit=preset is not None)
