@@ -66,12 +66,8 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}", err=True)
         sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
     click.echo(summary_table(run_dir))
-    if (run_dir / "memory.pt").exists():  # a picture of what the learner replays, class by class
-        from ccl.io import CONFIG_SHAPE, load_torch, read_json
-        from ccl.report import plot_memory
-        config = read_json(run_dir / "config.json", CONFIG_SHAPE)["run"]
-        plot_memory(config["memory"], config["seed"], load_torch(run_dir / "memory.pt", "memory file"),
-                    run_dir / "memory.png")
+    from ccl.report import write_memory_picture
+    write_memory_picture(run_dir)  # a picture of what the learner replays, class by class
     click.echo(f"run folder: {run_dir}")
 
 

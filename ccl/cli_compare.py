@@ -69,7 +69,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     from ccl.executors import ray_executor, require_ray, sequential
     from ccl.io import folder_lock
     from ccl.memory import MEMORIES
-    from ccl.report import table, write_report
+    from ccl.report import table, write_memory_picture, write_report
     from ccl.runner import Interrupted
 
     if ctx.get_parameter_source("runs_dir") == click.core.ParameterSource.COMMANDLINE:
@@ -118,6 +118,9 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
             click.echo(f"\ninterrupted; run the same command (or with --out {grid.out}) to continue: "
                        "finished cells are kept", err=True)
             sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))  # as `ccl run` does
+        for r in results:  # each cell's memory.png, as `ccl run` writes it
+            if r.status == "finished" and r.run_dir is not None:
+                write_memory_picture(r.run_dir)
         summary = write_report([grid.out])
     click.echo(table(summary))
     click.echo(f"comparison folder: {grid.out}")

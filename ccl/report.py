@@ -438,6 +438,16 @@ def plot_memory(label: str, seed: int, memory: dict[str, Any], path: Path) -> No
                     classes=memory.get("classes"))
 
 
+def write_memory_picture(run_dir: Path) -> Path | None:
+    """memory.png in a run folder that has a memory.pt: what the learner replays, by class."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "memory.pt").exists():
+        return None
+    config = read_json(run_dir / "config.json", CONFIG_SHAPE)["run"]
+    plot_memory(config["memory"], config["seed"], _load_memory(run_dir / "memory.pt"), run_dir / "memory.png")
+    return run_dir / "memory.png"
+
+
 def _load_memory(path: Path) -> dict[str, Any]:
     return load_torch(path, "memory file")
 

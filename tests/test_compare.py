@@ -151,3 +151,4 @@ def test_strategy_axis_names_cells_and_report_rows(tmp_path):
     labels = [g["label"] for g in json.loads((out / "comparison.json").read_text())["memories"]]
     assert sorted(labels) == ["random strategy=der", "random strategy=der++", "random strategy=er"]
     assert len(list(out.glob("matrix-*.png"))) == 3  # der and der++ keep their own figures
+    assert len(list(out.glob("cells/*/*/memory.png"))) == 3  # every cell pictures its memory, as `ccl run` does
