@@ -130,21 +130,24 @@ def group_runs(records: list[RunRecord], order: Sequence[str] = ()) -> dict[str,
     """Runs by group label, one run per seed (a finished one first, then the newest).
 
     The label is the memory name, followed by the settings in which that memory's runs
-    differ when they do (e.g. "random mem_size=500").
+    differ when they do (e.g. "random mem_size=500"); over runs of several scenarios it
+    starts with the scenario, and settings are compared within a scenario only (its
+    defaults, e.g. epochs, would otherwise make every label long).
     """
-    by_memory: dict[str, list[RunRecord]] = {}
+    by_key: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
-        by_memory.setdefault(r.memory, []).append(r)
+        by_key.setdefault(((r.settings or {}).get("scenario", ""), r.memory), []).append(r)
+    several = len({s for s, _ in by_key}) > 1
     rank = {m: i for i, m in enumerate(order)}
     groups: dict[str, list[RunRecord]] = {}
-    for memory in sorted(by_memory, key=lambda m: (rank.get(m, len(rank)), m)):
-        runs = by_memory[memory]
+    for key in sorted(by_key, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1])):
+        runs = by_key[key]
         configured = [r for r in runs if r.settings is not None]
-        keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING)
+        keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING - {"scenario"})
         varying = [k for k in keys if len({_value_text(r.settings.get(k)) for r in configured}) > 1]
         for r in runs:
             parts = [f"{k}={_value_text(r.settings.get(k))}" for k in varying] if r.settings else []
-            r.label = " ".join([memory, *parts])
+            r.label = " ".join(([key[0]] if several and key[0] else []) + [key[1], *parts])
             groups.setdefault(r.label, []).append(r)
     return {label: _one_per_seed(runs) for label, runs in groups.items()}
 

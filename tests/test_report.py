@@ -175,3 +175,17 @@ def test_a_report_never_writes_into_a_run_folder_unasked(tmp_path, tiny_run):
     assert sorted(p.name for p in run_dir.iterdir()) == before
     summary = write_report([run_dir], tmp_path / "report")
     assert (tmp_path / "report" / "comparison.md").exists() and summary["memories"]
+
+
+def test_runs_of_several_scenarios_are_labelled_by_scenario_and_compared_within_it(tmp_path):
+    from ccl.report import RunRecord, group_runs
+    records = []
+    for i, (scenario, memory, epochs, mem_size) in enumerate([("split-digits", "random", 10, 20),
+                                                              ("split-cifar10", "random", 5, 200),
+                                                              ("split-cifar10", "random", 5, 500)]):
+        (tmp_path / str(i)).mkdir()
+        records.append(RunRecord(tmp_path / str(i), memory, 0, "finished",
+                                 settings={"scenario": scenario, "epochs": epochs, "mem_size": mem_size}))
+    assert sorted(group_runs(records)) == ["split-cifar10 random mem_size=200", "split-cifar10 random mem_size=500",
+                                           "split-digits random"]
+    assert list(group_runs(records[1:2])) == ["random"]  # one scenario: no prefix

@@ -405,7 +405,7 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
             stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
-            bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD") -> torch.Tensor:
     """Optimise synthetic images by trajectory matching; never returns non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
@@ -447,7 +447,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     last_finite, last_lr = images.detach().clone(), settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
             "stopped": False}
-    bar = tqdm(range(settings.iterations), desc="PAD", disable=not progress, leave=False)
+    bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
     for it in bar:
         loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed)
         opt_images.zero_grad(set_to_none=True)
@@ -676,7 +676,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     info: dict = {}
     bounds = channel_range(real)
     images = distill(trajectories, project_(images.clone(), bounds), syn_labels, num_classes, settings,
-                     keep_from, progress, info, fixed, bounds)
+                     keep_from, progress, info, fixed, bounds, desc=f"PAD classes {classes}")
     timings["match_s"] = _now(device) - began
 
     if stats is not None:
