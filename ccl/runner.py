@@ -46,7 +46,7 @@ class RunConfig:
     """Everything that determines a run; written to config.json fully resolved."""
     scenario: str = "split-digits"
     memory: str = "random"
-    strategy: str = "er"           # how the loss uses memory samples: er | er-ace | der | der++
+    strategy: str = "er"           # how the loss uses memory samples: er | er-ace | der | der++ | icarl
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8

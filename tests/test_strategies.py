@@ -158,3 +158,48 @@ def test_stream_augmentation_and_slots_are_recorded_and_run(tmp_path, tiny_run):
     recorded = json.loads((run_dir / "config.json").read_text())["run"]
     assert recorded["stream_slots"] is True and recorded["stream_augment"] == "crop-flip"
     assert 0.0 < json.loads((run_dir / "results.json").read_text())["final_average_accuracy"] <= 1.0
+
+
+class _Tiny(torch.nn.Module):
+    """embed: a linear map to 3 features; forward: 4 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(4, 3), torch.nn.Linear(3, 4)
+
+    def embed(self, x):
+        return self.body(x.flatten(1))
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+def test_icarl_distils_old_classes_and_classifies_by_the_nearest_memory_mean():
+    from types import SimpleNamespace
+    from ccl.strategies import ICaRLPlugin
+    torch.manual_seed(0)
+    memory = memory_with(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), torch.empty(0), mem_batch=2)
+    memory.classes = [0, 1]
+    plugin = ICaRLPlugin(memory)
+    model, x = _Tiny(), torch.randn(5, 1, 2, 2)
+    strategy = SimpleNamespace(model=model, mb_x=x, _criterion=None,
+                               experience=SimpleNamespace(classes_in_this_experience=[2]))
+    plugin.before_training_exp(strategy)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)  # the learner moves on; the copy taken at the start does not
+    out, y = model(x), torch.tensor([2, 2, 2, 0, 1])
+    old = torch.sigmoid(plugin.old(x))
+    targets = torch.stack([old[:, 0], old[:, 1], (y == 2).float()], dim=1)  # class 3 is unseen: left out
+    expected = F.binary_cross_entropy_with_logits(out[:, :3], targets)
+    assert plugin(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    plugin.before_eval(strategy)
+    scorer = strategy.model
+    assert scorer is not model
+    features = F.normalize(model.embed(memory.images), dim=1)
+    means = F.normalize(torch.stack([features[[0, 2]].sum(0), features[[1, 3]].sum(0)]), dim=1)
+    query = F.normalize(model.embed(x), dim=1)
+    nearest = torch.cdist(query, means).argmin(1)
+    assert torch.equal(scorer(x).argmax(1), nearest)  # classes 2 and 3 have no memory: never chosen
+    plugin.after_eval(strategy)
+    assert strategy.model is model
