@@ -151,3 +151,25 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
     with pytest.raises(CclError, match="refusing pathlib"):
         load_dataset("cifar10", tmp_path, download=False)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_silent_changes_warn_on_every_run_cached_or_not(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("x", "y"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(tmp_path / split / name / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "train" / "x" / "rgb.png")
+    (tmp_path / "train" / "y" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "test" / "z").mkdir()  # a class only under test/
+    Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(tmp_path / "test" / "z" / "0.png")
+    for attempt in ("decoded", "from the cache"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            data = load_dataset("folder", tmp_path)
+        text = caplog.text
+        assert data.shape == (3, 6, 6), attempt
+        assert "1 colour image(s) among 8 greyscale ones: all are read as RGB" in text, attempt
+        assert "skipped 1 unreadable file(s)" in text, attempt
+        assert "z exist only under test/ and are ignored" in text, attempt

@@ -51,11 +51,14 @@ def cached_arrays(root: Path, name: str, key: str,
         if path.exists():
             try:
                 with np.load(path) as z:
-                    return {k: z[k] for k in z.files}
+                    arrays = {k: z[k] for k in z.files}
+                for message in arrays.pop("warnings", ()):  # what decoding warned about, every run
+                    log.warning("%s", message)
+                return arrays
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
                 log.warning("cache %s is unreadable (%s); decoding again", path, e)
                 path.unlink(missing_ok=True)
-    arrays = decode()
+    arrays = decode()  # may hold "warnings": messages it logged, given again on a cache hit
     path = _cache_path(root, name, key)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     try:
@@ -64,4 +67,5 @@ def cached_arrays(root: Path, name: str, key: str,
     except OSError as e:  # a read-only disk costs speed, never the run
         log.warning("could not write cache %s (%s)", path, e)
         tmp.unlink(missing_ok=True)
+    arrays.pop("warnings", None)
     return arrays

@@ -37,7 +37,7 @@ def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
 
 
 def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path,
-                  mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  mode: str | None = None, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode files to uint8 (N, H, W, C) and labels, skipping what cannot be used.
 
     Args:
@@ -46,7 +46,14 @@ def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path
         where: the folder, for messages.
         mode: PIL mode to convert to ("RGB", "L"); None picks "L" when every readable
             image is greyscale, else "RGB".
+        notes: the warnings given are also appended here (the cache keeps them, so that
+            a later run that reads the cache gives them again).
     """
+    def warn(message: str) -> None:
+        log.warning("%s", message)
+        if notes is not None:
+            notes.append(message)
+
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
@@ -60,7 +67,11 @@ def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
             unreadable += 1
     if mode is None:
-        mode = "L" if decoded and all(im.mode in ("L", "1") for im, _ in decoded) else "RGB"
+        grey = sum(im.mode in ("L", "1") for im, _ in decoded)
+        mode = "L" if decoded and grey == len(decoded) else "RGB"
+        if 0 < grey < len(decoded):
+            warn(f"{where}: {len(decoded) - grey} colour image(s) among {grey} greyscale ones: "
+                 "all are read as RGB (3 channels)")
     sizes = collections.Counter(im.size for im, _ in decoded)
     if not sizes:
         raise CclError(f"{where}: no readable images")
@@ -73,8 +84,8 @@ def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path
             ys.append(label)
     wrong_size = len(decoded) - len(xs)
     if unreadable or wrong_size:
-        log.warning("%s: skipped %d unreadable file(s) and %d image(s) not of size %dx%d",
-                    where, unreadable, wrong_size, size[0], size[1])
+        warn(f"{where}: skipped {unreadable} unreadable file(s) and {wrong_size} image(s) not of size "
+             f"{size[0]}x{size[1]}")
     y = np.asarray(ys, dtype=np.int64)
     empty = [classes[c] for c in range(len(classes)) if not (y == c).any()]
     if empty:
@@ -103,16 +114,32 @@ def load_folder(data_dir: Path, name: str = "folder") -> ImageSet:
     classes = [p.name for p in class_folders(top)]
     if len(classes) < 2:
         raise CclError(f"{top}: need at least 2 class folders, found {len(classes)}")
+    if split:
+        test_only = sorted({p.name for p in class_folders(root / "test")} - set(classes))
+        if test_only:
+            log.warning("%s: class folder(s) %s exist only under test/ and are ignored (classes are "
+                        "train/'s folders)", root, ", ".join(test_only))
     listing = {s: list_images(root / s, classes) for s in ("train", "test")} if split else {"all": list_images(root, classes)}
     files = [f for items in listing.values() for f, _ in items]
 
     def decode() -> dict[str, np.ndarray]:
+        notes: list[str] = []
+        arrays = _decode(notes)
+        return {**arrays, "warnings": np.array(notes, dtype=str)}
+
+    def _decode(notes: list[str]) -> dict[str, np.ndarray]:
         if split:
-            (tx, ty), (vx, vy) = (decode_images(listing[s], classes, root / s) for s in ("train", "test"))
+            (tx, ty), (vx, vy) = (decode_images(listing[s], classes, root / s, notes=notes) for s in ("train", "test"))
+            if {tx.shape[-1], vx.shape[-1]} == {1, 3}:  # one split all greyscale, the other not
+                grey = "train" if tx.shape[-1] == 1 else "test"
+                message = f"{root}: {grey}/ is all greyscale, the other split is not: all are read as RGB (3 channels)"
+                log.warning("%s", message)
+                notes.append(message)
+                tx, vx = (np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in (tx, vx))  # as PIL's L -> RGB
             if tx.shape[1:] != vx.shape[1:]:
                 raise CclError(f"{root}: train images are {tx.shape[1:]}, test images {vx.shape[1:]}")
         else:
-            x, y = decode_images(listing["all"], classes, root)
+            x, y = decode_images(listing["all"], classes, root, notes=notes)
             rng = np.random.default_rng(SPLIT_SEED)
             test = np.zeros(len(y), dtype=bool)
             for c in range(len(classes)):
