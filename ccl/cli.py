@@ -18,7 +18,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from ccl.cli_compare import compare, report  # noqa: E402
-from ccl.cli_options import config_values, friendly_errors, int_list, run_options  # noqa: E402
+from ccl.cli_options import config_values, friendly_errors, int_list, run_options, writable_folder  # noqa: E402
 from ccl.errors import CclError  # noqa: E402
 
 
@@ -56,6 +56,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
                 click.echo(summary_table(run_dir))
                 return
         else:
+            writable_folder(runs_dir, "--runs-dir")
             cfg = make_config(**config_values(flags, config_file, overrides, no_download, class_order))
             prepared = prepare(cfg)
             click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ccl.cli_options import config_values, friendly_errors, run_options
+from ccl.cli_options import config_values, friendly_errors, run_options, writable_folder
 from ccl.errors import CclError
 
 COMPARISONS_DIR = Path("comparisons")
@@ -99,7 +99,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     if out is None:
         out = find_previous(COMPARISONS_DIR, grid, settings) or \
             default_out(COMPARISONS_DIR, settings["scenario"], settings["mem_size"])
-    grid = dataclasses.replace(grid, out=Path(out))
+    grid = dataclasses.replace(grid, out=writable_folder(Path(out), "--out"))
     verb = "continuing" if (grid.out / GRID_FILE).exists() else "into"
     run_cells, where = sequential, ""
     if executor == "ray":

@@ -11,7 +11,8 @@ from ccl.errors import CclError
 
 
 def friendly_errors(fn):
-    """Bad input ends in one clear line, not a traceback."""
+    """Bad input ends in one clear line, not a traceback; so does what the system refuses
+    (a full disk, a path that is a file, a folder without write permission)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -19,7 +20,29 @@ def friendly_errors(fn):
         except CclError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:
+            if e.strerror is None:
+                raise  # not the system's refusal: a bug, keep the traceback
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror}", err=True)
+            sys.exit(2)
     return wrapper
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """`path` as a folder ccl can write into (created if missing), checked before any
+    work starts; a CclError naming the flag otherwise."""
+    import os
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CclError(f"{flag} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CclError(f"{flag} {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CclError(f"{flag} {path}: no permission to write there")
+    return path
 
 
 def int_list(text: str | None) -> list[int] | None:

@@ -695,7 +695,10 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
         e.run_dir = run_dir  # so the caller can say what to resume
         raise
     except BaseException as e:
-        _set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        try:
+            _set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        except OSError:
+            pass  # e.g. the disk is full: the status cannot be written either; report the cause
         raise
     return run_dir
 

@@ -183,3 +183,35 @@ def test_json_of_the_wrong_shape_is_one_line(tmp_path, finished_run, name, conte
     assert problem in resume.output and len(resume.output.strip().splitlines()) == 1
     report = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
     assert "Traceback" not in report.output and report.exception is None or isinstance(report.exception, SystemExit)
+
+
+def test_bad_paths_are_one_line_before_any_work(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for args, message in ((["run", "--runs-dir", str(a_file)], f"--runs-dir {a_file}: is a file, not a folder"),
+                          (["run", "--runs-dir", str(a_file / "sub")], "cannot create it (Not a directory)"),
+                          (["compare", "--memory", "random", "--seeds", "1", "--out", str(a_file)],
+                           f"--out {a_file}: is a file, not a folder")):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {result.output[7:].strip()}"]
+        assert message in result.output, result.output
+
+
+def test_a_full_disk_is_one_line_and_the_run_is_marked_failed(tmp_path, monkeypatch):
+    import errno
+    import ccl.runner
+    real_save = ccl.runner.save_torch
+
+    def full(path, obj):
+        if pathlib.Path(path).name == "checkpoint.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, obj)
+
+    monkeypatch.setattr(ccl.runner, "save_torch", full)
+    result = CliRunner().invoke(main, ["run", "--train-per-class", "10", "--epochs", "1", "--mem-size", "20",
+                                       "--width", "8", "--quiet", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.strip().endswith("checkpoint.pt: No space left on device")
+    assert result.output.strip().splitlines()[-1].startswith("error: ")
+    (run_dir,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not (run_dir / "results.json").exists()
