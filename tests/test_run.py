@@ -1,5 +1,6 @@
 """End-to-end runs on tiny split-digits streams: schema, memory, determinism."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,11 @@ def test_a_resumed_run_uses_the_settings_it_recorded_not_the_preset_file(tmp_pat
     (run_dir,) = (tmp_path / "runs").iterdir()
     _, resumed = resume_run(run_dir, progress=False)
     assert resumed and json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (Path(__file__).parent.parent / "configs" / "runs").glob("*.toml")))
+def test_every_shipped_run_preset_is_a_valid_configuration(preset):
+    from ccl.cli_options import config_values
+    path = Path(__file__).parent.parent / "configs" / "runs" / preset
+    cfg = make_config(**config_values({}, path, (), False, None))
+    assert cfg.scenario == "split-cifar10"
