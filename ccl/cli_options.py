@@ -65,7 +65,7 @@ def run_options(fn):
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
-        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl [er]"),
+        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, gdumb [er]"),
         click.option("--protocol", type=click.Choice(["replay", "gdumb"]),
                      help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
         click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),

@@ -46,7 +46,7 @@ class RunConfig:
     """Everything that determines a run; written to config.json fully resolved."""
     scenario: str = "split-digits"
     memory: str = "random"
-    strategy: str = "er"           # how the loss uses memory samples: er | er-ace | der | der++ | icarl
+    strategy: str = "er"           # how memory samples are used: er | er-ace | der | der++ | icarl | gdumb
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
@@ -133,6 +133,13 @@ def make_config(**values: Any) -> RunConfig:
     CclError (not ValueError) for bad values."""
     defaults = get_scenario(values.get("scenario", RunConfig.scenario)).defaults
     cfg = cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+    if cfg.strategy == "gdumb":  # a strategy name for what the runner does as a protocol
+        if cfg.protocol == "replay" and values.get("protocol") == "replay":
+            raise CclError("--strategy gdumb trains on the memory alone; it cannot be --protocol replay")
+        cfg = dataclasses.replace(cfg, protocol="gdumb")
+    elif cfg.protocol == "gdumb" and cfg.strategy != "er":
+        raise CclError(f"--protocol gdumb trains a fresh learner on the memory alone: --strategy {cfg.strategy} "
+                       "has no stream to replay beside (use --strategy gdumb)")
     if cfg.mem_augment == "auto":
         on_device = MEMORIES.get(cfg.memory).value.kind == "device"
         cfg = dataclasses.replace(cfg, mem_augment="dsa" if on_device else "none")
@@ -205,7 +212,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"--protocol gdumb trains on the memory alone; memory {cfg.memory!r} has none on the device "
                        "(use random, herding or a condensing memory)")
     STRATEGIES.get(cfg.strategy)  # an unknown name is a one-line error listing the known ones
-    if cfg.strategy != "er" and (spec.kind != "device" or cfg.protocol != "replay"):
+    if cfg.strategy not in ("er", "gdumb") and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
     if cfg.stream_augment != "none" and cfg.protocol == "gdumb":

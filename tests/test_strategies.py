@@ -92,7 +92,8 @@ def test_every_strategy_runs_with_every_memory(tmp_path, tiny_run, strategy, mem
 @pytest.mark.parametrize("changes, message", [
     ({"strategy": "icarl2"}, "unknown strategy 'icarl2'"),
     ({"strategy": "der", "memory": "reservoir"}, "replays from the on-device memory"),
-    ({"strategy": "er-ace", "protocol": "gdumb"}, "replays from the on-device memory"),
+    ({"strategy": "er-ace", "protocol": "gdumb"}, "use --strategy gdumb"),
+    ({"strategy": "gdumb", "protocol": "replay"}, "cannot be --protocol replay"),
     ({"stream_slots": True, "memory": "reservoir"}, "--stream-slots fills the on-device memory"),
     ({"stream_augment": "crop-flip", "protocol": "gdumb"}, "trains on the memory alone"),
 ])
@@ -203,3 +204,8 @@ def test_icarl_distils_old_classes_and_classifies_by_the_nearest_memory_mean():
     assert torch.equal(scorer(x).argmax(1), nearest)  # classes 2 and 3 have no memory: never chosen
     plugin.after_eval(strategy)
     assert strategy.model is model
+
+
+def test_gdumb_as_a_strategy_is_the_gdumb_protocol(tiny_run):
+    cfg = make_config(**tiny_run, strategy="gdumb")
+    assert cfg.protocol == "gdumb" and cfg.stream_slots is False

@@ -170,6 +170,8 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 STRATEGIES.register("er", "experience replay: one cross-entropy over stream and memory samples")(Strategy(None))
 STRATEGIES.register("er-ace", "ER with asymmetric cross-entropy (Caccia et al. 2022)")(
     Strategy(ACEPlugin, stream_slots=True))
+STRATEGIES.register("gdumb", "GDumb: at each step a fresh learner trained on the memory alone (2020; "
+                    "the same as --protocol gdumb)")(Strategy(None))
 STRATEGIES.register("icarl", "iCaRL: distillation to the previous learner, nearest-mean-of-memory classifier (2017)")(
     Strategy(ICaRLPlugin))
 STRATEGIES.register("der", "dark experience replay: MSE to the logits stored with memory images (2020)")(
