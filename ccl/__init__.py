@@ -1,0 +1,26 @@
+"""ccl: condensed continual learning."""
+import importlib
+import sys
+import types
+
+
+class _ImportedOnUse(types.ModuleType):
+    """Stands in for a module until one of its attributes is used.
+
+    Avalanche imports wandb at the top of its confusion-matrix metric, and importing wandb
+    makes two temporary folders that a killed process leaves in /tmp. `ccl` uses wandb only
+    under `--wandb`: there Avalanche's WandBLogger reads an attribute, which imports it.
+    """
+
+    __file__ = None  # inspect.getmodule reads this on every module; it must not import
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name not in ("__path__", "__all__", "__version__"):
+            raise AttributeError(name)  # probes by tools (inspect, pickle) are not uses
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+if "wandb" not in sys.modules and importlib.util.find_spec("wandb") is not None:
+    sys.modules["wandb"] = _ImportedOnUse("wandb")

@@ -215,3 +215,23 @@ def test_a_full_disk_is_one_line_and_the_run_is_marked_failed(tmp_path, monkeypa
     (run_dir,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
     assert not (run_dir / "results.json").exists()
+
+
+def test_wandb_is_not_imported_without_wandb(tmp_path):
+    import os
+    import subprocess
+    import sys
+    # a run in a fresh process, ended as kill -9 would (no exit handlers): nothing in TMPDIR
+    code = ("import os, sys\n"
+            "from ccl.runner import make_config, prepare, run\n"
+            "run(prepare(make_config(scenario='split-digits', epochs=1, train_per_class=10, mem_size=20,"
+            " width=8)), sys.argv[1], progress=False)\n"
+            "print(type(sys.modules.get('wandb')).__name__, flush=True)\n"
+            "os._exit(0)\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                         env={**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] in ("_ImportedOnUse", "NoneType")  # not the real module
+    assert not [p.name for p in tmp.iterdir() if "wandb" in p.name]
