@@ -1,5 +1,6 @@
 """ccl: condensed continual learning."""
 import importlib
+import importlib.util
 import sys
 import types
 

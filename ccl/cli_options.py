@@ -30,18 +30,19 @@ def friendly_errors(fn):
 
 
 def writable_folder(path: Path, flag: str) -> Path:
-    """`path` as a folder ccl can write into (created if missing), checked before any
-    work starts; a CclError naming the flag otherwise."""
+    """`path` as a folder ccl can write into or create, checked before any work starts
+    (and creating nothing: bad input leaves nothing behind); a CclError naming the flag
+    otherwise."""
     import os
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CclError(f"{flag} {path}: is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CclError(f"{flag} {path}: cannot create it ({e.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CclError(f"{flag} {path}: no permission to write there")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest part of the path that exists
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == path else f"cannot create it ({existing} is a file)"
+        raise CclError(f"{flag} {path}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CclError(f"{flag} {path}: no permission to write in {existing}")
     return path
 
 

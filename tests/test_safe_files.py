@@ -189,7 +189,7 @@ def test_bad_paths_are_one_line_before_any_work(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for args, message in ((["run", "--runs-dir", str(a_file)], f"--runs-dir {a_file}: is a file, not a folder"),
-                          (["run", "--runs-dir", str(a_file / "sub")], "cannot create it (Not a directory)"),
+                          (["run", "--runs-dir", str(a_file / "sub")], f"cannot create it ({a_file} is a file)"),
                           (["compare", "--memory", "random", "--seeds", "1", "--out", str(a_file)],
                            f"--out {a_file}: is a file, not a folder")):
         result = CliRunner().invoke(main, args)
