@@ -33,7 +33,8 @@ def summary_table(run_dir: Path) -> str:
     its final figures."""
     run_dir = Path(run_dir)
     r = read_json(run_dir / "results.json", RESULTS_SHAPE)
-    names = read_json(run_dir / "config.json").get("classes") if (run_dir / "config.json").exists() else None
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
+    names = config.get("classes") if isinstance(config, dict) else None
     groups = r["experience_classes"] if len(r["accuracy_matrix"]) > 1 else [sum(r["experience_classes"], [])]
     if not (isinstance(names, list) and all(0 <= c < len(names) for g in groups for c in g)):
         names = None

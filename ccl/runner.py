@@ -30,7 +30,7 @@ import torch
 from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.experts import sgd_epoch
-from ccl.condense.methods import METHODS, method_settings
+from ccl.condense.methods import method_settings
 from ccl.data import ImageSet, load_dataset
 from ccl.data.augment import crop_flip
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
@@ -167,15 +167,13 @@ def pick_device(name: str) -> torch.device:
 
 
 def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
-    """The memory method's settings: dataclass defaults <- preset <- overrides."""
+    """The memory method's settings: dataclass defaults <- preset <- overrides <- the
+    variant's fixed settings (every memory with settings is a condensation method)."""
     if spec.settings is None:
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
-    if cfg.memory in METHODS.names():
-        return method_settings(cfg.memory, cfg.memory_config, cfg.memory_settings)
-    return cfgmod.preset_settings(spec.settings, cfg.memory_config or cfg.memory, cfg.memory_settings,
-                                  explicit=cfg.memory_config is not None)
+    return method_settings(cfg.memory, cfg.memory_config, cfg.memory_settings)
 
 
 @dataclass
@@ -367,8 +365,7 @@ def _csv_rows(folder: Path) -> dict[str, list[str]]:
 def _carry_csv_rows(logger, rows: dict[str, list[str]], first: int) -> None:
     """Put back an interrupted run's CSV rows of the experiences before `first` (the rest
     are logged again as the run repeats them, and would be duplicates)."""
-    for handle, name in ((logger.training_file, "training_results.csv"), (logger.eval_file, "eval_results.csv")):
-        column = CSV_LOGS[name]
+    for handle, (name, column) in zip((logger.training_file, logger.eval_file), CSV_LOGS.items()):
         handle.writelines(r for r in rows[name] if int(r.split(",")[column]) < first)
         handle.flush()
 
@@ -420,7 +417,6 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    from ccl.condense.dsa import DSASettings
     from ccl.memory import AugmentPlugin, DeviceMemoryPlugin
     from ccl.memory.codec import MemoryCodec
     from ccl.memory.reservoir import TimedReplayPlugin
@@ -444,7 +440,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         loggers=[CSVLogger(log_folder=str(run_dir / "logs")), *_optional_loggers(cfg, run_dir)])
 
     memory = None
-    augment = DSASettings() if cfg.mem_augment == "dsa" else None
+    augment = dsa.DSASettings() if cfg.mem_augment == "dsa" else None
     if p.spec.kind == "device":
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))

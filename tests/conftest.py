@@ -25,3 +25,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def interrupted_run():
+    """cut(prepared, runs_dir, after): run into `runs_dir` and stop after experience
+    `after`, as a crash there would (its checkpoint written); returns the run folder."""
+    from pathlib import Path
+
+    from ccl.runner import run
+
+    def cut(prepared, runs_dir, after: int):
+        def stop(i, results):
+            if i == after:
+                raise _Stop
+
+        with pytest.raises(_Stop):
+            run(prepared, runs_dir, progress=False, on_experience=stop)
+        (folder,) = Path(runs_dir).iterdir()
+        return folder
+    return cut

@@ -228,22 +228,13 @@ def test_a_variant_keeps_its_defining_settings_whatever_the_preset():
         memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_settings={"sam_weight": 1.0}))
 
 
-def test_a_resumed_run_uses_the_settings_it_recorded_not_the_preset_file(tmp_path, tiny_run):
+def test_a_resumed_run_uses_the_settings_it_recorded_not_the_preset_file(tmp_path, tiny_run, interrupted_run):
     preset = tmp_path / "mine.toml"
     preset.write_text("iterations = 2\nwidth = 8\nprogress_every = 1\n")
 
-    class Stop(Exception):
-        pass
-
-    def stop(i, results):
-        if i == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run(prepare(make_config(**tiny_run, memory="datadam", memory_config=str(preset))), tmp_path / "runs",
-            progress=False, on_experience=stop)
+    run_dir = interrupted_run(prepare(make_config(**tiny_run, memory="datadam", memory_config=str(preset))),
+                              tmp_path / "runs", after=1)
     preset.write_text("iterations = -5\n")  # edited (here: broken) after the run started
-    (run_dir,) = (tmp_path / "runs").iterdir()
     _, resumed = resume_run(run_dir, progress=False)
     assert resumed and json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 

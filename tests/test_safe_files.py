@@ -43,24 +43,12 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, tiny_run):
     assert "refusing to load" in result.output and result.output.count("\n") == 1
 
 
-class _Stop(Exception):
-    pass
-
-
 @pytest.mark.parametrize("memory", ["reservoir", "herding"])
-def test_resume_from_a_tensor_only_checkpoint_gives_the_same_numbers(tmp_path, tiny_run, memory):
+def test_resume_from_a_tensor_only_checkpoint_gives_the_same_numbers(tmp_path, tiny_run, memory, interrupted_run):
     # The checkpoint holds the metrics' and generators' states as plain values (no pickled
     # Avalanche objects); resuming from it must change nothing, forgetting included.
     full = run(prepare(make_config(**tiny_run, memory=memory)), tmp_path / "full", progress=False)
-
-    def stop_after_second(i, results):
-        if i == 1:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        run(prepare(make_config(**tiny_run, memory=memory)), tmp_path / "cut", progress=False,
-            on_experience=stop_after_second)
-    (cut,) = (tmp_path / "cut").iterdir()
+    cut = interrupted_run(prepare(make_config(**tiny_run, memory=memory)), tmp_path / "cut", after=1)
     resume_run(cut, progress=False)
     a, b = (json.loads((d / "results.json").read_text()) for d in (full, cut))
     for key in ("accuracy_matrix", "forgetting", "bwt", "average_accuracy"):

@@ -51,7 +51,7 @@ def test_der_adds_the_mse_to_the_stored_logits(beta):
     assert plugin(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_stored_logits_survive_shrinking_and_resume(tmp_path, tiny_run):
+def test_stored_logits_survive_shrinking_and_resume(tmp_path, tiny_run, interrupted_run):
     cfg = dict(tiny_run, memory="herding", strategy="der++", mem_dtype="uint8")
     full = run(prepare(make_config(**cfg)), tmp_path / "full", progress=False)
     memory = torch.load(full / "memory.pt", weights_only=True)
@@ -61,16 +61,7 @@ def test_stored_logits_survive_shrinking_and_resume(tmp_path, tiny_run):
     first = json.loads((full / "results.json").read_text())["experience_classes"][0][0]
     assert (memory["labels"] == first).sum() == 2
 
-    class Stop(Exception):
-        pass
-
-    def stop(i, results):
-        if i == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run(prepare(make_config(**cfg)), tmp_path / "cut", progress=False, on_experience=stop)
-    (cut,) = (tmp_path / "cut").iterdir()
+    cut = interrupted_run(prepare(make_config(**cfg)), tmp_path / "cut", after=2)
     resume_run(cut, progress=False)
     resumed = torch.load(cut / "memory.pt", weights_only=True)
     assert torch.equal(resumed["logits"], memory["logits"])

@@ -7,6 +7,7 @@ that counts them; a class left without images is an error.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return items
 
 
+def _warn(message: str, notes: list[str] | None) -> None:
+    """Log a warning about the data, and keep it in `notes` (the cache stores them)."""
+    log.warning("%s", message)
+    if notes is not None:
+        notes.append(message)
+
+
 def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path,
                   mode: str | None = None, notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode files to uint8 (N, H, W, C) and labels, skipping what cannot be used.
@@ -49,10 +57,7 @@ def decode_images(items: list[tuple[Path, int]], classes: list[str], where: Path
         notes: the warnings given are also appended here (the cache keeps them, so that
             a later run that reads the cache gives them again).
     """
-    def warn(message: str) -> None:
-        log.warning("%s", message)
-        if notes is not None:
-            notes.append(message)
+    warn = functools.partial(_warn, notes=notes)
 
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
@@ -132,9 +137,8 @@ def load_folder(data_dir: Path, name: str = "folder") -> ImageSet:
             (tx, ty), (vx, vy) = (decode_images(listing[s], classes, root / s, notes=notes) for s in ("train", "test"))
             if {tx.shape[-1], vx.shape[-1]} == {1, 3}:  # one split all greyscale, the other not
                 grey = "train" if tx.shape[-1] == 1 else "test"
-                message = f"{root}: {grey}/ is all greyscale, the other split is not: all are read as RGB (3 channels)"
-                log.warning("%s", message)
-                notes.append(message)
+                _warn(f"{root}: {grey}/ is all greyscale, the other split is not: all are read as RGB (3 channels)",
+                      notes)
                 tx, vx = (np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in (tx, vx))  # as PIL's L -> RGB
             if tx.shape[1:] != vx.shape[1:]:
                 raise CclError(f"{root}: train images are {tx.shape[1:]}, test images {vx.shape[1:]}")

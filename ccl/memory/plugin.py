@@ -212,15 +212,15 @@ class StreamReservoir:
     def offer(self, y: torch.Tensor) -> torch.Tensor:
         """The memory row each sample of a minibatch takes, or -1; as if offered one by one."""
         self.offered += len(y)
-        in_range = y < len(self.local)
-        k = torch.where(in_range, self.local[y.clamp(max=len(self.local) - 1)], -1)  # (B,) -1: not a new class
-        onehot = torch.nn.functional.one_hot(k.clamp(min=0), len(self.caps)) * (k >= 0)[:, None]  # (B, K)
+        k = torch.where(y < len(self.local), self.local[y.clamp(max=len(self.local) - 1)], -1)  # (B,) local class
+        new = k >= 0  # (B,) a sample of one of the streaming classes
         k = k.clamp(min=0)
+        onehot = torch.nn.functional.one_hot(k, len(self.caps)) * new[:, None]  # (B, K)
         nth = self.seen[k] + (onehot.cumsum(0) * onehot).sum(1)  # (B,) the n-th sample of its class
         self.seen += onehot.sum(0)
         cap = self.caps[k]
         slot = torch.where(nth <= cap, nth - 1, (torch.rand(len(y), device=y.device) * nth).long())
-        rows = torch.where((onehot.sum(1) > 0) & (slot < cap), self.starts[k] + slot, -1)
+        rows = torch.where(new & (slot < cap), self.starts[k] + slot, -1)
         # Two samples of one minibatch taking the same row: the later one wins.
         order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=y.device))
         last = torch.ones(len(rows), dtype=torch.bool, device=y.device)
