@@ -286,10 +286,27 @@ def test_progress_bar_and_stats():
     ({"init": "smart"}, "init"), ({"sam_weight": 0, "mmd_weight": 0}, "both 0"),
     ({"momentum": 1.0}, "momentum"), ({"progress_every": 0}, "progress_every"),
     ({"real_chunk": -1}, "real_chunk"), ({"norm": "batch", "real_chunk": 16}, "BatchNorm"),
+    ({"lr_images_side": -1}, "lr_images_side"), ({"lr_images_side": 8.5}, "lr_images_side"),
 ])
 def test_settings_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         DataDAMSettings(**bad)
+
+
+def test_lr_images_side_scales_the_step_by_image_area():
+    # lr_images is the rate for lr_images_side x lr_images_side images: 8x8 images under
+    # (rate 4, side 16) take exactly the steps of (rate 1, unscaled), and say so in stats.
+    real, labels = blobs()
+    runs = []
+    for lr, side in ((4.0, 16), (1.0, 0), (4.0, 0)):
+        settings = replace(TINY, iterations=4, lr_images=lr, lr_images_side=side, progress_every=2)
+        stats = {}
+        torch.manual_seed(0)
+        images, _ = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False, stats=stats)
+        runs.append((images, stats["lr_images"]))
+    (scaled, rate), (plain, plain_rate), (unscaled, _) = runs
+    assert rate == plain_rate == 1.0
+    assert torch.equal(scaled, plain) and not torch.equal(scaled, unscaled)
 
 
 def test_reference_preset():
