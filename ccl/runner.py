@@ -454,9 +454,9 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))
             return train_x[mask], train_y[mask]
-        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
-                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std,
-                                                                          cfg.mem_downscale),
+        filler = p.spec.make_filler(p.device, p.settings, progress, cfg.mem_downscale)
+        codec = MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std, cfg.mem_downscale)
+        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, filler, real_images, p.device, codec,
                                     augment, schedule=p.experience_classes, stream_slots=cfg.stream_slots)
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)

@@ -9,7 +9,8 @@ many images fit in the same bytes (IDC's multi-formation, Kim et al. 2022).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from ccl.data.images import grow, shrink
 
 
 class MemoryCodec:
@@ -32,10 +33,11 @@ class MemoryCodec:
         return (torch.tensor(self.mean, device=x.device).view(view),
                 torch.tensor(self.std, device=x.device).view(view))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) normalised images -> (N, C, H/f, W/f) stored ones."""
-        if self.downscale > 1:
-            x = F.avg_pool2d(x, self.downscale)
+    def encode(self, x: torch.Tensor, shrunk: bool = False) -> torch.Tensor:
+        """(N, C, H, W) normalised images -> (N, C, H/f, W/f) stored ones. `shrunk`: x is
+        already at the stored size (a condenser that optimised the stored pixels)."""
+        if not shrunk:
+            x = shrink(x, self.downscale)
         if self.dtype != torch.uint8:
             return x.to(self.dtype)
         mean, std = self._stats(x)
@@ -48,6 +50,4 @@ class MemoryCodec:
         else:
             mean, std = self._stats(stored)
             x = (stored.float() / 255 - mean) / std
-        if self.downscale > 1 and len(x):
-            x = F.interpolate(x, scale_factor=self.downscale, mode="bilinear", align_corners=False)
-        return x
+        return grow(x, self.downscale)
