@@ -5,7 +5,7 @@ import json
 import torch
 
 from ccl.condense.datadam import DataDAMSettings, condense
-from ccl.data.images import grow, shrink
+from ccl.data.images import shrink
 from ccl.memory.fillers import CondenseFiller, keep_if_better
 from ccl.models.convnet import ConvNet
 from ccl.runner import make_config, prepare, run
