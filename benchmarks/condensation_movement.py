@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from ccl.condense.bounds import channel_range
-from ccl.data.images import shrink
 from ccl.memory import fillers
 
 condense_fill = fillers.CondenseFiller.fill
@@ -29,7 +28,6 @@ def fill_and_measure(self, real, labels, budget, learner, context=None, later=No
         print("movement: holdout > 0 starts from a subset; set holdout=0 to measure", flush=True)
         return images, image_labels
     start, _ = fillers.herding_exemplars(real, labels, budget, learner)
-    start = shrink(start, start.shape[-1] // images.shape[-1])  # a memory with --mem-downscale
     low, high = channel_range(real)
     levels = ((images - start).abs() / (high - low) * 255).flatten()
     print(f"movement: classes {list(budget)} ({list(budget.values())} images): mean "

@@ -55,7 +55,7 @@ def int_list(text: str | None) -> list[int] | None:
         raise CclError(f"expected comma-separated integers, got {text!r}") from None
 
 
-RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_downscale", "mem_augment", "stream_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
+RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "stream_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class", "test_per_class",
              "memory_config")
 
@@ -73,9 +73,6 @@ def run_options(fn):
         click.option("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project"),
         click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
                      help="how memory images are stored [float32]"),
-        click.option("--mem-downscale", type=int, metavar="N",
-                     help="store memory images at 1/N of their side, upsampled when replayed: N^2 as many "
-                          "images in the same bytes [1]"),
         click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa"]),
                      help="dsa: augment memory images afresh each time the learner trains on them; "
                           "auto: dsa for the on-device memories, else none [auto]"),

@@ -50,9 +50,6 @@ class RunConfig:
     mem_size: int = 200            # images in memory, all classes together
     mem_batch: int = 32            # memory samples appended to every minibatch
     mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
-    # store memory images at 1/N of their side, upsampled when replayed: N^2 as many in the
-    # same bytes (IDC's multi-formation); --mem-size still counts images.
-    mem_downscale: int = 1
     # none | dsa: a fresh DSA draw on memory images each time they are trained on; auto (the
     # default) is dsa for the on-device memories (it lifted every memory, condensed ones
     # most: docs/results.md) and none for the others, resolved by make_config.
@@ -89,7 +86,7 @@ class RunConfig:
     memory_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
 
     def __post_init__(self):
-        positive = ["mem_size", "mem_downscale", "epochs", "batch_size", "width", "depth"]
+        positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -207,9 +204,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.mem_dtype != "float32" and spec.kind != "device":
         raise CclError(f"--mem-dtype applies to the on-device memories; memory {cfg.memory!r} stores what "
                        "Avalanche gives it")
-    if cfg.mem_downscale != 1 and spec.kind != "device":
-        raise CclError(f"--mem-downscale applies to the on-device memories; memory {cfg.memory!r} stores what "
-                       "Avalanche gives it")
     if cfg.mem_augment != "none" and spec.kind != "device":
         raise CclError(f"--mem-augment applies to the on-device memories; memory {cfg.memory!r} has none")
     if cfg.protocol == "gdumb" and spec.kind != "device":
@@ -234,9 +228,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
-    height, width = data.shape[-2:]
-    if height % cfg.mem_downscale or width % cfg.mem_downscale:
-        raise CclError(f"--mem-downscale {cfg.mem_downscale} does not divide the images' {height}x{width} pixels")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
     return Prepared(cfg, scenario, spec, settings, data, device, order, groups)
@@ -454,9 +445,8 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))
             return train_x[mask], train_y[mask]
-        filler = p.spec.make_filler(p.device, p.settings, progress, cfg.mem_downscale)
-        codec = MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std, cfg.mem_downscale)
-        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, filler, real_images, p.device, codec,
+        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
+                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                                     augment, schedule=p.experience_classes, stream_slots=cfg.stream_slots)
     elif p.spec.kind == "reservoir":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
@@ -700,7 +690,7 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
                     save_torch(run_dir / "memory.pt", {
                         **{k: v.cpu() if torch.is_tensor(v) else v for k, v in mem_state.items()},
                         "mean": p.data.mean, "std": p.data.std, "class_names": p.data.classes,
-                        "dtype": p.config.mem_dtype, "downscale": p.config.mem_downscale})
+                        "dtype": p.config.mem_dtype})
                 write_json(run_dir / "results.json", results)
                 _set_status(run_dir, "finished")
     except KeyboardInterrupt as e:

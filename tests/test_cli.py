@@ -32,9 +32,6 @@ def invoke(tmp_path, *args):
     (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
     (["--memory", "reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),
     (["--memory", "reservoir", "--mem-dtype", "uint8"], "--mem-dtype applies to the on-device memories"),
-    (["--memory", "reservoir", "--mem-downscale", "2"], "--mem-downscale applies to the on-device memories"),
-    (["--mem-downscale", "3"], "--mem-downscale 3 does not divide the images' 8x8 pixels"),
-    (["--mem-downscale", "0"], "mem-downscale must be at least 1"),
     (["--finetune-epochs", "-2"], "finetune-epochs must not be negative"),
     (["--memory", "none", "--finetune-epochs", "2"], "memory 'none' under --protocol replay has nothing to finetune"),
 ])

@@ -4,9 +4,7 @@ import json
 
 import torch
 
-from ccl.condense.datadam import DataDAMSettings, condense
-from ccl.data.images import shrink
-from ccl.memory.fillers import CondenseFiller, keep_if_better
+from ccl.memory.fillers import keep_if_better
 from ccl.models.convnet import ConvNet
 from ccl.runner import make_config, prepare, run
 
@@ -24,8 +22,9 @@ def test_keep_if_better_keeps_only_the_sets_that_represent_held_out_images():
     condensed = start.clone()
     condensed[:4] = 5.0 + torch.randn(4, 1, 8, 8)    # class 0's condensation went astray
     condensed[4:] = held[20:24]                      # class 1's now holds held-out-like images
-    kept, ratio = keep_if_better(condensed, start, labels, (held, held_labels), learner, {0: [2], 1: [2]})
+    chosen, kept, ratio = keep_if_better(condensed, start, labels, (held, held_labels), learner, {0: [2], 1: [2]})
     assert kept == {"0": "real", "1": "condensed"} and ratio["0"] > 1 > ratio["1"]
+    assert torch.equal(chosen[:4], start[:4]) and torch.equal(chosen[4:], condensed[4:])
 
 
 def test_condensed_memory_is_valid_pixels_and_records_its_choices(tmp_path, tiny_run):
@@ -42,34 +41,3 @@ def test_condensed_memory_is_valid_pixels_and_records_its_choices(tmp_path, tiny
     # the first experience's classes were matched at every share they are later cut to
     # (20 images, two new classes a time: 10, then 5, 4 (the remainder goes to the oldest), 3, 2)
     assert updates[0]["matched_sizes"] == {str(c): [10, 5, 4, 3, 2] for c in updates[0]["new_classes"]}
-
-
-def test_a_downscaled_condenser_optimises_the_stored_pixels_and_falls_back_at_their_size():
-    # --mem-downscale 2: DataDAM optimises 4x4 images seen at 8x8, starting from the
-    # herding exemplars shrunk; a class whose matched images lose on the held-out images
-    # falls back to that start.
-    torch.manual_seed(0)
-    real = torch.rand(60, 1, 8, 8)
-    labels = torch.tensor([0] * 30 + [1] * 30)
-    real[:30, :, :4] += 1.0  # class 0: bright top half
-    small = shrink(real, 2)
-    learner = ConvNet(num_classes=2, channels=1, image_size=8, width=8, depth=2)
-
-    def fill(lr):
-        settings = DataDAMSettings(iterations=4, width=8, depth=2, real_batch=8, progress_every=2, init="herding",
-                                   nested=True, holdout=0.25, lr_images=lr, dsa=False)
-        filler = CondenseFiller("cpu", settings, condense, progress=False, downscale=2)
-        images, out = filler.fill(real, labels, {0: 3, 1: 3}, learner, later={0: [2], 1: [2]})
-        assert images.shape == (6, 1, 4, 4) and out.tolist() == [0, 0, 0, 1, 1, 1]
-        return images, out, filler.stats
-
-    def distance_to_a_shrunk_real_image(images):
-        exact = "donot_use_mm_for_euclid_dist"  # the matrix-product shortcut errs by 1e-3
-        return torch.cdist(images.flatten(1), small.flatten(1), compute_mode=exact).amin(1)  # (n,)
-
-    images, out, stats = fill(1e-9)  # hardly a step: the start, a shrunk real image of the class
-    assert set(stats["kept"]) == {"0", "1"}
-    assert distance_to_a_shrunk_real_image(images).max() < 1e-3
-    images, out, stats = fill(1e6)  # steps to the pixel bounds: every class falls back
-    assert stats["kept"] == {"0": "real", "1": "real"}
-    assert distance_to_a_shrunk_real_image(images).max() == 0

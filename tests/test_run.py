@@ -7,8 +7,6 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ccl.errors import CclError
-from ccl.io import load_torch
-from ccl.memory.codec import MemoryCodec
 from ccl.runner import _build, make_config, prepare, resume_run, run, seed_everything
 
 
@@ -119,28 +117,6 @@ def test_uint8_memory_round_trips(tmp_path, tiny_run):
     run_dir = run(prepare(make_config(**tiny_run, memory="random", mem_dtype="uint8")), tmp_path, progress=False)
     r = json.loads((run_dir / "results.json").read_text())
     assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 64}
-
-
-def test_a_downscaled_memory_stores_small_images_and_replays_them_full_size(tmp_path, tiny_run):
-    cfg = make_config(**tiny_run, memory="herding", mem_dtype="uint8", mem_downscale=2, stream_slots=True)
-    run_dir = run(prepare(cfg), tmp_path, progress=False)
-    r = json.loads((run_dir / "results.json").read_text())
-    assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 16}  # 4x4 greyscale
-    saved = load_torch(run_dir / "memory.pt", "memory file")
-    assert saved["images"].shape == (20, 1, 4, 4) and saved["downscale"] == 2
-
-
-def test_downscale_codec_area_averages_and_upsamples():
-    codec = MemoryCodec(torch.float32, (0.0,), (1.0,), downscale=2)
-    x = torch.arange(16.0).view(1, 1, 4, 4)
-    stored = codec.encode(x)
-    assert stored.tolist() == [[[[2.5, 4.5], [10.5, 12.5]]]]  # the mean of each 2x2 block
-    back = codec.decode(stored)
-    assert back.shape == (1, 1, 4, 4)
-    assert back[0, 0, 0, 0] == 2.5 and back[0, 0, 3, 3] == 12.5  # corners: the nearest block
-    assert back[0, 0, 0, 1] == 3.0  # between blocks: bilinear, 3/4 of the nearer one
-    flat = torch.full((2, 3, 8, 8), 0.25)
-    assert torch.equal(codec.decode(codec.encode(flat)), flat)
 
 
 # batch_syn 32 >= any experience's budget here: every synthetic image is in every student

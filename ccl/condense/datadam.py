@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
-from ccl.data.images import grow, shrink
 from ccl.models.convnet import NORMS, ConvNet
 
 
@@ -448,7 +447,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: DataDAMSettings = DataDAMSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None, prefix_sizes: dict[int, list[int]] | None = None,
-             guide: nn.Module | None = None, downscale: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+             guide: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` synthetic images per class with DataDAM (or DM).
 
     Args:
@@ -469,13 +468,9 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         guide: with `settings.guide_weight > 0`, a network with `embed(x) -> (N, D)`
             (e.g. the replay learner) whose normalised embeddings are matched too; it is
             copied and frozen, never trained.
-        downscale: optimise images of 1/downscale the side (the start area-averaged),
-            matched after bilinear upsampling to the real size: a memory that stores
-            them small (IDC's multi-formation) gets the pixels it stores optimised.
 
     Returns:
-        (sum(budget.values()), C, H, W) float32 images on `device` (H/downscale x
-        W/downscale with a downscale), grouped by class in the
+        (sum(budget.values()), C, H, W) float32 images on `device`, grouped by class in the
         order of `budget`, and their (M,) long labels. Every step is followed by a
         projection onto the per-channel range of the real images, so the result is valid
         pixels (the papers leave images unbounded; unbounded ones cannot be stored as
@@ -494,10 +489,6 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     shape = tuple(real.shape[1:])
     syn_labels = torch.tensor(classes).repeat_interleave(torch.tensor(sizes)).to(device)  # (M,)
     images = _initial_images(pool, sizes, syn_labels, settings, init, shape, device)  # (M, C, H, W)
-    if shape[1] % downscale or shape[2] % downscale:
-        raise ValueError(f"downscale {downscale} does not divide the images' {shape[1]}x{shape[2]} pixels")
-    if downscale > 1:
-        images = shrink(images, downscale)  # (M, C, H/f, W/f): what is optimised and returned
     bounds = channel_range(pool.images)  # (1, C, 1, 1) each
     images = project_(images, bounds)
     groups = _SyntheticGroups(classes, sizes, prefix_sizes if settings.nested else None, device)
@@ -505,13 +496,13 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
     info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device),
-            "lr_images": image_lr(settings, images.shape[-2:])}
+            "lr_images": image_lr(settings, shape[-2:])}
     if settings.nested:
         info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
 
     began = _now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
-                                      info["real_chunk"], progress, downscale)
+                                      info["real_chunk"], progress)
     info.update(progress_info, match_s=_now(device) - began)
     if stats is not None:
         stats.update(info)
@@ -559,8 +550,7 @@ def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
 
 def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
               bounds: tuple[torch.Tensor, torch.Tensor], guide: nn.Module | None,
-              settings: DataDAMSettings, chunk: int, progress: bool,
-              downscale: int = 1) -> tuple[torch.Tensor, dict]:
+              settings: DataDAMSettings, chunk: int, progress: bool) -> tuple[torch.Tensor, dict]:
     """The DataDAM iterations; returns the last finite images and what happened."""
     device = images.device
     k = len(groups.sizes)
@@ -568,7 +558,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     images = images.detach().clone().requires_grad_(True)  # (M, C, H, W), what learns
     optimizer = torch.optim.SGD([images], lr=image_lr(settings, images.shape[-2:]),
                                 momentum=settings.momentum)
-    net = matching_network(k, tuple(pool.images.shape[1:]), settings, device)
+    net = matching_network(k, tuple(images.shape[1:]), settings, device)
 
     snapshot = images.detach().clone()
     info = {"iterations": 0, "loss": float("nan"), "stopped": False}
@@ -580,8 +570,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     try:
         for it in range(settings.iterations):
             reinitialise(net)
-            loss = _iteration_loss(net, pool, images, real_group, groups, k, settings, chunk, guide,
-                                   downscale)
+            loss = _iteration_loss(net, pool, images, real_group, groups, k, settings, chunk, guide)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -627,11 +616,10 @@ def _now(device: torch.device | str) -> float:
 
 def _iteration_loss(net: ConvNet, pool: _Pool, images: torch.Tensor, real_group: torch.Tensor,
                     groups: _SyntheticGroups, k: int, settings: DataDAMSettings,
-                    chunk: int = 0, guide: nn.Module | None = None, downscale: int = 1) -> torch.Tensor:
+                    chunk: int = 0, guide: nn.Module | None = None) -> torch.Tensor:
     """The DataDAM loss of one iteration with the current random network."""
     real = pool.sample(settings.real_batch)  # (K * B, C, H, W), grouped by class
-    syn = images  # (M, C, H, W), or (M, C, H/f, W/f) upsampled as the memory replays them
-    syn = grow(syn, downscale)
+    syn = images  # (M, C, H, W)
     if settings.dsa:
         # Siamese: one draw, one slot per class, shared by real and synthetic images.
         draw = sample_draw(k, settings.dsa_settings, images.device)

@@ -75,16 +75,3 @@ def denormalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x * s + m).clamp(0, 1)
-
-
-def shrink(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, H/factor, W/factor): each block's mean (IDC's multi-formation)."""
-    return torch.nn.functional.avg_pool2d(x, factor) if factor > 1 else x
-
-
-def grow(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(N, C, h, w) -> (N, C, h*factor, w*factor), bilinear: how a shrunk image is replayed
-    and, in condensation, how the pixels being optimised are seen by the matching networks."""
-    if factor == 1 or not len(x):
-        return x
-    return torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)

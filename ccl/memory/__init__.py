@@ -24,10 +24,10 @@ class MemorySpec:
     settings: type | None = None       # dataclass of the method's settings, if any
     method: Callable | None = None     # a ccl.condense method, for CondenseFiller
 
-    def make_filler(self, device, settings: Any, progress: bool = True, downscale: int = 1) -> Filler:
+    def make_filler(self, device, settings: Any, progress: bool = True) -> Filler:
         if self.method is not None:
-            return CondenseFiller(device, settings, self.method, progress, downscale)
-        return self.filler(device, settings, progress, downscale=downscale)
+            return CondenseFiller(device, settings, self.method, progress)
+        return self.filler(device, settings, progress)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,7 +19,6 @@ from torch import nn
 from ccl.condense.datadam import reinitialise
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
-from ccl.data.images import grow, shrink
 
 
 @torch.no_grad()
@@ -57,13 +55,10 @@ class Filler:
     priority order. `context` is the memory's old-class (images, labels) after shrinking;
     only condensers that ask for it (`memory_context` in their settings) use it. `later`
     gives the sizes each new class will be cut to ({class: [sizes]}), for condensers
-    that match those prefixes (`nested`). A memory that stores images shrunk by
-    `downscale` shrinks what fillers give it; condensers that take a `downscale` argument
-    return images at that size instead, their stored pixels optimised."""
+    that match those prefixes (`nested`)."""
     device: torch.device
     settings: Any = None
     progress: bool = True  # progress bars of long fillers (condensation)
-    downscale: int = 1     # the memory's (--mem-downscale)
     stats: dict = field(default_factory=dict)  # time per phase etc., read by the plugin
 
     def fill(self, real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
@@ -109,8 +104,8 @@ class CondenseFiller(Filler):
     """
     method: Callable
 
-    def __init__(self, device, settings, method: Callable, progress: bool = True, downscale: int = 1):
-        super().__init__(device, settings, progress, downscale=downscale)
+    def __init__(self, device, settings, method: Callable, progress: bool = True):
+        super().__init__(device, settings, progress)
         self.method = method
 
     def fill(self, real, labels, budget, learner, context=None, later=None):
@@ -132,22 +127,15 @@ class CondenseFiller(Filler):
             extra["prefix_sizes"] = later
         if option("guide_weight", 0.0) > 0:
             extra["guide"] = learner
-        small = self.downscale if "downscale" in inspect.signature(self.method).parameters else 1
-        if small > 1:
-            extra["downscale"] = small
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
                                            progress=self.progress, stats=stats, **extra)
-        if holdout > 0:  # judged as the learner will see them: grown back to full size
-            start = shrink(extra["init"][0], small)
-            stats["kept"], stats["heldout_ratio"] = keep_if_better(
-                grow(images, small), grow(start, small), image_labels, held, learner, later or {})
-            real_classes = [int(c) for c, kept in stats["kept"].items() if kept == "real"]
-            fallback = torch.isin(image_labels, torch.tensor(real_classes, device=image_labels.device))
-            images = torch.where(fallback[:, None, None, None], start, images)
+        if holdout > 0:
+            images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
+                images, extra["init"][0], image_labels, held, learner, later or {})
         self.stats = stats
         if nested:
             return images, image_labels
-        order = _herding_rank(grow(images, small), image_labels, learner)
+        order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]
 
 
@@ -175,11 +163,11 @@ def keep_if_better(condensed: torch.Tensor, start: torch.Tensor, labels: torch.T
     copies of its architecture, as a ratio condensed / start averaged over the networks.
 
     Returns:
-        {class: "condensed" | "real"} and {class: ratio}.
+        the chosen images (same layout), {class: "condensed" | "real"} and {class: ratio}.
     """
     nets = [learner] + [_random_copy(learner) for _ in range(networks)]
     held_x, held_y = held
-    kept, ratios = {}, {}
+    chosen, kept, ratios = condensed.clone(), {}, {}
     for c in labels.unique().tolist():
         at = torch.nonzero(labels == c).flatten()  # positions of class c, in priority order
         sizes = [len(at), *(s for s in later.get(c, []) if 1 <= s < len(at))]
@@ -194,7 +182,9 @@ def keep_if_better(condensed: torch.Tensor, start: torch.Tensor, labels: torch.T
             ratio.append(dist[0] / max(dist[1], 1e-12))
         ratios[str(c)] = sum(ratio) / len(ratio)
         kept[str(c)] = "condensed" if ratios[str(c)] < 1 else "real"
-    return kept, ratios
+        if kept[str(c)] == "real":
+            chosen[at] = start[at]
+    return chosen, kept, ratios
 
 
 def _normalised_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -149,8 +149,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
                                                     context, {c: later[c] for c in new_classes})
             stats = dict(self.filler.stats)
-            # a condenser that optimised the stored pixels gives them at the stored size
-            stored = self.codec.encode(images.to(self.device), shrunk=images.shape[-2:] != real.shape[-2:])
+            stored = self.codec.encode(images.to(self.device))
             kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner)))
         self.images = torch.cat([k[0] for k in kept])
         self.labels = torch.cat([k[1] for k in kept])
