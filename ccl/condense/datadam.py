@@ -60,9 +60,9 @@ class DataDAMSettings:
     # 0: lr_images as given. N: lr_images is the rate for N x N images, and other sizes
     # scale it by their area (H * W / N^2). The same rate moves small images much further:
     # under configs/datadam.toml at rate 1, 8x8 digits moved 28-34 pixel levels of 255 in
-    # their last experiences, 32x32 CIFAR images about 2 (25 a class). The area factor is a calibration on those two data sets
-    # (docs/results.md), not a law: how a pixel's gradient scales with the image size
-    # depends on the network's depth and pooling.
+    # their last experiences, 32x32 CIFAR images about 2 (25 a class). The area factor is
+    # a calibration on those two data sets (docs/results.md), not a law: how a pixel's
+    # gradient scales with the image size depends on the network's depth and pooling.
     lr_images_side: int = 0
     momentum: float = 0.5
     # Norm of the random networks: the paper's ConvNet uses instance norm; the reference
