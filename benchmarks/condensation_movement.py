@@ -6,8 +6,8 @@ in pixel levels of 255 (mean, 90th percentile, max), printed beside a normal `cc
 Arguments are `ccl`'s. Needs a memory that starts from herding, keeps its order and
 holds nothing out (`init = "herding"`, `nested = true`, `holdout = 0`, as
 configs/datadam.toml), so that each condensed image lines up with the exemplar it
-started from. docs/results.md
-(2026-11-30, "a step sized for the image") gives what it measured.
+started from. docs/results.md (2026-11-30, "a step sized for the image") gives what it
+measured.
 """
 from __future__ import annotations
 

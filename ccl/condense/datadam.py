@@ -495,8 +495,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if settings.guide_weight > 0 and guide is None:
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
-    info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device),
-            "lr_images": image_lr(settings, shape[-2:])}
+    info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device)}
     if settings.nested:
         info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
 
@@ -556,12 +555,12 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     k = len(groups.sizes)
     real_group = torch.arange(k, device=device).repeat_interleave(settings.real_batch)  # (K*B,)
     images = images.detach().clone().requires_grad_(True)  # (M, C, H, W), what learns
-    optimizer = torch.optim.SGD([images], lr=image_lr(settings, images.shape[-2:]),
-                                momentum=settings.momentum)
+    lr = image_lr(settings, images.shape[-2:])
+    optimizer = torch.optim.SGD([images], lr=lr, momentum=settings.momentum)
     net = matching_network(k, tuple(images.shape[1:]), settings, device)
 
     snapshot = images.detach().clone()
-    info = {"iterations": 0, "loss": float("nan"), "stopped": False}
+    info = {"iterations": 0, "loss": float("nan"), "stopped": False, "lr_images": lr}
     loss_sum = torch.zeros((), device=device)  # summed on the device between checks
     since_check = 0
     name = "DataDAM" if settings.sam_weight > 0 else "DM"
