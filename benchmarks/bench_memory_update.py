@@ -20,7 +20,8 @@ import torch
 
 from ccl.config import parse_override
 from ccl.memory import DeviceMemoryPlugin
-from ccl.runner import make_config, pick_device, prepare, seed_everything
+from ccl.runner import make_config, prepare
+from ccl.training import pick_device, seed_everything
 
 
 def memory_update_seconds(memory: str, data_dir: str, overrides: dict, seed: int = 0) -> list[float]:

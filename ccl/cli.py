@@ -131,7 +131,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     from ccl.data import load_dataset
     from ccl.io import save_torch
     from ccl.report import save_image_grid
-    from ccl.runner import pick_device, seed_everything
+    from ccl.training import pick_device, seed_everything
 
     if ipc < 1:
         raise CclError(f"--ipc must be at least 1, got {ipc}")
@@ -192,7 +192,7 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     from ccl.config import from_dict, parse_override, to_dict
     from ccl.data import load_dataset
     from ccl.io import load_torch, write_json
-    from ccl.runner import pick_device, seed_everything
+    from ccl.training import pick_device, seed_everything
 
     saved = load_torch(set_file, "synthetic set")
     try:

@@ -29,7 +29,6 @@ import torch
 
 from ccl import config as cfgmod
 from ccl.condense import dsa
-from ccl.condense.experts import sgd_epoch
 from ccl.condense.methods import method_settings
 from ccl.data import ImageSet, load_dataset
 from ccl.data.augment import crop_flip
@@ -39,6 +38,7 @@ from ccl.io import folder_lock, load_torch, save_torch, write_json
 from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import LEARNERS, NORMS, build_learner
 from ccl.strategies import STRATEGIES
+from ccl.training import pick_device, reinitialise, seed_everything, sgd_epoch
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class RunConfig:
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.mem_batch == 0 and MEMORIES.get(self.memory).value.kind in ("device", "reservoir") \
+        if self.mem_batch == 0 and MEMORIES.get(self.memory).value.kind in ("device", "avalanche") \
                 and self.protocol == "replay":
             raise ValueError("--mem-batch 0 would fill a memory that is never replayed; use --memory none")
         if self.model not in LEARNERS:
@@ -124,7 +124,7 @@ class RunConfig:
 
 PROTOCOLS = ("replay", "gdumb")
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
-MEM_AUGMENTS = ("auto", "none", "dsa")
+MEM_AUGMENTS = ("auto", "none", "dsa", "crop-flip")
 STREAM_AUGMENTS = ("none", "crop-flip")
 
 
@@ -144,26 +144,10 @@ def make_config(**values: Any) -> RunConfig:
         on_device = MEMORIES.get(cfg.memory).value.kind == "device"
         cfg = dataclasses.replace(cfg, mem_augment="dsa" if on_device else "none")
     if cfg.stream_slots is None:
-        replays = MEMORIES.get(cfg.memory).value.kind == "device" and cfg.protocol == "replay"
+        spec = MEMORIES.get(cfg.memory).value
+        replays = spec.kind == "device" and spec.policy == "end" and cfg.protocol == "replay"
         cfg = dataclasses.replace(cfg, stream_slots=replays and STRATEGIES.get(cfg.strategy).value.stream_slots)
     return cfg
-
-
-def pick_device(name: str) -> torch.device:
-    """The run's one device. A bare "cuda" gets its index (cuda:0), so that it compares
-    equal to the device of the tensors placed on it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CclError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CclError(f"device {name!r} asked for, but torch sees no CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
@@ -216,6 +200,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.stream_augment != "none" and cfg.protocol == "gdumb":
         raise CclError("--stream-augment applies to the stream; --protocol gdumb trains on the memory alone "
                        "(its images follow --mem-augment)")
+    if cfg.stream_slots and spec.policy == "stream":
+        raise CclError(f"--stream-slots: memory {cfg.memory!r} is filled from the stream already")
+    if cfg.protocol == "gdumb" and spec.policy == "stream":
+        raise CclError(f"--protocol gdumb fills a class-balanced memory at each step; memory {cfg.memory!r} is a "
+                       "reservoir over the stream (use random, herding or a condensing memory)")
     if cfg.stream_slots and (spec.kind != "device" or cfg.protocol != "replay"):
         raise CclError(f"--stream-slots fills the on-device memory while replaying; memory {cfg.memory!r} under "
                        f"--protocol {cfg.protocol} has none (use random, herding or a condensing memory, replay)")
@@ -225,28 +214,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     if cfg.train_per_class or cfg.test_per_class:
         data = data.first_per_class(cfg.train_per_class, cfg.test_per_class)
-    if spec.kind in ("device", "reservoir") and cfg.mem_size < data.num_classes:
+    if (spec.kind == "avalanche" or spec.policy == "end") and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
     return Prepared(cfg, scenario, spec, settings, data, device, order, groups)
-
-
-def seed_everything(seed: int) -> None:
-    """The one place randomness is seeded; everything below draws from these.
-
-    Also asks for deterministic kernels: on CUDA, cuDNN's autotuner and atomic-add
-    kernels (convolution backward, index_add_) otherwise make two runs of one seed
-    differ. cuBLAS reads its workspace setting when it first starts, so it is set here,
-    before any work. Ops without a deterministic kernel warn rather than fail.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def versions() -> dict[str, str]:
@@ -403,12 +376,6 @@ def _finetune_on_memory(model: torch.nn.Module, memory, cfg: RunConfig) -> None:
         sgd_epoch(model, images, labels, everything, optimizer, cfg.batch_size, memory.augment)
 
 
-def _reinitialise(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-
-
 def _build(p: Prepared, run_dir: Path, progress: bool):
     """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
@@ -417,7 +384,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    from ccl.memory import AugmentPlugin, DeviceMemoryPlugin
+    from ccl.memory import AugmentPlugin
     from ccl.memory.codec import MemoryCodec
     from ccl.memory.reservoir import TimedReplayPlugin
 
@@ -440,30 +407,32 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         loggers=[CSVLogger(log_folder=str(run_dir / "logs")), *_optional_loggers(cfg, run_dir)])
 
     memory = None
-    augment = dsa.DSASettings() if cfg.mem_augment == "dsa" else None
+    black = (-torch.tensor(data.mean) / torch.tensor(data.std)).to(p.device)  # (C,) crop-flip's padding, normalised
+    augments = {"none": None, "dsa": dsa.augmenter(dsa.DSASettings()),
+                "crop-flip": functools.partial(crop_flip, fill=black)}
+    augment = augments[cfg.mem_augment]
     if p.spec.kind == "device":
         def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             mask = torch.isin(train_y, torch.tensor(classes))
             return train_x[mask], train_y[mask]
-        memory = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, progress),
-                                    real_images, p.device, MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
-                                    augment, schedule=p.experience_classes, stream_slots=cfg.stream_slots)
-    elif p.spec.kind == "reservoir":
+        memory = p.spec.make_plugin(cfg.mem_size, cfg.mem_batch, p.device,
+                                    MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std), augment,
+                                    p.settings, progress, real_images, p.experience_classes, cfg.stream_slots)
+    elif p.spec.kind == "avalanche":
         memory = TimedReplayPlugin(cfg.mem_size, cfg.batch_size, cfg.mem_batch)
 
     # GDumb: the runner fills the memory and trains a fresh learner on it; replay: the
     # plugin appends memory samples to every minibatch and fills itself after each experience.
     replay = memory is not None and cfg.protocol == "replay"
     plugins = [_Progress(progress, cfg.memory)]
-    if cfg.stream_augment == "crop-flip":  # before the memory: only the stream samples
-        black = -torch.tensor(data.mean) / torch.tensor(data.std)  # (C,) the padding, normalised
-        plugins.append(AugmentPlugin(functools.partial(crop_flip, fill=black.to(p.device))))
+    if cfg.stream_augment != "none":  # before the memory: only the stream samples
+        plugins.append(AugmentPlugin(augments[cfg.stream_augment]))
     plugins += [memory] if replay else []
     strategy_plugin = STRATEGIES.get(cfg.strategy).value.plugin
     if replay and strategy_plugin is not None:
         plugins.append(strategy_plugin(memory))  # after the memory: it reads what was replayed
     if augment is not None and cfg.protocol == "gdumb":
-        plugins.append(AugmentPlugin(functools.partial(dsa.augment, settings=augment)))
+        plugins.append(AugmentPlugin(augment))
     strategy_cls = JointTraining if p.spec.kind == "joint" else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,
@@ -572,7 +541,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         start = time.perf_counter()
         if gdumb:
             memory.update(sorted(p.experience_classes[i]), strategy.model)
-            _reinitialise(strategy.model)
+            reinitialise(strategy.model)
             strategy.optimized_param_id = None  # a fresh learner: Avalanche resets the optimiser too
             strategy.train(_memory_experience(memory, i))
         else:

@@ -30,8 +30,8 @@ def invoke(tmp_path, *args):
      "cifar10 not found in /nonexistent/data"),
     (["--scenario", "split-folder"], "give --data-dir"),
     (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
-    (["--memory", "reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),
-    (["--memory", "reservoir", "--mem-dtype", "uint8"], "--mem-dtype applies to the on-device memories"),
+    (["--memory", "avalanche-reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),
+    (["--memory", "avalanche-reservoir", "--mem-dtype", "uint8"], "--mem-dtype applies to the on-device memories"),
     (["--finetune-epochs", "-2"], "finetune-epochs must not be negative"),
     (["--memory", "none", "--finetune-epochs", "2"], "memory 'none' under --protocol replay has nothing to finetune"),
 ])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ccl.condense.methods import METHODS
-from ccl.runner import _build, make_config, prepare, run, seed_everything
+from ccl.runner import _build, make_config, prepare, run
+from ccl.training import seed_everything
 from test_run import TINY_METHOD  # the CPU run tests' tiny condensation settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -43,7 +43,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, tiny_run):
     assert "refusing to load" in result.output and result.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("memory", ["reservoir", "herding"])
+@pytest.mark.parametrize("memory", ["avalanche-reservoir", "reservoir", "herding"])
 def test_resume_from_a_tensor_only_checkpoint_gives_the_same_numbers(tmp_path, tiny_run, memory, interrupted_run):
     # The checkpoint holds the metrics' and generators' states as plain values (no pickled
     # Avalanche objects); resuming from it must change nothing, forgetting included.

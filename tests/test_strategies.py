@@ -20,16 +20,22 @@ def memory_with(images, labels, logits, mem_batch):
     return memory
 
 
-def test_ace_masks_the_stream_logits_to_the_current_batch_classes():
+def test_ace_hides_old_classes_absent_from_the_stream_batch_and_sums_the_terms_as_mammoth():
     torch.manual_seed(0)
     memory = memory_with(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), torch.empty(0), mem_batch=2)
+    memory.classes = [0, 1]  # the earlier experiences' classes
     plugin = ACEPlugin(memory)
     memory.last_draw = torch.tensor([1, 2])
-    out, y = torch.randn(5, 4), torch.tensor([2, 3, 3, 1, 0])  # 3 stream samples (classes 2, 3), 2 replayed
-    # stream: cross-entropy over the logits of classes {2, 3} only; memory: over all four
+    out, y = torch.randn(5, 5), torch.tensor([2, 3, 3, 1, 0])  # 3 stream samples (classes 2, 3), 2 replayed
+    # stream: cross-entropy over every logit but the old classes 0 and 1 (the unseen class
+    # 4 stays, as in mammoth's mask); memory: over all five; summed, as mammoth sums them
     stream = F.cross_entropy(out[:3, 2:], y[:3] - 2)
     replay = F.cross_entropy(out[3:], y[3:])
-    assert plugin(out, y).item() == pytest.approx(((stream + replay) / 2).item(), rel=1e-6)
+    assert plugin(out, y).item() == pytest.approx((stream + replay).item(), rel=1e-6)
+    # an old class present in the stream batch keeps its logit
+    y_old = torch.tensor([2, 3, 1, 1, 0])
+    stream = F.cross_entropy(out[:3, 1:], y_old[:3] - 1)
+    assert plugin(out, y_old).item() == pytest.approx((stream + F.cross_entropy(out[3:], y_old[3:])).item(), rel=1e-6)
     # before anything is in memory: the plain cross-entropy
     memory.last_draw = None
     assert plugin(out[:3], y[:3]).item() == pytest.approx(F.cross_entropy(out[:3], y[:3]).item(), rel=1e-6)
@@ -82,10 +88,12 @@ def test_every_strategy_runs_with_every_memory(tmp_path, tiny_run, strategy, mem
 
 @pytest.mark.parametrize("changes, message", [
     ({"strategy": "icarl2"}, "unknown strategy 'icarl2'"),
-    ({"strategy": "der", "memory": "reservoir"}, "replays from the on-device memory"),
+    ({"strategy": "der", "memory": "avalanche-reservoir"}, "replays from the on-device memory"),
     ({"strategy": "er-ace", "protocol": "gdumb"}, "use --strategy gdumb"),
     ({"strategy": "gdumb", "protocol": "replay"}, "cannot be --protocol replay"),
-    ({"stream_slots": True, "memory": "reservoir"}, "--stream-slots fills the on-device memory"),
+    ({"stream_slots": True, "memory": "avalanche-reservoir"}, "--stream-slots fills the on-device memory"),
+    ({"stream_slots": True, "memory": "reservoir"}, "filled from the stream already"),
+    ({"protocol": "gdumb", "memory": "reservoir"}, "a reservoir over the stream"),
     ({"stream_augment": "crop-flip", "protocol": "gdumb"}, "trains on the memory alone"),
 ])
 def test_strategies_that_cannot_work_are_one_line_errors(tiny_run, changes, message):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
 from ccl.models.convnet import NORMS, ConvNet
+from ccl.training import now, reinitialise
 
 
 @dataclass(frozen=True)
@@ -374,13 +374,6 @@ def _memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def reinitialise(net: nn.Module) -> None:
-    """Fresh random weights in place (same distribution as constructing a new module)."""
-    for module in net.modules():
-        if module is not net and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-
-
 def _check_block_layout(net: ConvNet) -> None:
     for block in net.blocks:
         if not (isinstance(block, nn.Sequential) and isinstance(block[-2], nn.ReLU)):
@@ -478,7 +471,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         non-finite, optimisation stops with a warning and the last finite snapshot (taken
         at the previous progress check) is returned.
     """
-    began = _now(device)
+    began = now(device)
     device = torch.device(device)
     classes, sizes = _check_budget(budget)
     if real.dim() != 4 or labels.shape != (real.shape[0],):
@@ -495,14 +488,14 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if settings.guide_weight > 0 and guide is None:
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
-    info = {"setup_s": _now(device) - began, "real_chunk": real_chunk(settings, device)}
+    info = {"setup_s": now(device) - began, "real_chunk": real_chunk(settings, device)}
     if settings.nested:
         info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
 
-    began = _now(device)
+    began = now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
                                       info["real_chunk"], progress)
-    info.update(progress_info, match_s=_now(device) - began)
+    info.update(progress_info, match_s=now(device) - began)
     if stats is not None:
         stats.update(info)
     return images, syn_labels
@@ -604,13 +597,6 @@ def image_lr(settings: DataDAMSettings, size: tuple[int, int]) -> float:
     """The images' SGD rate at (H, W): lr_images, scaled by area if lr_images_side is set."""
     side = settings.lr_images_side
     return settings.lr_images * (size[0] * size[1] / side ** 2 if side else 1.0)
-
-
-def _now(device: torch.device | str) -> float:
-    """Wall clock after the device's queued work is done (CUDA runs asynchronously)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _iteration_loss(net: ConvNet, pool: _Pool, images: torch.Tensor, real_group: torch.Tensor,

@@ -23,8 +23,10 @@ Departures from the reference (VICO-UoE/DatasetCondensation, DataDAM utils.py):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +141,11 @@ def apply(x: torch.Tensor, draw: Draw, slot: torch.Tensor | None = None) -> torc
         slot = torch.arange(x.shape[0], device=x.device)
     p = {k: v[slot] for k, v in draw.params.items()}  # each (N,)
     return _FAMILY_FNS[draw.family](x, p, draw.settings)
+
+
+def augmenter(settings: DSASettings | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """`augment` with these settings as a function of the images alone (None: no augmentation)."""
+    return None if settings is None else functools.partial(augment, settings=settings)
 
 
 def augment(x: torch.Tensor, settings: DSASettings) -> torch.Tensor:

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccl.condense.experts import make_network, sgd_epoch
+from ccl.condense.dsa import augmenter
+from ccl.condense.experts import make_network
+from ccl.training import sgd_epoch
 
 if TYPE_CHECKING:
     from ccl.condense.pad import PADSettings
@@ -62,7 +64,7 @@ def el2n_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     """
     images, labels = images.to(device), labels.to(device)
     everything = torch.arange(images.shape[0], device=device)  # (N,)
-    dsa = settings.dsa_settings if settings.dsa else None
+    dsa = augmenter(settings.dsa_settings if settings.dsa else None)
     total = torch.zeros(images.shape[0], device=device)  # (N,)
     for _ in range(settings.score_networks):
         net = make_network(settings, num_classes, tuple(images.shape[1:]), device)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccl.condense.dsa import DSASettings, augment
+from ccl.condense.dsa import DSASettings, augmenter
 from ccl.models.convnet import ConvNet
+from ccl.training import sgd_epoch
 
 if TYPE_CHECKING:  # only for type hints: pad.py imports this module
     from ccl.condense.pad import PADSettings
@@ -126,31 +127,6 @@ def make_network(settings: PADSettings, num_classes: int, shape: tuple[int, ...]
                    settings.norm).to(device)
 
 
-def sgd_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-              optimizer: torch.optim.Optimizer, batch: int, dsa: DSASettings | None) -> None:
-    """One epoch of cross-entropy training over `images[indices]`, shuffled.
-
-    Args:
-        net: the network (put in train mode here).
-        images: (N, C, H, W) real images on the network's device.
-        labels: (N,) long labels.
-        indices: (K,) long indices of the samples of this epoch.
-        optimizer: over net's parameters.
-        batch: minibatch size (the last batch may be smaller).
-        dsa: DSA strengths, or None for no augmentation.
-    """
-    net.train()
-    perm = indices[torch.randperm(indices.numel(), device=indices.device)]  # (K,)
-    for chunk in perm.split(batch):
-        x, y = images[chunk], labels[chunk]  # (B, C, H, W), (B,)
-        if dsa is not None:
-            x = augment(x, dsa)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
 def flat_parameters(net: nn.Module) -> torch.Tensor:
     """(P,) detached copy of the parameters in `net.parameters()` order."""
     return nn.utils.parameters_to_vector(net.parameters()).detach()
@@ -166,7 +142,7 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     net = make_network(settings, num_classes, tuple(images.shape[1:]), device)
     # Reference: SGD lr 0.01, no momentum, no weight decay.
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.expert_lr)
-    dsa = settings.dsa_settings if settings.dsa else None
+    dsa = augmenter(settings.dsa_settings if settings.dsa else None)
     epochs = settings.expert_train_epochs
     everything = torch.arange(images.shape[0], device=device)  # (N,)
     trajectory = [flat_parameters(net)]

@@ -38,7 +38,6 @@ blotch can do), which a learner that also sees other classes does not keep.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -53,6 +52,7 @@ from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
 from ccl.models.convnet import NORMS
+from ccl.training import now
 
 INITS = ("real", "correct", "noise", "herding")
 
@@ -571,13 +571,6 @@ def _check_context(context: tuple[torch.Tensor, torch.Tensor], classes: list[int
     return images, labels.long()
 
 
-def _now(device: torch.device | str) -> float:
-    """Wall clock after the device's queued work is done (CUDA runs asynchronously)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: PADSettings = PADSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
@@ -648,16 +641,16 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                       "lower syn_steps or raise expert_epochs", RuntimeWarning, stacklevel=2)
     timings = {"score_s": 0.0, "experts_s": 0.0, "match_s": 0.0}
 
-    began = _now(device)
+    began = now(device)
     order = None
     if settings.scheduler:
         scores = el2n_scores(train_x, train_y, num_classes, device, settings)  # (N',)
         order = order_by_difficulty(scores, train_y)
-    timings["score_s"] = _now(device) - began
+    timings["score_s"] = now(device) - began
 
-    began = _now(device)
+    began = now(device)
     trajectories = train_experts(train_x, train_y, num_classes, device, settings, order)
-    timings["experts_s"] = _now(device) - began
+    timings["experts_s"] = now(device) - began
 
     local_budget = {k: budget[c] for k, c in enumerate(classes)}
     syn_labels = torch.cat([torch.full((n,), k, dtype=torch.long, device=device)
@@ -672,12 +665,12 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     alpha = resolve_alpha(settings, budget)
     keep_from = deep_parameter_start(trajectories[0][0].numel(), alpha)
 
-    began = _now(device)
+    began = now(device)
     info: dict = {}
     bounds = channel_range(real)
     images = distill(trajectories, project_(images.clone(), bounds), syn_labels, num_classes, settings,
                      keep_from, progress, info, fixed, bounds, desc=f"PAD classes {classes}")
-    timings["match_s"] = _now(device) - began
+    timings["match_s"] = now(device) - began
 
     if stats is not None:
         stats.update(timings, alpha=alpha, keep_from=keep_from,

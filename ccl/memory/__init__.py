@@ -10,11 +10,12 @@ from typing import Any, Callable
 
 from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller
-from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin
+from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
 
-KINDS = ("none", "device", "reservoir", "joint")
+KINDS = ("none", "device", "avalanche", "joint")
+POLICIES = ("end", "stream")  # how an on-device memory is filled: at each experience's end, or from the stream
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,33 @@ class MemorySpec:
     filler: type[Filler] | None = None
     settings: type | None = None       # dataclass of the method's settings, if any
     method: Callable | None = None     # a ccl.condense method, for CondenseFiller
+    # end: class-balanced slots filled by `filler` when an experience ends (what condensation
+    # needs); stream: one reservoir over the whole stream (the ER and DER papers' buffer)
+    policy: str = "end"
 
     def make_filler(self, device, settings: Any, progress: bool = True) -> Filler:
         if self.method is not None:
             return CondenseFiller(device, settings, self.method, progress)
         return self.filler(device, settings, progress)
 
+    def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
+                    progress: bool = True, real_images=None, schedule=None,
+                    stream_slots: bool = False) -> DeviceMemoryPlugin:
+        """The on-device memory's Avalanche plugin."""
+        if self.policy == "stream":
+            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment)
+        return DeviceMemoryPlugin(mem_size, mem_batch, self.make_filler(device, settings, progress), real_images,
+                                  device, codec, augment, schedule=schedule, stream_slots=stream_slots)
+
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")
 MEMORIES.register("none", "no replay: fine-tuning, the lower bound")(MemorySpec("none"))
 MEMORIES.register("joint", "all training data at once, no stream: the upper bound")(MemorySpec("joint"))
-MEMORIES.register("reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
-    MemorySpec("reservoir"))
+MEMORIES.register("reservoir", "a uniform sample of the whole stream by reservoir sampling, with DER's logits "
+                  "as each sample enters, on the device (the ER and DER papers' buffer, as mammoth's)")(
+    MemorySpec("device", policy="stream"))
+MEMORIES.register("avalanche-reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
+    MemorySpec("avalanche"))
 MEMORIES.register("random", "class-balanced random real images, on the device")(
     MemorySpec("device", RandomFiller))
 MEMORIES.register("herding", "iCaRL herding on the learner's features, on the device")(
@@ -45,4 +61,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
     MEMORIES.register(_name, f"condensed: {_method.description}")(
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense))
 
-__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "DeviceMemoryPlugin", "Filler", "slots_per_class"]
+__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin", "Filler",
+           "slots_per_class"]

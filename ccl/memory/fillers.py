@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ccl.condense.datadam import reinitialise
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
+from ccl.training import reinitialise
 
 
 @torch.no_grad()

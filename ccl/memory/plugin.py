@@ -12,7 +12,6 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ccl.condense import dsa
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
@@ -31,8 +30,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         device: where the memory lives (the training device).
         codec: how images are stored (float32 by default; float16 or uint8 pixels
             to compare memories at equal bytes).
-        augment: DSA settings for a fresh augmentation of every replayed sample, or None.
-            Condensed images are made to be trained on under DSA; without it a learner
+        augment: a fresh augmentation of every replayed sample (x -> x: DSA or crop and
+            flip), or None. Condensed images are made to be trained on under DSA; without it a learner
             fits trajectory-matched ones to a quarter of real images' loss within a few
             steps, and they hold their classes less.
         schedule: the classes of every experience, in order, if known: fillers then learn
@@ -48,7 +47,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
 
     def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
                  device: torch.device, codec: MemoryCodec | None = None,
-                 augment: dsa.DSASettings | None = None, schedule: list[list[int]] | None = None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, schedule: list[list[int]] | None = None,
                  stream_slots: bool = False):
         super().__init__()
         self.mem_size, self.mem_batch = mem_size, mem_batch
@@ -84,12 +83,15 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         if self.record_logits and kept:
             self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
 
+    def before_training_iteration(self, strategy, **kwargs):
+        # The stream samples as they arrived, before a stream augmentation (an earlier
+        # plugin's before_forward) changes them: memory keeps the images themselves.
+        self._stream = (strategy.mbatch[0], strategy.mbatch[1])
+
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
         reservoir = self._reservoir
-        if reservoir is not None:
-            self._stream = (x, y)  # they enter the stream slots after the forward pass, with their logits
         if len(self.labels) == 0 or self.mem_batch == 0:
             return
         n = self.draws * self.mem_batch
@@ -103,7 +105,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.last_draw = idx
         replayed = self.codec.decode(self.images[idx])  # (mem_batch, C, H, W)
         if self.augment is not None:
-            replayed = dsa.augment(replayed, self.augment)
+            replayed = self.augment(replayed)
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + mem_batch, C, H, W)
         strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
@@ -128,7 +130,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             n = self._reservoir.offset
             self.images, self.labels = self.images[:n], self.labels[:n]
             self.logits = self.logits[:n] if self.record_logits else self.logits
-            self._reservoir = self._stream = None
+            self._reservoir = None
+        self._stream = None
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
@@ -185,6 +188,97 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             self.logits = state["logits"].to(self.device)
 
 
+class ReservoirMemoryPlugin(DeviceMemoryPlugin):
+    """The buffer of the ER, ER-ACE and DER papers (mammoth's `Buffer`), on the device:
+    every stream sample is offered to one reservoir of `mem_size` slots over the whole
+    stream (Vitter's algorithm R), so the memory is a uniform sample of everything seen,
+    whatever its class, and a sample enters right after the forward pass that saw it,
+    with the logits that pass gave it (DER's). Replay draws `mem_batch` distinct samples
+    (mammoth: `np.random.choice(..., replace=False)`), `draws` times independently.
+
+    Departs from mammoth: the samples of one minibatch are offered together (two that
+    take the same slot: the later wins, as one by one), and memory samples may be
+    stored in a lower precision (`codec`). No filler: nothing is chosen at an
+    experience's end, so condensation has no place here.
+    """
+
+    def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__(mem_size, mem_batch, None, None, device, codec, augment)
+        self.seen = 0  # stream samples offered so far
+        self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
+
+    def before_training_exp(self, strategy, **kwargs):
+        pass  # no slots to cut: the reservoir keeps its own proportions
+
+    def before_forward(self, strategy, **kwargs):
+        self.last_draw = None
+        filled = len(self.labels)
+        if filled == 0 or self.mem_batch == 0:
+            return
+        k = min(self.mem_batch, filled)
+        idx = torch.cat([torch.randperm(filled, device=self.device)[:k] for _ in range(self.draws)])
+        self.last_draw = idx
+        replayed = self.codec.decode(self.images[idx])  # (draws * k, C, H, W)
+        if self.augment is not None:
+            replayed = self.augment(replayed)
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        strategy.mbatch[0] = torch.cat([x, replayed])
+        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
+        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])
+
+    def after_forward(self, strategy, **kwargs):
+        x, y = self._stream
+        if self._rows is None:  # allocated at the first sample, when its shape is known
+            self._allocate(x.shape[1:], strategy.mb_output.shape[1])
+        nth = self.seen + torch.arange(1, len(y) + 1, device=y.device)  # (B,)
+        self.seen += len(y)
+        rows = last_wins(reservoir_slots(nth, self.mem_size))
+        kept = rows >= 0
+        images, labels, logits = self._rows
+        images[rows[kept]] = self.codec.encode(x[kept])
+        labels[rows[kept]] = y[kept]
+        if self.record_logits:
+            logits[rows[kept]] = strategy.mb_output[:len(y)][kept].detach().float()
+        self._view(min(self.seen, self.mem_size))
+
+    def _allocate(self, shape: torch.Size, num_classes: int) -> None:
+        """Full-size rows; `images`, `labels` and `logits` are views of the filled ones."""
+        n = self.mem_size
+        self._rows = (self.codec.encode(torch.zeros(n, *shape, device=self.device)),
+                      torch.zeros(n, dtype=torch.long, device=self.device),
+                      torch.zeros(n, num_classes, device=self.device))
+        self._view(0)
+
+    def _view(self, filled: int) -> None:
+        images, labels, logits = self._rows
+        self.images, self.labels = images[:filled], labels[:filled]
+        self.logits = logits[:filled] if self.record_logits else self.logits
+
+    def after_training_exp(self, strategy, **kwargs):
+        new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.classes)
+        self.classes += new
+        counts = torch.bincount(self.labels, minlength=max(self.classes, default=-1) + 1).tolist()
+        self.update_log.append({"seconds": 0.0, "new_classes": new, "seen": self.seen,
+                                "per_class": {str(c): counts[c] for c in self.classes}})
+
+    def update(self, new_classes, learner):
+        raise TypeError("a reservoir memory fills itself from the stream; it has no end-of-experience update")
+
+    def checkpoint(self) -> dict:
+        return {**self.state(), "seen": self.seen, "logits": self.logits}
+
+    def restore(self, state: dict) -> None:
+        self.classes, self.seen = list(state["classes"]), int(state["seen"])
+        images, labels, logits = state["images"], state["labels"], state["logits"]
+        if len(labels):
+            self._allocate(images.shape[1:], logits.shape[1] if self.record_logits else 1)
+            for rows, stored in zip(self._rows, (images, labels, logits if self.record_logits else None)):
+                if stored is not None:
+                    rows[:len(labels)] = stored.to(self.device)  # as stored: already encoded
+            self._view(len(labels))
+
+
 class StreamReservoir:
     """Reservoir sampling (Vitter's algorithm R) of each class's stream samples into its
     own fixed rows of the memory, `offset` onwards, all on the device.
@@ -218,16 +312,28 @@ class StreamReservoir:
         onehot = torch.nn.functional.one_hot(k, len(self.caps)) * new[:, None]  # (B, K)
         nth = self.seen[k] + (onehot.cumsum(0) * onehot).sum(1)  # (B,) the n-th sample of its class
         self.seen += onehot.sum(0)
-        cap = self.caps[k]
-        slot = torch.where(nth <= cap, nth - 1, (torch.rand(len(y), device=y.device) * nth).long())
-        rows = torch.where(new & (slot < cap), self.starts[k] + slot, -1)
-        # Two samples of one minibatch taking the same row: the later one wins.
-        order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=y.device))
-        last = torch.ones(len(rows), dtype=torch.bool, device=y.device)
-        last[:-1] = rows[order][:-1] != rows[order][1:]
-        wins = torch.zeros_like(last)
-        wins[order] = last
-        return torch.where(wins, rows, -1)
+        slot = reservoir_slots(nth, self.caps[k])
+        return last_wins(torch.where(new & (slot >= 0), self.starts[k] + slot, -1))
+
+
+def reservoir_slots(nth: torch.Tensor, cap: torch.Tensor | int) -> torch.Tensor:
+    """Vitter's algorithm R for a batch: the slot the n-th sample offered to a reservoir of
+    `cap` slots takes (nth counts from 1), or -1. The first `cap` samples fill the slots in
+    order; the n-th after them replaces a uniform one of them with probability cap / n
+    (mammoth's `reservoir`: randint(0, n) < cap)."""
+    slot = torch.where(nth <= cap, nth - 1, (torch.rand(nth.shape, device=nth.device) * nth).long())
+    return torch.where(slot < cap, slot, -1)
+
+
+def last_wins(rows: torch.Tensor) -> torch.Tensor:
+    """`rows` with all but the last of the samples that take the same row set to -1: two
+    samples of one minibatch offered one after the other, the later one overwrites."""
+    order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=rows.device))
+    last = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    last[:-1] = rows[order][:-1] != rows[order][1:]
+    wins = torch.zeros_like(last)
+    wins[order] = last
+    return torch.where(wins, rows, -1)
 
 
 class AugmentPlugin(SupervisedPlugin):

@@ -16,7 +16,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
-from avalanche.training.regularization import ACECriterion
 
 from ccl.memory import DeviceMemoryPlugin
 from ccl.memory.fillers import learner_features
@@ -55,17 +54,23 @@ class ReplayLoss(SupervisedPlugin):
 
 
 class ACEPlugin(ReplayLoss):
-    """ER-ACE (Caccia et al., ICLR 2022): the stream samples' cross-entropy sees only the
-    logits of the classes in the current batch, so new classes stop pushing old ones
-    down; memory samples get the plain cross-entropy. Avalanche's `ACECriterion`, whose
-    two terms are averaged (mammoth sums them; with SGD that is a factor 2 in lr)."""
+    """ER-ACE (Caccia et al., ICLR 2022), as mammoth's `er_ace.py`: the stream samples'
+    cross-entropy does not see the logits of old classes absent from their batch, so new
+    classes stop pushing old ones down; memory samples get the plain cross-entropy over
+    every logit; the two terms are summed.
 
-    def __init__(self, memory: DeviceMemoryPlugin):
-        super().__init__(memory)
-        self.criterion = ACECriterion()
+    Departs from Avalanche's `ACECriterion`, which averages the two terms (half the step
+    on each) and also masks the classes not seen yet, and computes softmax then log
+    (not finite past a logit gap of about 88); mammoth's mask keeps unseen classes, and
+    log-softmax stays finite. Departs from mammoth: one forward over stream and memory
+    samples together (mammoth makes two; the same under instance norm), and a plain
+    linear head (mammoth's ER-ACE defaults to a cosine one)."""
 
     def loss(self, output, y, stream):
-        return self.criterion(output[:stream], y[:stream], output[stream:], y[stream:])
+        old = torch.tensor(self.memory.classes, dtype=torch.long, device=y.device)  # of earlier experiences
+        absent = old[~torch.isin(old, y[:stream])]  # old classes this stream batch does not hold
+        stream_logits = output[:stream].index_fill(1, absent, torch.finfo(output.dtype).min)
+        return F.cross_entropy(stream_logits, y[:stream]) + F.cross_entropy(output[stream:], y[stream:])
 
 
 class DERPlugin(ReplayLoss):
@@ -85,13 +90,49 @@ class DERPlugin(ReplayLoss):
         self.alpha, self.beta = alpha, beta
 
     def loss(self, output, y, stream):
-        n = self.memory.mem_batch
         drawn = self.memory.last_draw  # (draws * n,) memory indices
+        n = len(drawn) // self.draws  # mem_batch, or fewer while a reservoir holds fewer
         loss = F.cross_entropy(output[:stream], y[:stream])
         loss = loss + self.alpha * F.mse_loss(output[stream:stream + n], self.memory.logits[drawn[:n]])
         if self.beta > 0:
             loss = loss + self.beta * F.cross_entropy(output[stream + n:], y[stream + n:])
         return loss
+
+
+class AGEMPlugin(ReplayLoss):
+    """A-GEM (Chaudhry et al., ICLR 2019): the step follows the stream samples' gradient g,
+    projected where it would raise the memory's loss: with g_ref the gradient of the
+    memory batch's cross-entropy, g - (g . g_ref / g_ref . g_ref) g_ref when g . g_ref < 0.
+
+    Departs from Avalanche's `AGEMPlugin` (which keeps its own CPU-side buffer of a few
+    patterns per experience) by taking g_ref from the on-device memory, so it runs with any
+    memory; and from mammoth's `agem.py` (a second forward for the memory batch, a buffer
+    filled with one minibatch per task) by reading g_ref off the same forward: under
+    instance norm the samples do not interact, so the gradient is the one a separate
+    forward would give."""
+
+    def loss(self, output, y, stream):
+        params = [p for p in self.strategy_params if p.requires_grad]
+        memory_loss = F.cross_entropy(output[stream:], y[stream:])
+        self.reference = torch.autograd.grad(memory_loss, params, retain_graph=True, allow_unused=True)
+        self.params = params
+        return F.cross_entropy(output[:stream], y[:stream])
+
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        self.strategy_params = list(strategy.model.parameters())
+        self.reference = None
+
+    def after_backward(self, strategy, **kwargs):
+        if self.reference is None:
+            return
+        pairs = [(p.grad, r) for p, r in zip(self.params, self.reference) if p.grad is not None and r is not None]
+        dot = sum((g * r).sum() for g, r in pairs)
+        if dot < 0:  # one sync a step, as every A-GEM
+            scale = dot / sum((r * r).sum() for _, r in pairs)
+            for g, r in pairs:
+                g.sub_(scale * r)
+        self.reference = None
 
 
 class ICaRLPlugin(ReplayLoss):
@@ -174,9 +215,11 @@ STRATEGIES.register("gdumb", "GDumb: at each step a fresh learner trained on the
                     "the same as --protocol gdumb)")(Strategy(None))
 STRATEGIES.register("icarl", "iCaRL: distillation to the previous learner, nearest-mean-of-memory classifier (2017)")(
     Strategy(ICaRLPlugin))
+STRATEGIES.register("a-gem", "averaged gradient episodic memory: steps that would raise the memory's loss are "
+                    "projected (2019)")(Strategy(AGEMPlugin))
 STRATEGIES.register("der", "dark experience replay: MSE to the logits stored with memory images (2020)")(
     Strategy(lambda memory: DERPlugin(memory, alpha=0.3)))
 STRATEGIES.register("der++", "DER plus cross-entropy on a second memory batch (2020)")(
     Strategy(lambda memory: DERPlugin(memory, alpha=0.1, beta=0.5)))
 
-__all__ = ["STRATEGIES", "Strategy", "ReplayLoss", "ACEPlugin", "DERPlugin", "ICaRLPlugin", "NearestMean"]
+__all__ = ["STRATEGIES", "Strategy", "ReplayLoss", "ACEPlugin", "AGEMPlugin", "DERPlugin", "ICaRLPlugin", "NearestMean"]

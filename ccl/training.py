@@ -1,0 +1,88 @@
+"""Training utilities every layer above data and models shares: the run's device, its
+seeding, a clock that waits for the device, fresh weights, and one epoch of SGD."""
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccl.errors import CclError
+
+
+def pick_device(name: str) -> torch.device:
+    """The run's one device. A bare "cuda" gets its index (cuda:0), so that it compares
+    equal to the device of the tensors placed on it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CclError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CclError(f"device {name!r} asked for, but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """The one place randomness is seeded; everything below draws from these.
+
+    Also asks for deterministic kernels: on CUDA, cuDNN's autotuner and atomic-add
+    kernels (convolution backward, index_add_) otherwise make two runs of one seed
+    differ. cuBLAS reads its workspace setting when it first starts, so it is set here,
+    before any work. Ops without a deterministic kernel warn rather than fail.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def now(device: torch.device | str) -> float:
+    """Wall clock after the device's queued work is done (CUDA runs asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def reinitialise(net: nn.Module) -> None:
+    """Fresh random weights in place (same distribution as constructing a new module)."""
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def sgd_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+              optimizer: torch.optim.Optimizer, batch: int,
+              augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """One epoch of cross-entropy training over `images[indices]`, shuffled.
+
+    Args:
+        net: the network (put in train mode here).
+        images: (N, C, H, W) images on the network's device.
+        labels: (N,) long labels.
+        indices: (K,) long indices of the samples of this epoch.
+        optimizer: over net's parameters.
+        batch: minibatch size (the last batch may be smaller).
+        augment: a fresh augmentation of each minibatch, x -> x, or None.
+    """
+    net.train()
+    perm = indices[torch.randperm(indices.numel(), device=indices.device)]  # (K,)
+    for chunk in perm.split(batch):
+        x, y = images[chunk], labels[chunk]  # (B, C, H, W), (B,)
+        if augment is not None:
+            x = augment(x)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()

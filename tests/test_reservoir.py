@@ -1,0 +1,98 @@
+"""The stream reservoir (`--memory reservoir`, the ER and DER papers' buffer): a uniform
+sample of the whole stream, the logits of the moment a sample entered, distinct replay
+draws, and a state that survives resume; A-GEM's projection."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ccl.memory import ReservoirMemoryPlugin
+from ccl.memory.plugin import last_wins, reservoir_slots
+from ccl.models import build_learner
+from ccl.runner import make_config, prepare, resume_run, run
+from ccl.strategies import AGEMPlugin, DERPlugin
+
+
+def test_reservoir_slots_keep_a_uniform_sample_of_the_stream():
+    torch.manual_seed(0)
+    n, cap, batch, draws = 60, 10, 8, 600
+    kept = torch.zeros(n)
+    for _ in range(draws):
+        rows = torch.full((cap,), -1)
+        for start in range(0, n, batch):
+            nth = torch.arange(start + 1, min(start + batch, n) + 1)
+            slots = last_wins(reservoir_slots(nth, cap))
+            rows[slots[slots >= 0]] = (nth - 1)[slots >= 0]
+        assert (rows >= 0).all() and len(rows.unique()) == cap  # full, no sample twice
+        kept[rows] += 1
+    rate = kept / draws  # each sample should be kept with probability cap / n = 1/6
+    assert rate.mean().item() == pytest.approx(cap / n)
+    assert (rate - cap / n).abs().max() < 0.07  # ~4.5 standard deviations of a rate over 600 draws
+    early, late = rate[: n // 2].mean(), rate[n // 2:].mean()
+    assert abs(early - late) < 0.02  # neither end of the stream favoured
+
+
+def _step(memory, model, x, y):
+    """What Avalanche does around the memory's hooks for one minibatch."""
+    strategy = SimpleNamespace(mbatch=[x, y, torch.zeros_like(y)])
+    memory.before_training_iteration(strategy)
+    memory.before_forward(strategy)
+    strategy.mb_output = model(strategy.mbatch[0])
+    memory.after_forward(strategy)
+    return strategy
+
+
+def test_a_sample_enters_with_its_logits_of_that_moment_and_replay_draws_distinct_samples():
+    torch.manual_seed(0)
+    model = build_learner("convnet", 4, (1, 8, 8), width=8, depth=2)
+    memory = ReservoirMemoryPlugin(6, 4, torch.device("cpu"))
+    DERPlugin(memory)  # asks the memory to record logits
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    out = _step(memory, model, x, y).mb_output
+    assert memory.last_draw is None  # nothing to replay before the first sample
+    assert torch.equal(memory.images, x) and torch.equal(memory.labels, y)
+    assert torch.equal(memory.logits, out.detach())  # the outputs of the forward that saw them
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # the learner moves on: stored logits must not
+    x2 = torch.randn(4, 1, 8, 8)
+    out2 = _step(memory, model, x2, torch.tensor([0, 1, 2, 3])).mb_output
+    assert len(memory.last_draw) == 4 and len(memory.last_draw.unique()) == 4  # without replacement
+    for image, logits in zip(memory.images, memory.logits):  # each row: the logits its image entered with
+        first = (x == image).flatten(1).all(1)
+        entered = out[first] if first.any() else out2[:4][(x2 == image).flatten(1).all(1)]  # stream rows first
+        assert torch.equal(logits, entered.detach().squeeze(0))
+    assert len(memory.labels) == 6 and memory.seen == 8 and len(out2) == 8  # 4 streamed, 4 replayed
+
+
+def test_a_reservoir_run_resumes_to_the_same_numbers_with_its_logits(tmp_path, tiny_run, interrupted_run):
+    settings = dict(**tiny_run, memory="reservoir", strategy="der++")
+    full = run(prepare(make_config(**settings)), tmp_path / "full", progress=False)
+    cut = interrupted_run(prepare(make_config(**settings)), tmp_path / "cut", after=1)
+    resume_run(cut, progress=False)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (full, cut))
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    saved = torch.load(full / "memory.pt", weights_only=True)
+    assert saved["images"].shape[0] == 20 and saved["logits"].shape == (20, 10)
+    counts = torch.bincount(saved["labels"], minlength=10)
+    assert (counts > 0).sum() >= 6  # a sample of the whole stream, not the last experience's classes
+    assert a["memory_updates"][-1]["seen"] == 5 * 2 * 20 * tiny_run["epochs"]
+
+
+def test_agem_projects_a_step_that_would_raise_the_memory_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2, bias=False)
+    memory = ReservoirMemoryPlugin(4, 2, torch.device("cpu"))
+    plugin = AGEMPlugin(memory)
+    plugin.before_training_exp(SimpleNamespace(model=model, _criterion=None))
+    memory.last_draw = torch.tensor([0, 1])
+    x = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
+    y = torch.tensor([0, 0, 1, 1])  # the stream wants class 0, the memory class 1: opposed gradients
+    loss = plugin(model(x), y)
+    loss.backward()
+    plugin.after_backward(None)
+    g = model.weight.grad.flatten()
+    memory_grad = torch.autograd.grad(F.cross_entropy(model(x[2:]), y[2:]), model.weight)[0].flatten()
+    assert torch.dot(g, memory_grad).item() == pytest.approx(0.0, abs=1e-6)  # projected onto the plane
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x[:2]), y[:2]).item())  # the stream's own loss

@@ -1,0 +1,46 @@
+"""Every file the README, docs/ and benchmarks/ name is in the tree git carries, and every
+shipped run preset is a valid configuration (a clean clone has the same files as this one)."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ccl.runner import make_config
+
+ROOT = Path(__file__).parent.parent
+NAMED = re.compile(r"(?<![\w/.-])((?:configs|scenarios|benchmarks|docs)/[\w./-]+\.(?:toml|py|sh|md))")
+
+
+def _tracked() -> set[str] | None:
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None  # not a git checkout (an sdist): the file test below still runs
+    return set(out.splitlines())
+
+
+def _named_files() -> set[str]:
+    texts = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "benchmarks").iterdir()]
+    return {m for t in texts if t.is_file() for m in NAMED.findall(t.read_text(errors="replace"))}
+
+
+def test_every_file_the_documents_name_is_in_the_tree():
+    named, tracked = _named_files(), _tracked()
+    assert "configs/runs/cpu-protocol.toml" in named  # the pattern finds what it must
+    missing = sorted(f for f in named if not (ROOT / f).is_file())
+    assert not missing, f"named but missing: {missing}"
+    if tracked is not None:
+        untracked = sorted(f for f in named if f not in tracked)
+        assert not untracked, f"named but not in git (ignored or never added): {untracked}"
+
+
+def test_every_shipped_run_preset_is_a_valid_configuration():
+    from ccl.cli_options import config_values
+    presets = sorted((ROOT / "configs" / "runs").glob("*.toml"))
+    assert {"cpu-protocol.toml", "mammoth-seq-cifar10.toml"} <= {p.name for p in presets}
+    for path in presets:
+        cfg = make_config(**config_values({}, path, (), False, None))
+        assert cfg.scenario == "split-cifar10", path.name
