@@ -66,16 +66,17 @@ def run_options(fn):
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
-        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, gdumb [er]"),
+        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, a-gem, "
+                                         "bic, gdumb (see `ccl list`) [er]"),
         click.option("--protocol", type=click.Choice(["replay", "gdumb"]),
                      help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
         click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),
         click.option("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project"),
         click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
                      help="how memory images are stored [float32]"),
-        click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa"]),
-                     help="dsa: augment memory images afresh each time the learner trains on them; "
-                          "auto: dsa for the on-device memories, else none [auto]"),
+        click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa", "crop-flip"]),
+                     help="dsa: augment memory images afresh each time the learner trains on them; crop-flip: "
+                          "as mammoth replays; auto: dsa for the on-device memories, else none [auto]"),
         click.option("--stream-augment", type=click.Choice(["none", "crop-flip"]),
                      help="augment the stream samples: crop-flip pads by 4, crops back and flips at "
                           "random (the field's CIFAR default) [none]"),
@@ -105,6 +106,8 @@ def run_options(fn):
         click.option("--memory-config", help="memory settings preset (name in configs/) or TOML file"),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="override one memory setting, e.g. --set iterations=200 (repeatable)"),
+        click.option("--strategy-set", "strategy_overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override one strategy hyperparameter, e.g. --strategy-set alpha=0.2 (repeatable)"),
         click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
                      help="where run folders are created"),
         click.option("--quiet", is_flag=True, help="no progress bars"),
@@ -127,4 +130,7 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     settings = dict(values.pop("memory_settings", {}))
     settings.update(dict(parse_override(o) for o in overrides))
     values["memory_settings"] = settings
+    hyper = dict(values.pop("strategy_settings", {}))
+    hyper.update(dict(parse_override(o) for o in flags.get("strategy_overrides") or ()))
+    values["strategy_settings"] = hyper
     return values

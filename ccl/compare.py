@@ -27,52 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ccl.cells import CellResult, CellSpec, cell_name, failed_cell
 from ccl.errors import CclError
 from ccl.executors import Executor, sequential
 from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, read_json, write_json
 from ccl.memory import MEMORIES
-from ccl.report import ERROR_FILE
 from ccl.runner import make_config, prepare, run as run_experiment, status
 
 GRID_FILE = "grid.json"
 CELLS_DIR = "cells"
 # Settings that may differ when a comparison is continued elsewhere without changing what it measures.
 MACHINE_KEYS = ("device", "data_dir", "download")
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One cell of the grid: everything `run_cell` needs, picklable."""
-    memory: str
-    seed: int
-    values: dict[str, Any]   # keyword values for ccl.runner.make_config, memory and seed included
-    folder: Path             # DIR/cells/[<strategy>-]<memory>-s<seed>
-    progress: bool = False
-    strategy: str | None = None  # set when the grid has a strategy axis
-
-    @property
-    def name(self) -> str:
-        return cell_name(self.memory, self.seed, self.strategy)
-
-
-@dataclass(frozen=True)
-class CellResult:
-    memory: str
-    seed: int
-    status: str                  # finished | skipped (finished earlier) | failed
-    run_dir: Path | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    final_average_accuracy: float | None = None
-    strategy: str | None = None
-
-    @property
-    def name(self) -> str:
-        return cell_name(self.memory, self.seed, self.strategy)
-
-
-def cell_name(memory: str, seed: int, strategy: str | None = None) -> str:
-    return f"{strategy}-{memory}-s{seed}" if strategy else f"{memory}-s{seed}"
 
 
 @dataclass(frozen=True)
@@ -224,11 +189,6 @@ def finished_run(folder: Path) -> Path | None:
     return runs[0]
 
 
-def _run_dir_in(folder: Path) -> Path | None:
-    runs = [d for d in folder.iterdir() if (d / "config.json").is_file()] if folder.is_dir() else []
-    return runs[0] if runs else None
-
-
 def run_cell(spec: CellSpec) -> CellResult:
     """Run one cell into `spec.folder`, unless it finished there before.
 
@@ -255,16 +215,6 @@ def run_cell(spec: CellSpec) -> CellResult:
         return failed_cell(spec, str(e), "", time.perf_counter() - start_time)
     return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc,
                       spec.strategy)
-
-
-def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) -> CellResult:
-    """Record a failed cell: `error.json` in its folder (beside the run folder it began, if
-    any), read back by the report; returns the result."""
-    run_dir = _run_dir_in(spec.folder)
-    write_json(spec.folder / ERROR_FILE, {
-        "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
-        "run_dir": run_dir.name if run_dir else None, "traceback": details})
-    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds, strategy=spec.strategy)
 
 
 def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential,

@@ -25,15 +25,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from ccl.cells import CellResult, CellSpec, failed_cell
 from ccl.errors import CclError
 
-if TYPE_CHECKING:
-    from ccl.compare import CellResult, CellSpec
-
-RunCell = Callable[["CellSpec"], "CellResult"]
-Executor = Callable[[Sequence["CellSpec"], RunCell], Iterable["CellResult"]]
+RunCell = Callable[[CellSpec], CellResult]
+Executor = Callable[[Sequence[CellSpec], RunCell], Iterable[CellResult]]
 
 INSTALL_RAY = "pip install 'ccl[ray]'"
 CANCEL_GRACE_S = 10.0  # how long cancelled cells get to mark their run folders interrupted
@@ -166,7 +164,6 @@ def _outcome(ray, ref, spec: CellSpec) -> CellResult:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:
-        from ccl.compare import CellResult, failed_cell
         cause = getattr(e, "cause", None)  # RayTaskError: the exception in the task
         error = f"{type(cause).__name__}: {cause}" if cause is not None else \
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

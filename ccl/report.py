@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ccl.cells import ERROR_FILE
 from ccl.errors import CclError
 from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, RESULTS_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json,
                     write_json, write_text)
@@ -57,7 +58,6 @@ def summary_table(run_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------
 # Collecting saved runs
 
-ERROR_FILE = "error.json"  # written by ccl.compare into a cell folder whose run failed
 # Run settings that never split a group: the seed is what we average over, the rest is
 # where it ran.
 NOT_GROUPING = {"memory", "seed", "device", "data_dir", "download"}

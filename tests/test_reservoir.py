@@ -85,7 +85,7 @@ def test_agem_projects_a_step_that_would_raise_the_memory_loss():
     model = torch.nn.Linear(3, 2, bias=False)
     memory = ReservoirMemoryPlugin(4, 2, torch.device("cpu"))
     plugin = AGEMPlugin(memory)
-    plugin.before_training_exp(SimpleNamespace(model=model, _criterion=None))
+    plugin.before_training_exp(SimpleNamespace(model=model))
     memory.last_draw = torch.tensor([0, 1])
     x = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
     y = torch.tensor([0, 0, 1, 1])  # the stream wants class 0, the memory class 1: opposed gradients

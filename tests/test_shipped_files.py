@@ -6,7 +6,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from ccl.runner import make_config
 
@@ -44,3 +43,15 @@ def test_every_shipped_run_preset_is_a_valid_configuration():
     for path in presets:
         cfg = make_config(**config_values({}, path, (), False, None))
         assert cfg.scenario == "split-cifar10", path.name
+
+
+def test_the_command_line_offers_every_choice_the_runner_takes():
+    from click import Choice
+
+    from ccl.cli import main
+    from ccl.runner import MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS
+    runner_choices = {"mem_augment": MEM_AUGMENTS, "mem_dtype": MEM_DTYPES, "protocol": PROTOCOLS,
+                      "stream_augment": STREAM_AUGMENTS}
+    options = {p.name: p for p in main.commands["run"].params}
+    for name, choices in runner_choices.items():
+        assert isinstance(options[name].type, Choice) and set(options[name].type.choices) == set(choices), name

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ccl.memory import DeviceMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.runner import make_config, prepare, resume_run, run
-from ccl.strategies import ACEPlugin, DERPlugin, STRATEGIES
+from ccl.strategies import ACEPlugin, DERPlugin, DERSettings, STRATEGIES
 from ccl.errors import CclError
 
 
@@ -46,7 +46,7 @@ def test_der_adds_the_mse_to_the_stored_logits(beta):
     torch.manual_seed(0)
     stored = torch.randn(6, 4)
     memory = memory_with(torch.zeros(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 0, 1]), stored, mem_batch=2)
-    plugin = DERPlugin(memory, alpha=0.3, beta=beta)
+    plugin = DERPlugin(memory, DERSettings(alpha=0.3, beta=beta))
     assert memory.draws == (2 if beta else 1) and memory.record_logits
     memory.last_draw = torch.tensor([4, 1, 0, 3])[: 2 * memory.draws]
     n = 3 + 2 * memory.draws
@@ -93,7 +93,7 @@ def test_every_strategy_runs_with_every_memory(tmp_path, tiny_run, strategy, mem
     ({"strategy": "gdumb", "protocol": "replay"}, "cannot be --protocol replay"),
     ({"stream_slots": True, "memory": "avalanche-reservoir"}, "--stream-slots fills the on-device memory"),
     ({"stream_slots": True, "memory": "reservoir"}, "filled from the stream already"),
-    ({"protocol": "gdumb", "memory": "reservoir"}, "a reservoir over the stream"),
+    ({"protocol": "gdumb", "memory": "reservoir"}, "trains on a class-balanced memory alone"),
     ({"stream_augment": "crop-flip", "protocol": "gdumb"}, "trains on the memory alone"),
 ])
 def test_strategies_that_cannot_work_are_one_line_errors(tiny_run, changes, message):

@@ -11,18 +11,14 @@ repository ships precomputed orders (EL2N / GraNd files) instead of computing th
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ccl.condense.dsa import augmenter
-from ccl.condense.experts import make_network
+from ccl.condense.experts import ExpertSettings, make_network
 from ccl.training import sgd_epoch
 
-if TYPE_CHECKING:
-    from ccl.condense.pad import PADSettings
 
 _EVAL_BATCH = 512  # scoring needs no graph, so larger batches than training are fine
 
@@ -48,7 +44,7 @@ def el2n_of_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def el2n_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                device: torch.device | str, settings: PADSettings) -> torch.Tensor:
+                device: torch.device | str, settings: ExpertSettings) -> torch.Tensor:
     """Mean EL2N over `settings.score_networks` networks trained `settings.score_epochs` epochs.
 
     Args:
@@ -56,7 +52,7 @@ def el2n_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         labels: (N,) long labels in [0, num_classes).
         num_classes: outputs of the networks.
         device: where the networks train.
-        settings: PADSettings (score_networks, score_epochs, expert_lr, expert_batch,
+        settings: ExpertSettings (score_networks, score_epochs, expert_lr, expert_batch,
             dsa, network shape).
 
     Returns:

@@ -21,18 +21,33 @@ Departures from the reference (NUS-HPC-AI-Lab/PAD, buffer/buffer_CL.py):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ccl.condense.dsa import DSASettings, augmenter
 from ccl.models.convnet import ConvNet
 from ccl.training import sgd_epoch
 
-if TYPE_CHECKING:  # only for type hints: pad.py imports this module
-    from ccl.condense.pad import PADSettings
+
+
+class ExpertSettings(Protocol):
+    """The settings experts and EL2N scoring read (PADSettings has them; this module does
+    not import pad.py, which builds on it)."""
+    width: int
+    depth: int
+    norm: str
+    dsa: bool
+    dsa_settings: DSASettings
+    expert_lr: float
+    expert_batch: int
+    expert_train_epochs: int
+    num_experts: int
+    scheduler: bool
+    schedule: ExpertSchedule
+    score_networks: int
+    score_epochs: int
 
 Trajectory = list[torch.Tensor]  # theta_0 .. theta_E, each a flat (P,) vector
 
@@ -119,7 +134,7 @@ def kept_indices(epoch: int, num_epochs: int, order: dict[int, torch.Tensor],
     return torch.cat(parts)  # (K,)
 
 
-def make_network(settings: PADSettings, num_classes: int, shape: tuple[int, ...],
+def make_network(settings: ExpertSettings, num_classes: int, shape: tuple[int, ...],
                  device: torch.device | str) -> ConvNet:
     """A freshly initialised ConvNet of the settings' width / depth / norm on `device`."""
     channels, height = shape[0], shape[1]
@@ -133,7 +148,7 @@ def flat_parameters(net: nn.Module) -> torch.Tensor:
 
 
 def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 device: torch.device | str, settings: PADSettings,
+                 device: torch.device | str, settings: ExpertSettings,
                  order: dict[int, torch.Tensor] | None = None) -> Trajectory:
     """Train one expert and return its trajectory theta*_0 .. theta*_E on `device`.
 
@@ -157,7 +172,7 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 
 def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  device: torch.device | str, settings: PADSettings,
+                  device: torch.device | str, settings: ExpertSettings,
                   order: dict[int, torch.Tensor] | None = None) -> list[Trajectory]:
     """Train `settings.num_experts` experts on the real data.
 
@@ -166,7 +181,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         labels: (N,) long labels in [0, num_classes).
         num_classes: outputs of the networks.
         device: where the networks train and the trajectories live.
-        settings: PADSettings (num_experts, expert_train_epochs, expert_lr, expert_batch,
+        settings: ExpertSettings (num_experts, expert_train_epochs, expert_lr, expert_batch,
             dsa, scheduler, network shape).
         order: {class: indices easiest first} from `order_by_difficulty`; required when
             `settings.scheduler` is on, ignored (all data every epoch) when it is off.
@@ -185,7 +200,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
             for _ in range(settings.num_experts)]
 
 
-def parameter_count(settings: PADSettings, num_classes: int, shape: tuple[int, ...]) -> int:
+def parameter_count(settings: ExpertSettings, num_classes: int, shape: tuple[int, ...]) -> int:
     """Number of scalars P of a trajectory vector (built on the CPU, no training)."""
     return sum(p.numel() for p in make_network(settings, num_classes, shape, "cpu").parameters())
 

@@ -28,15 +28,35 @@ class MemorySpec:
     # needs); stream: one reservoir over the whole stream (the ER and DER papers' buffer)
     policy: str = "end"
 
+    @property
+    def on_device(self) -> bool:
+        """A DeviceMemoryPlugin: the strategies, stored dtypes and augmentations apply."""
+        return self.kind == "device"
+
+    @property
+    def joint(self) -> bool:
+        """No stream: all training data at once (the upper bound)."""
+        return self.kind == "joint"
+
+    @property
+    def class_balanced(self) -> bool:
+        """Slots shared out among the seen classes: a budget below the class count is an error."""
+        return self.kind == "avalanche" or (self.on_device and self.policy == "end")
+
     def make_filler(self, device, settings: Any, progress: bool = True) -> Filler:
         if self.method is not None:
             return CondenseFiller(device, settings, self.method, progress)
         return self.filler(device, settings, progress)
 
     def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
-                    progress: bool = True, real_images=None, schedule=None,
-                    stream_slots: bool = False) -> DeviceMemoryPlugin:
-        """The on-device memory's Avalanche plugin."""
+                    progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
+                    batch_size: int = 32):
+        """The memory's Avalanche plugin, or None (no memory, joint training)."""
+        if self.kind == "avalanche":
+            from ccl.memory.reservoir import TimedReplayPlugin
+            return TimedReplayPlugin(mem_size, batch_size, mem_batch)
+        if not self.on_device:
+            return None
         if self.policy == "stream":
             return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment)
         return DeviceMemoryPlugin(mem_size, mem_batch, self.make_filler(device, settings, progress), real_images,

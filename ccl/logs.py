@@ -1,0 +1,84 @@
+"""What a run shows and logs: progress bars, Avalanche's metric names, its CSV logs
+continued across a resume, and the optional TensorBoard and W&B loggers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Progress:
+    """Avalanche plugin drawing one tqdm bar per experience with the running loss, and
+    one over the test minibatches while evaluating."""
+
+    def __new__(cls, enabled: bool, label: str):
+        from avalanche.core import SupervisedPlugin
+        from tqdm import tqdm
+
+        class ProgressPlugin(SupervisedPlugin):
+            def __init__(self):
+                super().__init__()
+                self.bar = None
+
+            def before_training_epoch(self, strategy, **kw):
+                if self.bar is None:
+                    total = strategy.train_epochs * len(strategy.dataloader)
+                    exp = strategy.experience.current_experience
+                    self.bar = tqdm(total=total, desc=f"{label} exp {exp}", unit="it",
+                                    disable=not enabled, leave=False, dynamic_ncols=True)
+
+            def after_training_iteration(self, strategy, **kw):
+                self.bar.update(1)
+                if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
+                    self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}")
+
+            def after_training_exp(self, strategy, **kw):
+                self.bar.close()
+                self.bar = None
+
+            # Evaluation: one bar over every test experience's minibatches.
+            def before_eval(self, strategy, **kw):
+                self.eval_bar = tqdm(desc=f"{label} testing", unit="batch", disable=not enabled, leave=False,
+                                     dynamic_ncols=True)
+
+            def after_eval_iteration(self, strategy, **kw):
+                self.eval_bar.update(1)
+
+            def after_eval(self, strategy, **kw):
+                self.eval_bar.close()
+
+        return ProgressPlugin()
+
+
+ACC_EXP = "Top1_Acc_Exp/eval_phase/test_stream/Exp{:03d}"
+ACC_STREAM = "Top1_Acc_Stream/eval_phase/test_stream"
+FORGETTING = "StreamForgetting/eval_phase/test_stream"
+BWT = "StreamBWT/eval_phase/test_stream"
+
+
+CSV_LOGS = {"training_results.csv": 0, "eval_results.csv": 1}  # file: column of training_exp
+
+
+def csv_rows(folder: Path) -> dict[str, list[str]]:
+    """The rows (without header) of an earlier segment's CSV logs, read before Avalanche's
+    CSVLogger truncates them on opening."""
+    return {n: (folder / n).read_text().splitlines(keepends=True)[1:] if (folder / n).exists() else []
+            for n in CSV_LOGS}
+
+
+def carry_csv_rows(logger, rows: dict[str, list[str]], first: int) -> None:
+    """Put back an interrupted run's CSV rows of the experiences before `first` (the rest
+    are logged again as the run repeats them, and would be duplicates)."""
+    for handle, (name, column) in zip((logger.training_file, logger.eval_file), CSV_LOGS.items()):
+        handle.writelines(r for r in rows[name] if int(r.split(",")[column]) < first)
+        handle.flush()
+
+
+def optional_loggers(cfg, run_dir: Path) -> list:
+    """TensorBoard and Weights & Biases loggers, when asked for (and installed)."""
+    loggers = []
+    if cfg.tensorboard:
+        from avalanche.logging import TensorboardLogger
+        loggers.append(TensorboardLogger(tb_log_dir=cfg.tensorboard))
+    if cfg.wandb:
+        from avalanche.logging import WandBLogger
+        loggers.append(WandBLogger(project_name=cfg.wandb, run_name=run_dir.name, dir=str(run_dir)))
+    return loggers

@@ -1,0 +1,80 @@
+"""What every replay strategy shares: the registry entry, and the loss plugin over the
+on-device memory's minibatch split.
+
+A strategy is an Avalanche plugin over `DeviceMemoryPlugin`, which appends memory samples
+to each minibatch once it is on the device: the minibatch is the stream's B samples
+followed by `draws` memory batches of `mem_batch` each, and the memory records which
+images it drew (`last_draw`). A loss strategy swaps the Avalanche strategy's criterion for
+a loss over that split while training, through Avalanche's public `before_backward`
+hook (evaluation keeps the plain criterion).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+
+from ccl.memory import DeviceMemoryPlugin
+from ccl.registry import Registry
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A strategy without hyperparameters of its own."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registry entry: how a strategy is built and what it needs.
+
+    plugin: (memory, settings) -> the plugin that shapes the loss, or None (plain ER).
+    settings: its hyperparameters' dataclass (`--strategy-set k=v` overrides a field).
+    stream_slots: the default of --stream-slots for the class-balanced memory (ER-ACE's
+        masked stream loss never sets new classes against old ones, so it needs them in
+        memory while they stream: docs/results.md).
+    needs_replay: it reads the on-device memory's samples while training on the stream.
+    memory_alone: it trains a fresh learner on the memory alone at each step (GDumb) and
+        replays nothing beside the stream.
+    """
+    plugin: Callable[[DeviceMemoryPlugin, Any], SupervisedPlugin] | None = None
+    settings: type = NoSettings
+    stream_slots: bool = False
+    needs_replay: bool = True
+    memory_alone: bool = False
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+class ReplayLoss(SupervisedPlugin):
+    """Base: `loss(output, y, stream)` replaces the criterion, where `stream` is the
+    number of stream samples at the front of the minibatch (the rest came from memory).
+
+    The strategy's criterion (plain cross-entropy) has computed `strategy.loss` by
+    `before_backward`; this loss replaces it there, as Avalanche's regularisation plugins
+    add theirs.
+    """
+
+    draws = 1
+    record_logits = False
+
+    def __init__(self, memory: DeviceMemoryPlugin, settings: Any = None):
+        super().__init__()
+        self.memory, self.settings = memory, settings
+        memory.draws, memory.record_logits = self.draws, self.record_logits
+
+    def before_backward(self, strategy, **kwargs):
+        strategy.loss = self(strategy.mb_output, strategy.mb_y)
+
+    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        drawn = self.memory.last_draw
+        stream = len(y) - (0 if drawn is None else len(drawn))
+        if drawn is None:  # nothing in memory yet (first experience): plain cross-entropy
+            return F.cross_entropy(output, y)
+        return self.loss(output, y, stream)
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""The house has one direction of flow: no module of ccl imports, even lazily inside a
+function, a module that imports it back, and each layer imports only the layers below."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent.parent / "ccl"
+
+# bottom to top; a module may import its own layer and those before it
+LAYERS = [
+    {"errors", "resources", "registry", "config", "io"},
+    {"data", "training"},
+    {"models"},
+    {"condense"},
+    {"memory"},
+    {"strategies"},
+    {"experiment", "checkpoint", "logs"},
+    {"runner"},
+    {"report", "cells"},
+    {"executors"},
+    {"compare"},
+    {"cli_options", "cli_compare", "cli", "__init__"},
+]
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name, found = _module(path), set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ccl"):
+                found |= {node.module} if node.module != "ccl" else set()  # the package itself: not a layer
+                found |= {f"{node.module}.{a.name}" for a in node.names}  # `from ccl.x import y` may be a module
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("ccl")}
+        graph[name] = found
+    modules = set(graph)
+    return {m: {i for i in deps if i in modules and i != m} for m, deps in graph.items()}
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = _imports()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycles.append(path[path.index(d):] + [d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_each_layer_imports_only_the_layers_below():
+    upward = sorted(f"{m} -> {d}" for m, deps in _imports().items() for d in deps
+                    if _layer(d) > _layer(m) and d.split(".")[:2] != m.split(".")[:2])
+    assert not upward, upward
