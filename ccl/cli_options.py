@@ -127,6 +127,10 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
         values["download"] = False
     if class_order is not None:
         values["class_order"] = int_list(class_order)
+    for key in ("memory_settings", "strategy_settings"):
+        if not isinstance(values.get(key, {}), dict):
+            raise CclError(f"{config_file}: {key} should be a table of settings (key = value), "
+                           f"not {type(values[key]).__name__}")
     settings = dict(values.pop("memory_settings", {}))
     settings.update(dict(parse_override(o) for o in overrides))
     values["memory_settings"] = settings

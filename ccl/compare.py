@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ccl.cells import CellResult, CellSpec, cell_name, failed_cell
 from ccl.errors import CclError
 from ccl.executors import Executor, sequential
-from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, read_json, write_json
+from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, folder_holder, read_json, refuse_links, write_json
 from ccl.memory import MEMORIES
 from ccl.runner import make_config, prepare, run as run_experiment, status
 
@@ -162,6 +162,7 @@ def start(grid: Grid, settings: dict[str, Any]) -> None:
     """Write grid.json, after checking that an existing comparison in the folder measured the
     same thing (memories and seeds may be added; shared settings may not change)."""
     path = grid.out / GRID_FILE
+    refuse_links(grid.out, path, grid.out / CELLS_DIR)
     if path.exists():
         old = read_json(path, GRID_SHAPE)["settings"]
         if old != settings:
@@ -200,6 +201,16 @@ def run_cell(spec: CellSpec) -> CellResult:
     if done is not None:
         acc = read_json(done / "results.json").get("final_average_accuracy")
         return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc, strategy=spec.strategy)
+    try:
+        refuse_links(spec.folder.parent, spec.folder)
+    except CclError as e:
+        return CellResult(spec.memory, spec.seed, "failed", None, str(e), strategy=spec.strategy)
+    runs = [d for d in spec.folder.iterdir() if d.is_dir() and not d.is_symlink()] if spec.folder.is_dir() else []
+    holder = next((h for d in runs if (h := folder_holder(d))), None)
+    if holder is not None:  # another process (a `ccl run --resume`) is writing this cell: leave it be
+        return CellResult(spec.memory, spec.seed, "failed", None,
+                          f"{spec.folder}: in use by another ccl process (pid {holder}); left as it is",
+                          strategy=spec.strategy)
     if spec.folder.exists():
         shutil.rmtree(spec.folder)  # a failed or unfinished attempt: start the cell over
     start_time = time.perf_counter()

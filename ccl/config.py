@@ -6,6 +6,7 @@ a config file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -84,14 +85,24 @@ def replace(obj: T, changes: dict[str, Any], where: str = "config") -> T:
     return from_dict(type(obj), merged, where)
 
 
+MAX_TOML_BYTES = 1 << 20  # a settings file is a few lines; more is the wrong file
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            if not os.path.isfile(path):
+                raise CclError(f"{path}: not a regular file (a config file is a TOML text file)")
+            text = f.read(MAX_TOML_BYTES + 1)
+        if len(text) > MAX_TOML_BYTES:
+            raise CclError(f"{path}: {len(text) - 1:,}+ bytes is too large for a config file")
+        return tomllib.loads(text.decode())
     except FileNotFoundError:
         raise CclError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: unreadable config file ({e})") from None
+    except RecursionError:
+        raise CclError(f"{path}: unreadable config file (nested too deeply)") from None
     except OSError as e:
         raise CclError(f"{path}: cannot read config file ({e.strerror})") from None
 

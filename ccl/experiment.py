@@ -85,12 +85,17 @@ class RunConfig:
         for name in ("mem_batch", "seed", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        for name in ("lr",):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        if not 0 < self.lr <= MAX_LR:  # also refuses nan and inf
+            raise ValueError(f"--lr must be in (0, {MAX_LR}], got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay <= 1:
+            raise ValueError(f"--weight-decay must be in [0, 1], got {self.weight_decay}")
+        if self.seed >= 2**32:
+            raise ValueError(f"--seed must be below 2**32 (numpy's limit), got {self.seed}")
+        if self.mem_batch > max(self.mem_size, self.batch_size):
+            raise ValueError(f"--mem-batch {self.mem_batch} is more than the memory holds (--mem-size "
+                             f"{self.mem_size}) and than a stream batch (--batch-size {self.batch_size})")
         if self.experiences is not None and self.experiences < 1:
             raise ValueError(f"--experiences must be at least 1, got {self.experiences}")
         for name in ("train_per_class", "test_per_class"):
@@ -114,6 +119,7 @@ class RunConfig:
             raise ValueError(f"unknown mem-augment {self.mem_augment!r}; choose one of: {', '.join(MEM_AUGMENTS)}")
 
 
+MAX_LR = 10.0  # SGD beyond this diverges on every learner ccl has: a typo, not a setting
 # --protocol is the older name of two strategies' choice: replay beside the stream (any
 # strategy) or GDumb's fresh learner on the memory alone (--strategy gdumb).
 PROTOCOLS = {"replay": None, "gdumb": "gdumb"}
@@ -218,6 +224,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     if spec.class_balanced and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
+    if (spec.on_device or spec.class_balanced) and cfg.mem_size > len(data.train_y):
+        raise CclError(f"--mem-size {cfg.mem_size} is more than all the training images ({len(data.train_y)})")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
     return Prepared(cfg, scenario, spec, settings, entry, hyper, data, device, order, groups)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -96,7 +97,12 @@ def read_json(path: Path, shape: Any = None) -> Any:
         raise CclError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: corrupt or truncated JSON ({e})") from None
-    problem = None if shape is None else shape_problem(data, shape)
+    except RecursionError:
+        raise CclError(f"{path}: not what ccl wrote there (nested too deeply to read)") from None
+    try:
+        problem = None if shape is None else shape_problem(data, shape)
+    except RecursionError:
+        problem = "nested too deeply"
     if problem:
         raise CclError(f"{path}: not what ccl wrote there ({problem})")
     return data
@@ -123,18 +129,53 @@ def load_torch(path: Path, what: str) -> Any:
 LOCK_FILE = ".ccl.lock"
 
 
+def refuse_links(*paths: Path) -> None:
+    """A CclError for the first of `paths` that is a symbolic link: ccl deletes and writes
+    only inside the folders it owns, and a link would take it elsewhere."""
+    from ccl.errors import CclError
+    for path in paths:
+        if Path(path).is_symlink():
+            raise CclError(f"{path}: is a symbolic link; ccl writes only inside its own folders, not through links")
+
+
+def _open_lock(folder: Path, flags: int) -> int:
+    from ccl.errors import CclError
+    try:
+        return os.open(folder / LOCK_FILE, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CclError(f"{folder / LOCK_FILE}: is a symbolic link; refusing to write through it") from None
+        raise
+
+
+def folder_holder(folder: Path) -> str | None:
+    """The process id holding `folder`'s lock, or None when no process holds it."""
+    if not (Path(folder) / LOCK_FILE).is_file() or (Path(folder) / LOCK_FILE).is_symlink():
+        return None
+    fd = _open_lock(Path(folder), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str):
     """Hold an exclusive lock on `folder` (a run or comparison folder) while writing it.
 
     A second writer gets a CclError at once naming the holder's process id. The lock is
     an flock on `folder/.ccl.lock`: the kernel releases it when its process ends, however
-    it ends, so a lock left by a killed process never blocks.
+    it ends, so a lock left by a killed process never blocks. Neither the folder nor its
+    lock file may be a symbolic link.
     """
     from ccl.errors import CclError
     folder = Path(folder)
+    refuse_links(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(folder, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 continued across a resume, and the optional TensorBoard and W&B loggers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -57,19 +58,34 @@ BWT = "StreamBWT/eval_phase/test_stream"
 CSV_LOGS = {"training_results.csv": 0, "eval_results.csv": 1}  # file: column of training_exp
 
 
+def _kept(folder: Path, name: str) -> Path:
+    return folder / f".{name}.prev"
+
+
 def csv_rows(folder: Path) -> dict[str, list[str]]:
-    """The rows (without header) of an earlier segment's CSV logs, read before Avalanche's
-    CSVLogger truncates them on opening."""
-    return {n: (folder / n).read_text().splitlines(keepends=True)[1:] if (folder / n).exists() else []
-            for n in CSV_LOGS}
+    """The rows (without header) of an earlier segment's CSV logs. Avalanche's CSVLogger
+    truncates the files when it opens them, so each is first renamed (atomically) to a
+    hidden copy that stays until `carry_csv_rows` has written its rows back: a crash or a
+    failed resume in between loses nothing, and the next resume reads the copy."""
+    rows = {}
+    for name in CSV_LOGS:
+        live, kept = folder / name, _kept(folder, name)
+        if live.exists() and not kept.exists():
+            os.replace(live, kept)
+        rows[name] = kept.read_text().splitlines(keepends=True)[1:] if kept.exists() else []
+    return rows
 
 
-def carry_csv_rows(logger, rows: dict[str, list[str]], first: int) -> None:
+def carry_csv_rows(logger, rows: dict[str, list[str]], first: int, folder: Path) -> None:
     """Put back an interrupted run's CSV rows of the experiences before `first` (the rest
-    are logged again as the run repeats them, and would be duplicates)."""
+    are logged again as the run repeats them, and would be duplicates), then drop the
+    hidden copies `csv_rows` kept."""
     for handle, (name, column) in zip((logger.training_file, logger.eval_file), CSV_LOGS.items()):
         handle.writelines(r for r in rows[name] if int(r.split(",")[column]) < first)
         handle.flush()
+        os.fsync(handle.fileno())
+    for name in CSV_LOGS:
+        _kept(folder, name).unlink(missing_ok=True)
 
 
 def optional_loggers(cfg, run_dir: Path) -> list:

@@ -201,8 +201,8 @@ def summarise_group(label: str, runs: list[RunRecord], out: Path) -> dict[str, A
     return {
         "label": label, "memory": runs[0].memory,
         "seeds": {"finished": [r.seed for r in done],
-                  "failed": [r.seed for r in runs if r.status == "failed"],
-                  "unfinished": [r.seed for r in runs if r.status not in ("finished", "failed")]},
+                  "failed": [r.seed for r in runs if r.status in ("failed", "diverged")],
+                  "unfinished": [r.seed for r in runs if r.status not in ("finished", "failed", "diverged")]},
         "final_average_accuracy": stats([x["final_average_accuracy"] for x in res]),
         "average_forgetting": stats([x["average_forgetting"] for x in res]),
         "final_bwt": stats([x["final_bwt"] for x in res]),
@@ -404,6 +404,12 @@ def image_mosaic(pixels, labels, classes: Sequence[int] | None = None, max_cols:
     return mosaic, rows, counts
 
 
+def plain_text(text: str) -> str:
+    """`text` as matplotlib should show it: its `$` not read as math, and bytes that were
+    not UTF-8 (a folder name decoded with surrogate escapes) as replacement characters."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+
+
 def save_image_grid(images, labels, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str] | None,
                     path: Path, title: str | None = None, classes: Sequence[int] | None = None,
                     max_cols: int = 10, max_rows: int = 20) -> None:
@@ -425,13 +431,13 @@ def save_image_grid(images, labels, mean: Sequence[float], std: Sequence[float],
     ax.imshow(mosaic[:, :, 0] if gray else mosaic[:, :, :3], cmap="gray" if gray else None,
               vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks([(i + 0.5) * row_h for i in range(len(rows))],
-                  [f"{names[c] if c < len(names) else c} ({n})" for c, n in zip(rows, counts)])
+                  [plain_text(f"{names[c] if c < len(names) else c} ({n})") for c, n in zip(rows, counts)])
     ax.set_xticks([])
     capped = [f"≤{max_cols} per class shown"] if max(counts) > max_cols else []
     if len(set(labels.tolist())) > max_rows:
         capped.append(f"first {max_rows} classes")
     subtitle = ", ".join([f"{len(labels)} images", *capped])
-    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=9)
+    ax.set_title(plain_text(f"{title}\n{subtitle}" if title else subtitle), fontsize=9)
     save_figure(fig, path)
 
 

@@ -27,8 +27,8 @@ from ccl.data.augment import crop_flip
 from ccl.errors import CclError
 from ccl.experiment import (MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS, Prepared, RunConfig,  # noqa: F401
                             make_config, memory_settings, new_run_dir, prepare, resolved_config)
-from ccl.io import folder_lock, save_torch, write_json
-from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, FORGETTING, Progress, carry_csv_rows, csv_rows,
+from ccl.io import folder_lock, refuse_links, save_torch, write_json
+from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, csv_rows,
                       optional_loggers)
 from ccl.models import build_learner
 from ccl.strategies import FinetunePlugin
@@ -86,7 +86,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
                                 augments[cfg.mem_augment], p.settings, progress, real_images, p.experience_classes,
                                 cfg.stream_slots, cfg.batch_size)
 
-    plugins = [Progress(progress, cfg.memory)]
+    plugins = [Progress(progress, cfg.memory), DivergenceGuard()]
     if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples
         plugins.append(AugmentPlugin(augments[cfg.stream_augment]))
     if not p.strategy.memory_alone and memory is not None:
@@ -131,6 +131,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         The results and the final memory state (None without a memory).
     """
     seed_everything(p.config.seed)
+    refuse_links(run_dir / "logs", *(run_dir / "logs" / name for name in CSV_LOGS))  # Avalanche opens them "w"
     earlier_rows = csv_rows(run_dir / "logs") if resume else None
     bench, strategy, memory = _build(p, run_dir, progress)
     n = len(p.experience_classes)
@@ -150,8 +151,8 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
             memory.restore(ckpt["memory"])
         results, first = ckpt["results"], ckpt["experience"] + 1
         set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
-    if earlier_rows:
-        carry_csv_rows(strategy.evaluator.loggers[0], earlier_rows, first)
+    if earlier_rows is not None:
+        carry_csv_rows(strategy.evaluator.loggers[0], earlier_rows, first, run_dir / "logs")
     if p.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(p.device)
     for i in range(first, len(steps)):
@@ -194,6 +195,39 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
     return results, mem_state
 
 
+class Diverged(CclError):
+    """The training loss became NaN or infinite: the run ends with status `diverged`."""
+
+
+class DivergenceGuard:
+    """Avalanche plugin: checks the training loss every `every` steps and at the end of an
+    experience (a check syncs the device), and ends the run on a NaN or infinite one
+    with the experience and step, instead of training on to report chance accuracy."""
+
+    def __new__(cls, every: int = 20):
+        from avalanche.core import SupervisedPlugin
+
+        class Guard(SupervisedPlugin):
+            def before_training_exp(self, strategy, **kw):
+                self.step = 0
+
+            def after_training_iteration(self, strategy, **kw):
+                self.step += 1
+                if self.step % every == 0:
+                    self.check(strategy)
+
+            def after_training_exp(self, strategy, **kw):
+                self.check(strategy)
+
+            def check(self, strategy):
+                loss = strategy.loss.detach().item()
+                if not np.isfinite(loss):
+                    raise Diverged(f"the training loss became {loss} in experience "
+                                   f"{strategy.experience.current_experience} by step {self.step}: "
+                                   "try a smaller --lr")
+        return Guard()
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM: the run folder is left resumable."""
 
@@ -202,18 +236,40 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class _Deferral:
+    """Inside a deferred block (depth > 0) the handler records a signal instead of raising;
+    the block raises it when it ends. The OS-level mask alone is not enough: a signal that
+    arrived just before the block runs its Python handler at the next bytecode, which may
+    be inside the write (aborting it, or raising inside torch's pickler, which can swallow
+    it)."""
+    depth = 0
+    pending: int | None = None
+
+
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT and SIGTERM until the block ends (they are delivered then)."""
+    """Hold SIGINT and SIGTERM until the block ends; a signal that came meanwhile raises
+    `Interrupted` right after it, never inside it, never lost."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    _Deferral.depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a blocked signal is delivered now: recorded
+        _Deferral.depth -= 1
+    if _Deferral.depth == 0 and _Deferral.pending is not None:
+        signum, _Deferral.pending = _Deferral.pending, None
+        raise Interrupted(signum)
+
+
+def _interrupt(signum, frame):
+    if _Deferral.depth:
+        _Deferral.pending = signum
+        return
+    raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -222,10 +278,7 @@ def _signals_raise_interrupted():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -238,6 +291,13 @@ def status(run_dir: Path) -> dict:
     return read_json(Path(run_dir) / "status.json", STATUS_SHAPE)
 
 
+def _finished(run_dir: Path) -> bool:
+    try:
+        return status(run_dir).get("status") == "finished"
+    except CclError:
+        return False
+
+
 def _set_status(run_dir: Path, state: str, **extra) -> None:
     write_json(run_dir / "status.json", {"status": state, "pid": os.getpid(),
                                          "updated": dt.datetime.now().isoformat(timespec="seconds"), **extra})
@@ -245,14 +305,13 @@ def _set_status(run_dir: Path, state: str, **extra) -> None:
 
 def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True, run_dir: Path | None = None,
         on_experience=None) -> Path:
-    """Run a prepared experiment into a new folder under `runs_dir` (or continue the one
-    in `run_dir`, from its last checkpoint); returns the folder."""
-    resume = run_dir is not None
+    """Run a prepared experiment into a new folder under `runs_dir` (or `run_dir`, which must
+    not exist yet, or be empty); returns the folder. `resume_run` continues one."""
     if run_dir is None:
         run_dir = new_run_dir(runs_dir, p.config)
-        write_json(run_dir / "config.json", resolved_config(p))
     with folder_lock(run_dir, "a run"):
-        return _run_locked(p, run_dir, progress, on_experience, resume)
+        write_json(run_dir / "config.json", resolved_config(p))
+        return _run_locked(p, run_dir, progress, on_experience, resume=False)
 
 
 def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resume: bool) -> Path:
@@ -273,8 +332,12 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
                 write_json(run_dir / "results.json", results)
                 _set_status(run_dir, "finished")
     except KeyboardInterrupt as e:
-        _set_status(run_dir, "interrupted", signal=str(e) or "SIGINT")
+        if not _finished(run_dir):  # a signal during the final write: the run has finished
+            _set_status(run_dir, "interrupted", signal=str(e) or "SIGINT")
         e.run_dir = run_dir  # so the caller can say what to resume
+        raise
+    except Diverged as e:
+        _set_status(run_dir, "diverged", error=str(e))
         raise
     except BaseException as e:
         try:
@@ -311,8 +374,9 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tupl
     if recorded is not None and recorded != p.data.fingerprint():
         raise CclError(f"{run_dir}: the data changed since the run started (images, labels or per-class "
                        "counts differ); resuming would mix two data sets, so start a new run")
-    for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
-        leftover.unlink(missing_ok=True)
-    if (run_dir / CHECKPOINT).exists():
-        load_checkpoint(run_dir / CHECKPOINT)  # fail early, before anything is overwritten
-    return run(p, run_dir=run_dir, progress=progress, on_experience=on_experience), True
+    with folder_lock(run_dir, "a run"):  # before any clean-up: a second resume touches nothing
+        for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
+            leftover.unlink(missing_ok=True)
+        if (run_dir / CHECKPOINT).exists():
+            load_checkpoint(run_dir / CHECKPOINT)  # fail early, before anything is overwritten
+        return _run_locked(p, run_dir, progress, on_experience, resume=True), True

@@ -24,7 +24,7 @@ def invoke(tmp_path, *args):
     (["--mem-size", "5"], "--mem-size 5 is smaller than the number of classes (10)"),
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--mem-batch", "-1"], "mem-batch must not be negative"),
-    (["--lr", "-0.1"], "lr must be positive"),
+    (["--lr", "-0.1"], "lr must be in"),
     (["--class-order", "0,1,2"], "--class-order must list each class"),
     (["--scenario", "split-cifar10", "--no-download", "--data-dir", "/nonexistent/data"],
      "cifar10 not found in /nonexistent/data"),

@@ -43,6 +43,22 @@ def _cache_path(root: Path, name: str, key: str) -> Path:
     return Path(tempfile.gettempdir()) / f"ccl-{name}-{key}.npz"
 
 
+def shape_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with a data set's arrays (classes, {train,test}_{x,y}), or None."""
+    missing = sorted({"classes", "train_x", "train_y", "test_x", "test_y"} - set(arrays))
+    if missing:
+        return f"{missing[0]} is missing"
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or y.dtype.kind not in "iu":
+            return f"{split} images or labels have the wrong shape or type"
+        if len(y) and (y.min() < 0 or y.max() >= len(arrays["classes"])):
+            return f"{split} labels lie outside the {len(arrays['classes'])} classes"
+    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        return "train and test images differ in shape"
+    return None
+
+
 def cached_arrays(root: Path, name: str, key: str,
                   decode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Arrays from the cache for (root, name, key), or `decode()` and cache them."""
@@ -50,8 +66,11 @@ def cached_arrays(root: Path, name: str, key: str,
         path = folder / f"{name}-{key}.npz"
         if path.exists():
             try:
-                with np.load(path) as z:
+                with np.load(path) as z:  # allow_pickle stays False: a crafted cache runs nothing
                     arrays = {k: z[k] for k in z.files}
+                problem = shape_problem(arrays)
+                if problem:
+                    raise ValueError(problem)
                 for message in arrays.pop("warnings", ()):  # what decoding warned about, every run
                     log.warning("%s", message)
                 return arrays

@@ -1,0 +1,152 @@
+"""Nothing outside a run or comparison folder is touched through a link, one writer never
+hurts another, a signal during a checkpoint write is honoured after it, a diverged run
+says so, and deep or odd input is one line."""
+import json
+import os
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from ccl.cli import main
+from ccl.errors import CclError
+from ccl.io import folder_lock
+from ccl.runner import Interrupted, _signals_deferred, _signals_raise_interrupted, make_config, prepare, resume_run
+
+
+def _stopped_run(tmp_path, tiny_run, interrupted_run):
+    return interrupted_run(prepare(make_config(**tiny_run)), tmp_path / "runs", after=1)
+
+
+def test_a_linked_lock_logs_or_cells_folder_is_refused_and_the_outside_file_untouched(tmp_path, tiny_run,
+                                                                                     interrupted_run):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    run_dir = _stopped_run(tmp_path, tiny_run, interrupted_run)
+    for target in (run_dir / ".ccl.lock", run_dir / "logs" / "eval_results.csv"):
+        saved = target.with_name(target.name + ".saved")
+        target.rename(saved)
+        target.symlink_to(outside)
+        with pytest.raises(CclError, match="symbolic link"):
+            resume_run(run_dir, progress=False)
+        assert outside.read_text() == "precious\n"
+        target.unlink()
+        saved.rename(target)
+    resume_run(run_dir, progress=False)  # links gone: it resumes
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "random-s0" / "keep").mkdir(parents=True)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "cells").symlink_to(elsewhere)
+    result = CliRunner().invoke(main, ["compare", "--scenario", "split-digits", "--memory", "random", "--seeds", "1",
+                                       "--epochs", "1", "--train-per-class", "20", "--mem-size", "20", "--width", "8",
+                                       "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert (elsewhere / "random-s0" / "keep").is_dir()
+
+
+def test_a_refused_second_resume_leaves_the_first_writers_files_alone(tmp_path, tiny_run, interrupted_run):
+    run_dir = _stopped_run(tmp_path, tiny_run, interrupted_run)
+    in_progress = run_dir / ".checkpoint.pt.xyz.tmp"  # the holder's checkpoint being written
+    in_progress.write_bytes(b"half")
+    with folder_lock(run_dir, "a test"):
+        with pytest.raises(CclError, match="in use by another ccl process"):
+            resume_run(run_dir, progress=False)
+        assert in_progress.exists()
+
+
+def test_a_comparison_leaves_a_cell_another_process_is_writing(tmp_path):
+    from ccl.compare import CellSpec, run_cell
+    folder = tmp_path / "cells" / "random-s0"
+    held = folder / "20260101-000000-split-digits-random-s0"
+    held.mkdir(parents=True)
+    (held / "config.json").write_text("{}")
+    with folder_lock(held, "a test"):
+        result = run_cell(CellSpec("random", 0, {"memory": "random", "seed": 0}, folder))
+    assert result.status == "failed" and "in use by another ccl process" in result.error
+    assert (held / "config.json").exists()
+
+
+def test_a_signal_during_a_deferred_write_is_honoured_right_after_it():
+    written = []
+    with _signals_raise_interrupted():
+        with pytest.raises(Interrupted) as caught:
+            with _signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)  # blocked at the OS level: held
+                signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # a handler that ran late, inside
+                written.append("whole")
+            written.append("after the block")  # never reached: the interrupt comes first
+    assert written == ["whole"] and caught.value.signum == signal.SIGTERM
+
+
+def test_a_diverging_run_ends_as_diverged_and_absurd_rates_are_refused(tmp_path, tiny_run, interrupted_run):
+    import torch
+    with pytest.raises(CclError, match="lr must be in"):
+        make_config(**tiny_run, lr=float("inf"))
+    with pytest.raises(CclError, match="lr must be in"):
+        make_config(**tiny_run, lr=1e10)
+    run_dir = _stopped_run(tmp_path, tiny_run, interrupted_run)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    blown = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save({**ckpt, "model": blown}, run_dir / "checkpoint.pt")  # a learner whose weights blew up
+    with pytest.raises(CclError, match="the training loss became nan in experience 2"):
+        resume_run(run_dir, progress=False)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
+    assert not (run_dir / "results.json").exists()
+
+
+def test_a_failed_resume_keeps_the_logs_for_the_next(tmp_path, tiny_run, interrupted_run):
+    import torch
+    run_dir = _stopped_run(tmp_path, tiny_run, interrupted_run)
+    rows = (run_dir / "logs" / "eval_results.csv").read_text().count("\n")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "metric_states": []}, run_dir / "checkpoint.pt")  # loads, then fails to restore
+    with pytest.raises(CclError):
+        resume_run(run_dir, progress=False)
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    resume_run(run_dir, progress=False)
+    full = (run_dir / "logs" / "eval_results.csv").read_text()
+    assert full.count("\n") > rows and not list((run_dir / "logs").glob(".*.prev"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"run": {"memory": "random"}}', "run.seed is missing"),
+])
+def test_a_deep_or_mistyped_json_is_one_line_in_resume_and_report(tmp_path, tiny_run, interrupted_run, content,
+                                                                  message):
+    run_dir = _stopped_run(tmp_path, tiny_run, interrupted_run)
+    (run_dir / "config.json").write_text(content)
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir)])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+    report = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    assert "Traceback" not in report.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "4294967296"], "seed must be below 2**32"),
+    (["--mem-batch", "100000000"], "more than the memory holds"),
+    (["--mem-size", "1000000000", "--strategy", "er-ace"], "more than all the training images"),
+    (["--config", "/dev/zero"], "not a regular file"),
+])
+def test_absurd_values_are_one_line_before_any_folder(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["run", "--scenario", "split-digits", "--runs-dir", str(tmp_path / "runs"),
+                                       *args])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_memory_settings_that_are_not_a_table_are_one_line(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('memory_settings = "x"\n')
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "should be a table" in result.output
+
+
+def test_class_names_are_drawn_as_text(tmp_path):
+    import torch
+    from ccl.report import save_image_grid
+    save_image_grid(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), (0, 0, 0), (1, 1, 1),
+                    ["$\\foo$", "caf\udce9"], tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0
