@@ -45,23 +45,36 @@ def _experience_line(i: int, results: dict) -> None:
 @friendly_errors
 def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resume_dir, **flags):
     """Train on a class-incremental stream with a replay memory; write a run folder."""
+    from ccl import names as known
+    from ccl.io import folder_holder
+    if resume_dir is not None and (holder := folder_holder(resume_dir)):  # before loading torch: at once
+        raise CclError(f"{resume_dir}: in use by another ccl process (pid {holder}, a run); "
+                       "wait for it to finish or stop it")
+    if resume_dir is None:
+        writable_folder(runs_dir, "--runs-dir")
+        values = config_values(flags, config_file, overrides, no_download, class_order)
+        known.check(values)
     from ccl.report import summary_table
-    from ccl.runner import Interrupted, make_config, prepare, resume_run, run as run_experiment
+    from ccl.runner import Interrupted, make_config, new_run_dir, prepare, resume_run, run as run_experiment
 
     try:
         if resume_dir is not None:
-            run_dir, ran = resume_run(resume_dir, progress=not quiet, on_experience=_experience_line)
+            def header(run_dir, first, total):
+                click.echo(f"resuming {run_dir} at experience {first} of {total} (experiences 0-{first - 1} "
+                           "were done)" if first else f"resuming {run_dir} from its start (no experience was done)")
+            run_dir, ran = resume_run(resume_dir, progress=not quiet, on_experience=_experience_line, on_start=header)
             if not ran:
                 click.echo(f"{run_dir}: this run has already finished")
                 click.echo(summary_table(run_dir))
                 return
         else:
-            writable_folder(runs_dir, "--runs-dir")
-            cfg = make_config(**config_values(flags, config_file, overrides, no_download, class_order))
+            cfg = make_config(**values)
             prepared = prepare(cfg)
+            run_dir = new_run_dir(runs_dir, cfg)
             click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
-                       f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images) on {prepared.device}")
-            run_dir = run_experiment(prepared, runs_dir, progress=not quiet, on_experience=_experience_line)
+                       f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images), strategy {cfg.strategy}, "
+                       f"on {prepared.device}; run folder {run_dir}")
+            run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)
         click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}", err=True)

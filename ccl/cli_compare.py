@@ -65,12 +65,9 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     With --executor ray the cells run in parallel as Ray tasks that write into OUT
     themselves: OUT must be on a filesystem every Ray node sees.
     """
-    from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
-    from ccl.executors import ray_executor, require_ray, sequential
-    from ccl.io import folder_lock
-    from ccl.memory import MEMORIES
-    from ccl.report import table, write_memory_picture, write_report
-    from ccl.runner import Interrupted
+    from ccl import names as known
+    from ccl.executors import ray_executor, require_ray, sequential  # light: Ray loads only when asked for
+    from ccl.io import folder_holder
 
     if ctx.get_parameter_source("runs_dir") == click.core.ParameterSource.COMMANDLINE:
         raise CclError("compare keeps its runs in --out DIR/cells; --runs-dir is for `ccl run`")
@@ -82,6 +79,15 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         if given:
             raise CclError(f"{', '.join(given)}: only with --executor ray")
     values = config_values(flags, config_file, overrides, no_download, class_order)
+    known.check({**values, "memory": memories})  # names, paths and a busy folder: before loading torch
+    if out is not None and (holder := folder_holder(Path(out))):
+        raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
+                       "wait for it to finish or stop it")
+    from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
+    from ccl.io import folder_lock
+    from ccl.memory import MEMORIES
+    from ccl.report import table, write_memory_picture, write_report
+    from ccl.runner import Interrupted
     if executor == "ray" and str(values.get("device") or "").startswith("cuda") and not gpus_per_run:
         raise CclError(f"--device {values['device']} with --executor ray needs --gpus-per-run "
                        "(a cell reserving no GPU sees none)")

@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 
 def _file_mode() -> int:
     """The mode an ordinary open() gives a new file now (mkstemp's own is 0600)."""
@@ -51,6 +49,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    import torch  # here, not at the top: the command line reads locks and JSON without loading torch
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
@@ -112,6 +111,7 @@ def load_torch(path: Path, what: str) -> Any:
     """A file written with `save_torch`, loaded with weights_only=True: tensors and plain
     types only, so a crafted or shared file cannot run code. Any failure is a CclError
     naming the file and `what` it should have been."""
+    import torch
     from ccl.errors import CclError
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

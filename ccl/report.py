@@ -15,7 +15,7 @@ import os
 import re
 import statistics
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,6 +77,7 @@ class RunRecord:
     settings: dict[str, Any] | None = None  # config.json "run"; None when no run folder exists
     results: dict[str, Any] | None = None   # results.json of a finished run
     label: str = ""                   # the group it is reported in (set by `group_runs`)
+    axes: dict[str, Any] = field(default_factory=dict)  # what sets its group apart: strategy, memory, settings
 
 
 def _read_run(folder: Path) -> RunRecord | None:
@@ -130,25 +131,34 @@ def _value_text(value: Any) -> str:
 def group_runs(records: list[RunRecord], order: Sequence[str] = ()) -> dict[str, list[RunRecord]]:
     """Runs by group label, one run per seed (a finished one first, then the newest).
 
-    The label is the memory name, followed by the settings in which that memory's runs
-    differ when they do (e.g. "random mem_size=500"); over runs of several scenarios it
-    starts with the scenario, and settings are compared within a scenario only (its
-    defaults, e.g. epochs, would otherwise make every label long).
+    A group is a strategy (when the runs have several) and a memory, and the settings in
+    which runs of the same strategy and memory differ (e.g. "random mem_size=500");
+    settings that follow from the strategy or memory alone (the resolved stream slots,
+    say) never split or name a group. Over runs of several scenarios the label starts
+    with the scenario, and settings are compared within a scenario only.
     """
+    def strategy(r: RunRecord) -> str:
+        return str((r.settings or {}).get("strategy", "er"))
+
     by_key: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
         by_key.setdefault(((r.settings or {}).get("scenario", ""), r.memory), []).append(r)
     several = len({s for s, _ in by_key}) > 1
+    strategies = len({strategy(r) for r in records}) > 1
     rank = {m: i for i, m in enumerate(order)}
     groups: dict[str, list[RunRecord]] = {}
     for key in sorted(by_key, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1])):
         runs = by_key[key]
         configured = [r for r in runs if r.settings is not None]
-        keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING - {"scenario"})
-        varying = [k for k in keys if len({_value_text(r.settings.get(k)) for r in configured}) > 1]
+        keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING - {"scenario", "strategy"})
+        varying = [k for k in keys if any(len({_value_text(r.settings.get(k)) for r in configured
+                                               if strategy(r) == s}) > 1 for s in {strategy(r) for r in configured})]
         for r in runs:
+            r.axes = {**({"scenario": key[0]} if several else {}), **({"strategy": strategy(r)} if strategies else {}),
+                      "memory": key[1], **({k: r.settings.get(k) for k in varying} if r.settings else {})}
             parts = [f"{k}={_value_text(r.settings.get(k))}" for k in varying] if r.settings else []
-            r.label = " ".join(([key[0]] if several and key[0] else []) + [key[1], *parts])
+            r.label = " ".join(([key[0]] if several and key[0] else []) + ([strategy(r)] if strategies else [])
+                               + [key[1], *parts])
             groups.setdefault(r.label, []).append(r)
     return {label: _one_per_seed(runs) for label, runs in groups.items()}
 
@@ -199,7 +209,8 @@ def summarise_group(label: str, runs: list[RunRecord], out: Path) -> dict[str, A
     done = [r for r in runs if r.status == "finished"]
     res = [r.results for r in done]
     return {
-        "label": label, "memory": runs[0].memory,
+        "label": label, "memory": runs[0].memory, "axes": runs[0].axes,
+        "final_by_seed": {str(r.seed): r.results["final_average_accuracy"] for r in done},
         "seeds": {"finished": [r.seed for r in done],
                   "failed": [r.seed for r in runs if r.status in ("failed", "diverged")],
                   "unfinished": [r.seed for r in runs if r.status not in ("finished", "failed", "diverged")]},
@@ -213,6 +224,7 @@ def summarise_group(label: str, runs: list[RunRecord], out: Path) -> dict[str, A
         "memory_bytes": stats([x["memory_size"]["bytes"] for x in res]),
         "memory_dtype": next((x["memory_size"].get("dtype") for x in res if x["memory_size"].get("dtype")), None),
         "seen_accuracy": _series(done, "seen_accuracy"),
+        "average_accuracy": _series(done, "average_accuracy"),
         "accuracy_matrix": _mean_matrix(done),
         "joint": bool(res) and len(res[0]["accuracy_matrix"]) == 1 and len(res[0]["experience_classes"]) > 1,
         # what this memory was given beyond its preset (`--set`, `--memory-config`); the
@@ -260,25 +272,60 @@ def _fmt_count(s: dict | None) -> str:
     return f"{s['mean']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f})"
 
 
+BASELINES = {"memory": "random", "strategy": "er"}  # what each axis is compared against, seed by seed
+
+
+def paired_difference(group: dict[str, Any], groups: list[dict[str, Any]], axis: str) -> dict | None:
+    """Final accuracy minus that of the group that differs only in `axis`, set to its
+    baseline (random memory, er strategy), over the seeds both finished."""
+    if axis not in group["axes"] or group["axes"][axis] == BASELINES[axis]:
+        return None
+    target = {**group["axes"], axis: BASELINES[axis]}
+    base = next((g for g in groups if g["axes"] == target), None)
+    if base is None:
+        return None
+    seeds = sorted(set(group["final_by_seed"]) & set(base["final_by_seed"]))
+    return stats([group["final_by_seed"][s] - base["final_by_seed"][s] for s in seeds])
+
+
+def _fmt_diff(s: dict | None) -> str:
+    if s is None:
+        return "–"
+    return f"{s['mean']:+.4f}" + (f" ± {s['std']:.4f}" if s["std"] is not None else "")
+
+
 def comparison_markdown(summary: dict[str, Any]) -> str:
     scenario = summary["settings"].get("scenario")
     lines = [f"# Comparison: {scenario}" if scenario else "# Comparison", ""]
     settings = ", ".join(f"{k} {_value_text(v)}" for k, v in summary["settings"].items() if v is not None)
+    groups = summary["memories"]
+    axes = list(dict.fromkeys(k for g in groups for k in g.get("axes") or {"memory": g["memory"]}))
+    values = {a: {(g.get("axes") or {}).get(a) for g in groups} for a in ("memory", "strategy")}
+    diffs = [a for a in values if len(values[a]) > 1 and BASELINES[a] in values[a]]  # an axis with its baseline
     lines += [f"Settings shared by all runs: {settings}." if settings else "", "",
-              "Mean ± sample standard deviation over seeds (no ± with one seed). Accuracy is on all "
-              "classes after the last experience; times are totals over the stream, in seconds.", "",
-              "| memory | seeds done / failed | final avg accuracy | avg forgetting | final BWT "
-              "| memory update s | train s | memory images | memory bytes |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for g in summary["memories"]:
+              "Mean ± sample standard deviation over seeds (no ± with one seed), best final accuracy in bold. "
+              "Accuracy is on all classes after the last experience; "
+              + "".join(f"Δ {BASELINES[a]} is the paired difference to the {BASELINES[a]} {a} "
+                        "(same seeds, all else equal); " for a in diffs)
+              + "times are totals over the stream, in seconds.", "",
+              "| " + " | ".join([*axes, "seeds done / failed", "final avg accuracy",
+                                 *(f"Δ {BASELINES[a]}" for a in diffs), "avg forgetting", "final BWT",
+                                 "memory update s", "train s", "memory images", "memory bytes"]) + " |",
+              "|" + "---|" * (len(axes) + 8 + len(diffs))]
+    accuracy = [g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else -1.0 for g in groups]
+    best = max(accuracy, default=-1.0)
+    for g, acc in sorted(zip(groups, accuracy), key=lambda pair: -pair[1]):
         seeds = g["seeds"]
         done = f"{len(seeds['finished'])} / {len(seeds['failed'])}"
         if seeds["unfinished"]:
             done += f" (+{len(seeds['unfinished'])} unfinished)"
-        lines.append(f"| {g['label']} | {done} | {_fmt(g['final_average_accuracy'], 4)} "
-                     f"| {_fmt(g['average_forgetting'], 4)} | {_fmt(g['final_bwt'], 4)} "
-                     f"| {_fmt(g['memory_update_seconds'], 1)} | {_fmt(g['train_seconds'], 1)} "
-                     f"| {_fmt_count(g['memory_images'])} | {_fmt_count(g['memory_bytes'])} |")
+        final = _fmt(g["final_average_accuracy"], 4)
+        cells = [_value_text((g.get("axes") or {"memory": g["memory"]}).get(a, "–")) for a in axes]
+        lines.append("| " + " | ".join([*cells, done, f"**{final}**" if acc == best and acc >= 0 else final,
+                                        *(_fmt_diff(paired_difference(g, groups, a)) for a in diffs),
+                                        _fmt(g["average_forgetting"], 4), _fmt(g["final_bwt"], 4),
+                                        _fmt(g["memory_update_seconds"], 1), _fmt(g["train_seconds"], 1),
+                                        _fmt_count(g["memory_images"]), _fmt_count(g["memory_bytes"])]) + " |")
     given = [f"{g['label']}: " + ", ".join(f"{k}={_value_text(v)}" for k, v in g["memory_overrides"].items())
              for g in summary["memories"] if g["memory_overrides"]]
     if given:
@@ -316,30 +363,39 @@ def slug(label: str) -> str:
 
 
 def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
-    """Seen-class accuracy after each experience: a line per memory with its min–max band
-    over seeds; joint training (no stream) as a dashed horizontal line."""
-    fig = _figure(7.5, 4.5)
-    ax = fig.add_subplot()
-    colors = [f"C{i % 10}" for i in range(len(groups))]
-    steps = max((len(g["seen_accuracy"]["mean"]) for g in groups if g["seen_accuracy"] and not g["joint"]),
+    """Accuracy on all classes after each experience (the table's metric, Avalanche's
+    stream accuracy): a line per memory with its min–max band over seeds, one panel per
+    strategy when there are several; joint training (no stream) as a dashed line."""
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for g in groups:
+        panels.setdefault(str((g.get("axes") or {}).get("strategy", "")), []).append(g)
+    memories = list(dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in groups))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(memories)}  # a memory keeps its colour in every panel
+    steps = max((len(g["average_accuracy"]["mean"]) for g in groups if g["average_accuracy"] and not g["joint"]),
                 default=1)
-    for g, color in zip(groups, colors):
-        s = g["seen_accuracy"]
-        if s is None:
-            continue
-        n = len(g["seeds"]["finished"])
-        if g["joint"]:
-            ax.axhline(s["mean"][-1], color=color, linestyle="--", label=f"{g['label']} (all data, n={n})")
-            ax.axhspan(s["min"][-1], s["max"][-1], color=color, alpha=0.1, linewidth=0)
-            continue
-        x = range(1, len(s["mean"]) + 1)
-        ax.plot(x, s["mean"], color=color, marker="o", markersize=3, label=f"{g['label']} (n={n})")
-        ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.12, linewidth=0)  # light: bands overlap
-    ax.set(xlabel="experiences trained", ylabel="accuracy on the classes seen so far", ylim=(0, 1.02),
-           xlim=(0.8, steps + 0.2), title="Seen-class accuracy (mean over seeds; band: min–max)")
-    ax.set_xticks(range(1, steps + 1))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    fig = _figure(3.6 * len(panels) + 2.2, 4.2)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (strategy, members) in zip(axes, panels.items()):
+        for g in members:
+            s, n = g["average_accuracy"], len(g["seeds"]["finished"])
+            if s is None:
+                continue
+            memory = (g.get("axes") or {}).get("memory", g["label"])
+            label = plain_text(g["label"] if not strategy else g["label"].replace(f"{strategy} ", "", 1))
+            color = colors[memory]
+            if g["joint"]:
+                ax.axhline(s["mean"][-1], color=color, linestyle="--", label=f"{label} (all data, n={n})")
+                continue
+            x = range(1, len(s["mean"]) + 1)
+            ax.plot(x, s["mean"], color=color, marker="o", markersize=3, label=f"{label} (n={n})")
+            ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.12, linewidth=0)
+        ax.set(xlabel="experiences trained", ylim=(0, 1.02), xlim=(0.8, steps + 0.2),
+               title=plain_text(strategy) if strategy else None)
+        ax.set_xticks(range(1, steps + 1))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy on all classes")
+    fig.suptitle("Accuracy after each experience (mean over seeds; band: min–max)", fontsize=10)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     save_figure(fig, path)
 
 
@@ -359,7 +415,9 @@ def plot_matrix(group: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(rows), ["all" if group["joint"] else str(i) for i in range(rows)])
     ax.set(xlabel="tested on experience j",
            ylabel="after training" if group["joint"] else "after training experience i")
-    ax.set_title(f"{group['label']}: accuracy (mean of {len(group['seeds']['finished'])} seeds)", fontsize=9)
+    n = len(group["seeds"]["finished"])
+    ax.set_title(plain_text(f"{group['label']}: accuracy ({'mean of ' + str(n) + ' seeds' if n > 1 else '1 seed'})"),
+                 fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
     save_figure(fig, path)
 
@@ -465,7 +523,7 @@ def _load_memory(path: Path) -> dict[str, Any]:
 def write_figures(summary: dict[str, Any], by_label: dict[str, list[RunRecord]], out: Path) -> None:
     """accuracy.png, matrix-<memory>.png and memory-<memory>.png; a memory that cannot be
     drawn becomes a note, not a failed report."""
-    groups = [g for g in summary["memories"] if g["seen_accuracy"]]
+    groups = [g for g in summary["memories"] if g["average_accuracy"]]
     if groups:
         plot_accuracy(groups, out / "accuracy.png")
         summary["figures"].append("accuracy.png")

@@ -348,8 +348,9 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
     return run_dir
 
 
-def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tuple[Path, bool]:
-    """Continue an interrupted run; returns (folder, whether anything was left to do)."""
+def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_start=None) -> tuple[Path, bool]:
+    """Continue an interrupted run; returns (folder, whether anything was left to do).
+    `on_start(run_dir, first, total)` is told where it resumes, before any training."""
     from ccl.io import CONFIG_SHAPE, RESULTS_SHAPE, read_json
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -377,6 +378,7 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None) -> tupl
     with folder_lock(run_dir, "a run"):  # before any clean-up: a second resume touches nothing
         for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
             leftover.unlink(missing_ok=True)
-        if (run_dir / CHECKPOINT).exists():
-            load_checkpoint(run_dir / CHECKPOINT)  # fail early, before anything is overwritten
+        first = load_checkpoint(run_dir / CHECKPOINT)["experience"] + 1 if (run_dir / CHECKPOINT).exists() else 0
+        if on_start:  # the load also fails early, before anything is overwritten
+            on_start(run_dir, first, len(p.experience_classes))
         return _run_locked(p, run_dir, progress, on_experience, resume=True), True

@@ -27,7 +27,7 @@ def invoke(tmp_path, *args):
     (["--lr", "-0.1"], "lr must be in"),
     (["--class-order", "0,1,2"], "--class-order must list each class"),
     (["--scenario", "split-cifar10", "--no-download", "--data-dir", "/nonexistent/data"],
-     "cifar10 not found in /nonexistent/data"),
+     "--data-dir /nonexistent/data: no such folder"),
     (["--scenario", "split-folder"], "give --data-dir"),
     (["--memory", "random", "--set", "iterations=3"], "memory 'random' takes no settings"),
     (["--memory", "avalanche-reservoir", "--mem-augment", "dsa"], "--mem-augment applies to the on-device memories"),

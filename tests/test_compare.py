@@ -148,7 +148,18 @@ def test_strategy_axis_names_cells_and_report_rows(tmp_path):
     result = invoke("--memory", "random", "--strategy", "er,der++,der", "--seeds", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["der++-random-s0", "der-random-s0", "er-random-s0"]
-    labels = [g["label"] for g in json.loads((out / "comparison.json").read_text())["memories"]]
-    assert sorted(labels) == ["random strategy=der", "random strategy=der++", "random strategy=er"]
-    assert len(list(out.glob("matrix-*.png"))) == 3  # der and der++ keep their own figures
+    groups = json.loads((out / "comparison.json").read_text())["memories"]
+    assert sorted(g["label"] for g in groups) == ["der random", "der++ random", "er random"]
+    assert all(g["axes"] == {"strategy": g["label"].split()[0], "memory": "random"} for g in groups)  # no stream_slots
+    assert sorted(p.name for p in out.glob("matrix-*.png")) == ["matrix-der-random.png", "matrix-derpp-random.png",
+                                                              "matrix-er-random.png"]
+    rows = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| strategy | memory | seeds done") and "Δ er" in rows[0]
+    finals = [float(row.split(" | ")[3].strip("*").split()[0]) for row in rows[1:]]
+    assert finals == sorted(finals, reverse=True) and rows[1].count("**") == 2  # sorted, the best marked
+    er_row = next(row for row in rows[1:] if row.startswith("| er |"))
+    assert er_row.split(" | ")[4] == "–"  # the baseline has no difference to itself
+    der_row = next(row for row in rows[1:] if row.startswith("| der |"))
+    der, er = (float(r.split(" | ")[3].strip("*").split()[0]) for r in (der_row, er_row))
+    assert float(der_row.split(" | ")[4]) == pytest.approx(der - er, abs=1e-4)
     assert len(list(out.glob("cells/*/*/memory.png"))) == 3  # every cell pictures its memory, as `ccl run` does

@@ -55,3 +55,38 @@ def test_the_command_line_offers_every_choice_the_runner_takes():
     options = {p.name: p for p in main.commands["run"].params}
     for name, choices in runner_choices.items():
         assert isinstance(options[name].type, Choice) and set(options[name].type.choices) == set(choices), name
+
+
+def _table_flags(section: str) -> set[str]:
+    """Every `--flag` in the first column of the README table under `section`."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in body.splitlines() if line.startswith("| `")]
+    return {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row.split("|")[1])}
+
+
+def _command_flags(command) -> set[str]:
+    flags = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
+    return flags - {"--help"}
+
+
+def test_the_readme_option_tables_match_the_command_line():
+    from ccl.cli import main
+    run_flags = _command_flags(main.commands["run"])
+    assert _table_flags("## Options of `ccl run`") == run_flags
+    compare_only = _command_flags(main.commands["compare"]) - run_flags
+    assert _table_flags("## Comparing") == compare_only | {"--strategy", "--memory"}
+
+
+def test_the_light_name_lists_match_the_registries():
+    from ccl import names
+    from ccl.data.scenarios import scenarios
+    from ccl.memory import MEMORIES
+    from ccl.strategies import STRATEGIES
+    assert set(names.MEMORIES) == set(MEMORIES.names())
+    assert set(names.STRATEGIES) == set(STRATEGIES.names())
+    assert names.scenarios() == sorted(scenarios())
+
+
+def test_the_readme_is_a_guide_of_at_most_230_lines():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 230
