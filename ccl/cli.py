@@ -55,7 +55,8 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         values = config_values(flags, config_file, overrides, no_download, class_order)
         known.check(values)
     from ccl.report import summary_table
-    from ccl.runner import Interrupted, make_config, new_run_dir, prepare, resume_run, run as run_experiment
+    from ccl.guards import Interrupted
+    from ccl.runner import make_config, new_run_dir, prepare, resume_run, run as run_experiment
 
     try:
         if resume_dir is not None:

@@ -87,7 +87,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     from ccl.io import folder_lock
     from ccl.memory import MEMORIES
     from ccl.report import table, write_memory_picture, write_report
-    from ccl.runner import Interrupted
+    from ccl.guards import Interrupted
     if executor == "ray" and str(values.get("device") or "").startswith("cuda") and not gpus_per_run:
         raise CclError(f"--device {values['device']} with --executor ray needs --gpus-per-run "
                        "(a cell reserving no GPU sees none)")

@@ -119,7 +119,7 @@ def _interrupts():
     """SIGINT and SIGTERM end the grid as `Interrupted`, as they end a local run (exit code
     130 or 143). ray.wait turns a signal handler's exception into a plain KeyboardInterrupt,
     so the signal is noted and the exception rebuilt."""
-    from ccl.runner import Interrupted
+    from ccl.guards import Interrupted
     if threading.current_thread() is not threading.main_thread():
         yield
         return

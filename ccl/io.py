@@ -50,7 +50,15 @@ def write_text(path: Path, text: str) -> None:
 
 def save_torch(path: Path, obj: Any) -> None:
     import torch  # here, not at the top: the command line reads locks and JSON without loading torch
-    atomic_write(path, lambda p: torch.save(obj, p))
+    try:
+        atomic_write(path, lambda p: torch.save(obj, p))
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as RuntimeError
+        if "PytorchStreamWriter" not in str(e) and "unexpected pos" not in str(e):
+            raise
+        import shutil
+        full = shutil.disk_usage(Path(path).parent).free == 0
+        raise OSError(errno.ENOSPC if full else errno.EIO,
+                      "No space left on device" if full else "the write failed", str(path)) from None
 
 
 NUMBER = (int, float)

@@ -4,14 +4,11 @@ evaluating and checkpointing after each, into a run folder written atomically.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import os
 import resource
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, 
                       optional_loggers)
 from ccl.models import build_learner
 from ccl.strategies import FinetunePlugin
+from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted
 from ccl.training import seed_everything
 
 
@@ -173,7 +171,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
                            ("eval_seconds", time.perf_counter() - start), ("memory_updates", update),
                            ("memory_accuracy", _memory_accuracy(strategy.model, memory))):
             results.setdefault(key, []).append(value)  # a checkpoint of an older ccl may lack a series
-        with _signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
+        with signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
             save_torch(run_dir / CHECKPOINT, {
                 "experience": i, "model": strategy.model.state_dict(), "optimizer": strategy.optimizer.state_dict(),
                 "metric_states": metric_states(strategy.evaluator.metrics), "memory": memory.checkpoint() if memory else None,
@@ -193,97 +191,6 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
                               "dtype": str(images.dtype).replace("torch.", "") if mem_state else None,
                               "bytes": int(images.numel() * images.element_size())}
     return results, mem_state
-
-
-class Diverged(CclError):
-    """The training loss became NaN or infinite: the run ends with status `diverged`."""
-
-
-class DivergenceGuard:
-    """Avalanche plugin: checks the training loss every `every` steps and at the end of an
-    experience (a check syncs the device), and ends the run on a NaN or infinite one
-    with the experience and step, instead of training on to report chance accuracy."""
-
-    def __new__(cls, every: int = 20):
-        from avalanche.core import SupervisedPlugin
-
-        class Guard(SupervisedPlugin):
-            def before_training_exp(self, strategy, **kw):
-                self.step = 0
-
-            def after_training_iteration(self, strategy, **kw):
-                self.step += 1
-                if self.step % every == 0:
-                    self.check(strategy)
-
-            def after_training_exp(self, strategy, **kw):
-                self.check(strategy)
-
-            def check(self, strategy):
-                loss = strategy.loss.detach().item()
-                if not np.isfinite(loss):
-                    raise Diverged(f"the training loss became {loss} in experience "
-                                   f"{strategy.experience.current_experience} by step {self.step}: "
-                                   "try a smaller --lr")
-        return Guard()
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the run folder is left resumable."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class _Deferral:
-    """Inside a deferred block (depth > 0) the handler records a signal instead of raising;
-    the block raises it when it ends. The OS-level mask alone is not enough: a signal that
-    arrived just before the block runs its Python handler at the next bytecode, which may
-    be inside the write (aborting it, or raising inside torch's pickler, which can swallow
-    it)."""
-    depth = 0
-    pending: int | None = None
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT and SIGTERM until the block ends; a signal that came meanwhile raises
-    `Interrupted` right after it, never inside it, never lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    _Deferral.depth += 1
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a blocked signal is delivered now: recorded
-        _Deferral.depth -= 1
-    if _Deferral.depth == 0 and _Deferral.pending is not None:
-        signum, _Deferral.pending = _Deferral.pending, None
-        raise Interrupted(signum)
-
-
-def _interrupt(signum, frame):
-    if _Deferral.depth:
-        _Deferral.pending = signum
-        return
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def _signals_raise_interrupted():
-    """Turn SIGINT and SIGTERM into `Interrupted` for the duration of a run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def status(run_dir: Path) -> dict:
@@ -318,12 +225,12 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
     _set_status(run_dir, "running")
     start = time.perf_counter()
     try:
-        with _signals_raise_interrupted():
+        with signals_raise_interrupted():
             results, mem_state = train_and_evaluate(p, run_dir, progress, on_experience, resume)
             results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
                        "class_order": p.order, "experience_classes": p.experience_classes,
                        **results, "total_seconds": time.perf_counter() - start}
-            with _signals_deferred():
+            with signals_deferred():
                 if mem_state is not None:
                     save_torch(run_dir / "memory.pt", {
                         **{k: v.cpu() if torch.is_tensor(v) else v for k, v in mem_state.items()},

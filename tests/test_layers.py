@@ -15,7 +15,7 @@ LAYERS = [
     {"condense"},
     {"memory"},
     {"strategies"},
-    {"experiment", "checkpoint", "logs"},
+    {"experiment", "checkpoint", "logs", "guards"},
     {"runner"},
     {"report", "cells"},
     {"executors"},

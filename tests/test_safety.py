@@ -2,7 +2,6 @@
 hurts another, a signal during a checkpoint write is honoured after it, a diverged run
 says so, and deep or odd input is one line."""
 import json
-import os
 import signal
 
 import pytest
@@ -11,7 +10,8 @@ from click.testing import CliRunner
 from ccl.cli import main
 from ccl.errors import CclError
 from ccl.io import folder_lock
-from ccl.runner import Interrupted, _signals_deferred, _signals_raise_interrupted, make_config, prepare, resume_run
+from ccl.guards import Interrupted, signals_deferred, signals_raise_interrupted
+from ccl.runner import make_config, prepare, resume_run
 
 
 def _stopped_run(tmp_path, tiny_run, interrupted_run):
@@ -68,16 +68,22 @@ def test_a_comparison_leaves_a_cell_another_process_is_writing(tmp_path):
     assert (held / "config.json").exists()
 
 
-def test_a_signal_during_a_deferred_write_is_honoured_right_after_it():
+@pytest.mark.parametrize("how", ["held by the mask", "handler ran inside"])
+def test_a_signal_during_a_deferred_write_is_honoured_right_after_it(how):
+    import threading
     written = []
-    with _signals_raise_interrupted():
+    with signals_raise_interrupted():
         with pytest.raises(Interrupted) as caught:
-            with _signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)  # blocked at the OS level: held
-                signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # a handler that ran late, inside
+            with signals_deferred():
+                if how == "held by the mask":  # to this thread, which blocks it: pending until the block ends
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+                else:  # a process-wide signal another thread took: Python runs the handler here, inside
+                    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
                 written.append("whole")
             written.append("after the block")  # never reached: the interrupt comes first
     assert written == ["whole"] and caught.value.signum == signal.SIGTERM
+    from ccl.guards import _Deferral
+    assert _Deferral.pending is None and _Deferral.depth == 0  # nothing left to raise in a later block
 
 
 def test_a_diverging_run_ends_as_diverged_and_absurd_rates_are_refused(tmp_path, tiny_run, interrupted_run):
