@@ -32,6 +32,7 @@ from ccl.errors import CclError
 from ccl.executors import Executor, sequential
 from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, folder_holder, read_json, refuse_links, write_json
 from ccl.memory import MEMORIES
+from ccl.experiment import RunConfig, given_config
 from ccl.runner import make_config, prepare, run as run_experiment, status
 
 GRID_FILE = "grid.json"
@@ -119,11 +120,10 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
     """The resolved run settings every cell shares (what grid.json records and a resumed
     comparison must match): the config with memory, seed and machine-specific keys left out,
     plus the raw memory overrides."""
-    cfg = dataclasses.asdict(make_config(**grid.cell_values(grid.memories[0], grid.seeds[0])))
+    # As given, not resolved: auto and None resolve per memory and strategy, cell by cell.
+    cfg = dataclasses.asdict(given_config(**grid.cell_values(grid.memories[0], grid.seeds[0])))
     for key in ("memory", "seed", "memory_settings", "memory_config", *MACHINE_KEYS):
         cfg.pop(key, None)
-    cfg["mem_augment"] = grid.values.get("mem_augment") or "auto"  # auto resolves per memory
-    cfg["stream_slots"] = grid.values.get("stream_slots")  # None resolves per strategy
     if grid.strategies:
         cfg.pop("strategy", None)
     cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})
@@ -165,8 +165,10 @@ def start(grid: Grid, settings: dict[str, Any]) -> None:
     refuse_links(grid.out, path, grid.out / CELLS_DIR)
     if path.exists():
         old = read_json(path, GRID_SHAPE)["settings"]
-        if old != settings:
-            changed = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
+        defaults = dataclasses.asdict(RunConfig())  # a setting newer than the folder: its default ran
+        changed = sorted(k for k in set(old or {}) | set(settings)
+                         if (old or {}).get(k, defaults.get(k)) != settings.get(k, defaults.get(k)))
+        if changed:
             raise CclError(f"{grid.out} holds a comparison with other settings ({', '.join(changed)}); "
                            "choose another --out")
     elif grid.out.exists() and any(p.name != LOCK_FILE for p in grid.out.iterdir()):

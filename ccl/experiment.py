@@ -128,12 +128,17 @@ MEM_AUGMENTS = ("auto", "none", "dsa", "crop-flip")
 STREAM_AUGMENTS = ("none", "crop-flip")
 
 
-def make_config(**values: Any) -> RunConfig:
+def given_config(**values: Any) -> RunConfig:
     """RunConfig from keyword values over the scenario's defaults over RunConfig's own,
-    resolved: no `auto` or None left where the run needs a value. CclError (not
-    ValueError) for bad values."""
+    as given: `auto` and None still stand for what each run will resolve them to."""
     defaults = get_scenario(values.get("scenario", RunConfig.scenario)).defaults
-    cfg = cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+    return cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
+
+
+def make_config(**values: Any) -> RunConfig:
+    """`given_config`, resolved: no `auto` or None left where the run needs a value (what
+    config.json records). CclError (not ValueError) for bad values."""
+    cfg = given_config(**values)
     entry, spec = STRATEGIES.get(cfg.strategy).value, MEMORIES.get(cfg.memory).value
     alone = PROTOCOLS[cfg.protocol]  # the strategy --protocol names, if it names one
     if entry.memory_alone and values.get("protocol") == "replay":
