@@ -37,8 +37,10 @@ class Progress:
 
             # Evaluation: one bar over every test experience's minibatches.
             def before_eval(self, strategy, **kw):
-                self.eval_bar = tqdm(desc=f"{label} testing", unit="batch", disable=not enabled, leave=False,
-                                     dynamic_ncols=True)
+                size = strategy.eval_mb_size
+                total = sum(-(-len(exp.dataset) // size) for exp in strategy.current_eval_stream)
+                self.eval_bar = tqdm(total=total, desc=f"{label} testing", unit="batch", disable=not enabled,
+                                     leave=False, dynamic_ncols=True)
 
             def after_eval_iteration(self, strategy, **kw):
                 self.eval_bar.update(1)
