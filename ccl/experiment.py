@@ -148,7 +148,7 @@ def make_config(**values: Any) -> RunConfig:
             raise CclError(f"--protocol {cfg.protocol} trains a fresh learner on the memory alone: --strategy "
                            f"{cfg.strategy} has no stream to replay beside (use --strategy {alone})")
         entry, cfg = STRATEGIES.get(alone).value, dataclasses.replace(cfg, strategy=alone)
-    protocol = next(name for name, alone in PROTOCOLS.items() if bool(alone) == entry.memory_alone)
+    protocol = next(name for name, named in PROTOCOLS.items() if bool(named) == entry.memory_alone)
     cfg = dataclasses.replace(cfg, protocol=protocol)
     if cfg.mem_augment == "auto":
         cfg = dataclasses.replace(cfg, mem_augment="dsa" if spec.on_device else "none")
