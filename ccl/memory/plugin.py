@@ -90,7 +90,6 @@ class DeviceMemoryPlugin(SupervisedPlugin):
 
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
-        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
         reservoir = self._reservoir
         if len(self.labels) == 0 or self.mem_batch == 0:
             return
@@ -102,11 +101,16 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         else:  # uniformly over the old classes' rows and the stream slots filled so far
             idx = torch.multinomial(torch.cat([torch.ones(reservoir.offset, device=self.device),
                                                reservoir.filled().float()]), n, replacement=True)
+        self._append(strategy, idx)
+
+    def _append(self, strategy, idx: torch.Tensor) -> None:
+        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
         self.last_draw = idx
-        replayed = self.codec.decode(self.images[idx])  # (mem_batch, C, H, W)
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
-        strategy.mbatch[0] = torch.cat([x, replayed])  # (B + mem_batch, C, H, W)
+        strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
         strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
 
@@ -218,14 +222,7 @@ class ReservoirMemoryPlugin(DeviceMemoryPlugin):
             return
         k = min(self.mem_batch, filled)
         idx = torch.cat([torch.randperm(filled, device=self.device)[:k] for _ in range(self.draws)])
-        self.last_draw = idx
-        replayed = self.codec.decode(self.images[idx])  # (draws * k, C, H, W)
-        if self.augment is not None:
-            replayed = self.augment(replayed)
-        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
-        strategy.mbatch[0] = torch.cat([x, replayed])
-        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
-        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])
+        self._append(strategy, idx)  # (draws * k,) rows
 
     def after_forward(self, strategy, **kwargs):
         x, y = self._stream
