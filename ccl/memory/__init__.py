@@ -28,6 +28,10 @@ class MemorySpec:
     # needs); stream: one reservoir over the whole stream (the ER and DER papers' buffer)
     policy: str = "end"
 
+    def __post_init__(self):
+        if self.kind not in KINDS or self.policy not in POLICIES:
+            raise ValueError(f"memory kind {self.kind!r} / policy {self.policy!r}: not one of {KINDS} / {POLICIES}")
+
     @property
     def on_device(self) -> bool:
         """A DeviceMemoryPlugin: the strategies, stored dtypes and augmentations apply."""

@@ -20,15 +20,13 @@ class AGEMPlugin(ReplayLoss):
     forward would give."""
 
     def loss(self, output, y, stream):
-        params = [p for p in self.strategy_params if p.requires_grad]
         memory_loss = F.cross_entropy(output[stream:], y[stream:])
-        self.reference = torch.autograd.grad(memory_loss, params, retain_graph=True, allow_unused=True)
-        self.params = params
+        self.reference = torch.autograd.grad(memory_loss, self.params, retain_graph=True, allow_unused=True)
         return F.cross_entropy(output[:stream], y[:stream])
 
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
-        self.strategy_params = list(strategy.model.parameters())
+        self.params = [p for p in strategy.model.parameters() if p.requires_grad]
         self.reference = None
 
     def after_backward(self, strategy, **kwargs):
