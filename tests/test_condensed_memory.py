@@ -2,6 +2,7 @@
 to, and a recorded per-class choice between condensed images and their real start."""
 import json
 
+import pytest
 import torch
 
 from ccl.memory.fillers import keep_if_better
@@ -41,3 +42,85 @@ def test_condensed_memory_is_valid_pixels_and_records_its_choices(tmp_path, tiny
     # the first experience's classes were matched at every share they are later cut to
     # (20 images, two new classes a time: 10, then 5, 4 (the remainder goes to the oldest), 3, 2)
     assert updates[0]["matched_sizes"] == {str(c): [10, 5, 4, 3, 2] for c in updates[0]["new_classes"]}
+
+
+def test_pad_on_the_learner_matches_its_recorded_trajectory(tmp_path, tiny_run, monkeypatch):
+    """`expert = "learner"`: the memory records the learner's parameters at the start of
+    every experience and after each epoch, on the device, hands them to PAD, and frees them."""
+    from ccl.condense import pad
+    from ccl.memory.plugin import DeviceMemoryPlugin
+    seen = []
+    real_match = pad.match_learner
+
+    def recording(*args, **kwargs):
+        trajectory = args[5]
+        seen.append((len(trajectory.snapshots), {t.device.type for t in trajectory.snapshots},
+                     trajectory.epoch_step))
+        return real_match(*args, **kwargs)
+
+    monkeypatch.setattr(pad, "match_learner", recording)
+    settings = {"expert": "learner", "iterations": 2, "syn_steps": 2, "expert_epochs": 1, "batch_syn": 8,
+                "progress_every": 1, "init": "herding", "holdout": 0.25}
+    p = prepare(make_config(**{**tiny_run, "epochs": 2}, memory="pad", memory_settings=settings))
+    plugins = []
+    original = DeviceMemoryPlugin.update
+
+    def update(self, *args):
+        plugins.append(self)
+        return original(self, *args)
+
+    monkeypatch.setattr(DeviceMemoryPlugin, "update", update)
+    run_dir = run(p, tmp_path, progress=False)
+    # two epochs: the start and two epoch ends; on the training device; SGD's reach per epoch
+    assert [s[:2] for s in seen] == [(3, {p.device.type})] * 5
+    steps = -(-(2 * 20) // 16)  # minibatches an epoch: two new classes of 20 images, batch 16
+    assert seen[0][2] == pytest.approx(0.01 * steps / 0.1)
+    assert plugins and plugins[-1]._snapshots == []  # freed after the update
+    updates = json.loads((run_dir / "results.json").read_text())["memory_updates"]
+    for u in updates:
+        assert u["expert"] == "learner" and u["experts_s"] == 0.0
+        assert sorted(u["kept"]) == sorted(str(c) for c in u["new_classes"])
+
+
+def test_one_learner_matching_step_moves_images_towards_the_later_snapshot():
+    """A linear learner and two snapshots: one PAD step on the images lowers the
+    normalised distance between where training on them lands and the later snapshot."""
+    from ccl.condense import pad
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    real = torch.randn(30, 1, 4, 4)
+    labels = torch.arange(3).repeat_interleave(10)
+    start = pad.flat_parameters(net)
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(5):  # the "learner" trains on the real images
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(real), labels).backward()
+        optimiser.step()
+    trajectory = pad.LearnerTrajectory([start, pad.flat_parameters(net)], net, epoch_step=2.5)
+    settings = pad.PADSettings(expert="learner", iterations=1, syn_steps=2, expert_epochs=1, max_start_epoch=0,
+                               lr_img=1.0, lr_lr=0.0, dsa=False, alpha=0.0, progress_every=1)
+    syn_labels = torch.tensor([0, 1, 2])
+    from ccl.condense.bounds import channel_range, project_
+    images = project_(torch.randn(3, 1, 4, 4), channel_range(real))  # PAD keeps images in the pixel range
+
+    def distance(x):
+        student = pad.FunctionalStudent(net)
+        plan = pad.student_plan(3, 3, settings.syn_steps, None, "cpu")  # the whole set: no draw
+        end = pad.unroll_student(student, start, x, syn_labels, torch.tensor(trajectory.student_lr(settings)),
+                                 plan)
+        return float(pad.trajectory_matching_loss(end, start, trajectory.snapshots[1]))
+
+    stats = {}
+    moved, moved_labels = pad.condense(real, labels, {0: 1, 1: 1, 2: 1}, "cpu", settings,
+                                       init=(images, syn_labels), progress=False, stats=stats,
+                                       trajectory=trajectory)
+    assert torch.equal(moved_labels, syn_labels) and not torch.equal(moved, images)
+    assert distance(moved) < distance(images)
+    assert stats["expert"] == "learner" and stats["lr_init"] == pytest.approx(2.5 / 2)
+
+
+def test_pad_on_the_learner_needs_a_trajectory():
+    from ccl.condense import pad
+    real, labels = torch.randn(8, 1, 4, 4), torch.tensor([0] * 4 + [1] * 4)
+    with pytest.raises(ValueError, match="trajectory"):
+        pad.condense(real, labels, {0: 1, 1: 1}, "cpu", pad.PADSettings(expert="learner"))

@@ -378,3 +378,22 @@ def test_guide_network_is_matched_and_never_trained():
     images, _ = condense(real, labels, {0: 2, 1: 2}, "cpu", settings, guide=guide, progress=False)
     assert torch.isfinite(images).all()
     assert all(torch.equal(a, b) and b.grad is None for a, b in zip(before, guide.parameters()))
+
+
+def test_real_epochs_make_the_iterations_follow_the_real_data():
+    """Passes over the real images, capped by `iterations`: ten times fewer real images
+    condense in ten times fewer iterations (the cost follows the data, as training's)."""
+    from ccl.condense.datadam import iteration_budget
+    settings = DataDAMSettings(iterations=100, real_batch=64, real_epochs=2)
+    assert iteration_budget(settings, 1000) == 32 and iteration_budget(settings, 100) == 4
+    assert iteration_budget(settings, 10_000) == 100  # the cap
+    assert iteration_budget(DataDAMSettings(iterations=100), 10) == 100  # 0: off
+    assert iteration_budget(DataDAMSettings(real_batch=64, real_epochs=0.01), 10) == 1  # at least one
+    real, labels = torch.randn(40, 1, 8, 8), torch.arange(2).repeat_interleave(20)
+    stats = {}
+    condense(real, labels, {0: 2, 1: 2}, "cpu", DataDAMSettings(iterations=50, real_batch=8, real_epochs=1.2,
+                                                               width=8, depth=2, progress_every=1),
+             progress=False, stats=stats)
+    assert stats["iteration_budget"] == stats["iterations"] == 3 and len(stats["loss_curve"]) == 3
+    with pytest.raises(ValueError, match="real_epochs"):
+        DataDAMSettings(real_epochs=-1)

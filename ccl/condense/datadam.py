@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -40,6 +41,12 @@ class DataDAMSettings:
     """DataDAM hyperparameters; defaults follow the paper, comments give the reference code."""
 
     iterations: int = 8000      # paper 8,000; reference default 20,000
+    # Passes over each class's real images (real_batch of them an iteration), so that the
+    # cost follows the data: iterations = min(iterations, ceil(real_epochs * n / real_batch))
+    # for classes of n real images on average. 0 = always `iterations`. An iteration costs
+    # a forward and backward pass of every synthetic image, so the update then costs in
+    # proportion to the real data it condenses, as training does.
+    real_epochs: float = 0.0
     real_batch: int = 64        # real images per class per iteration (reference 64; DM 256)
     # Real images per no-grad forward pass (the real batch is K * real_batch images).
     # None = automatic: 32 on CPU, where the activations of 32 images stay in cache and the
@@ -115,6 +122,8 @@ class DataDAMSettings:
         if self.sam_weight == 0 and self.mmd_weight == 0:
             raise ValueError("DataDAMSettings: sam_weight and mmd_weight are both 0, "
                              "nothing to match")
+        if not (self.real_epochs >= 0 and math.isfinite(self.real_epochs)):
+            raise ValueError(f"DataDAMSettings.real_epochs must be >= 0, got {self.real_epochs}")
         if self.lr_images <= 0:
             raise ValueError(f"DataDAMSettings.lr_images must be > 0, got {self.lr_images}")
         if not isinstance(self.lr_images_side, int) or self.lr_images_side < 0:
@@ -426,6 +435,7 @@ class _Pool:
         self.starts = torch.cumsum(counts, 0) - counts  # (K,) first position of each class
         self.counts = counts  # (K,)
         self.max_count = int(counts_host.max())
+        self.mean_count = float(counts_host.float().mean())
 
     def sample(self, n: int) -> torch.Tensor:
         """(K * n, C, H, W) images, n of every class, grouped by class."""
@@ -453,7 +463,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         init: optional (images, labels) to start from, laid out like the result.
         progress: show a tqdm progress bar with the mean loss.
         stats: optional dict filled with "setup_s" and "match_s" (seconds), "iterations"
-            (done and kept), "loss" (mean over the last checked span), "stopped" (True if a
+            (done and kept), "iteration_budget" (after `real_epochs`), "loss_curve" (the
+            mean loss of every checked span), "loss" (mean over the last checked span), "stopped" (True if a
             non-finite loss or image ended the run early), "real_chunk" and "lr_images"
             (the rate used, after `lr_images_side`).
         prefix_sizes: with `settings.nested`, {class: sizes}: the first s images of the
@@ -488,13 +499,14 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if settings.guide_weight > 0 and guide is None:
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
-    info = {"setup_s": now(device) - began, "real_chunk": real_chunk(settings, device)}
+    info = {"setup_s": now(device) - began, "real_chunk": real_chunk(settings, device),
+            "iteration_budget": iteration_budget(settings, pool.mean_count)}
     if settings.nested:
         info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
 
     began = now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
-                                      info["real_chunk"], progress)
+                                      info["real_chunk"], info["iteration_budget"], progress)
     info.update(progress_info, match_s=now(device) - began)
     if stats is not None:
         stats.update(info)
@@ -542,7 +554,8 @@ def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
 
 def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
               bounds: tuple[torch.Tensor, torch.Tensor], guide: nn.Module | None,
-              settings: DataDAMSettings, chunk: int, progress: bool) -> tuple[torch.Tensor, dict]:
+              settings: DataDAMSettings, chunk: int, iterations: int,
+              progress: bool) -> tuple[torch.Tensor, dict]:
     """The DataDAM iterations; returns the last finite images and what happened."""
     device = images.device
     k = len(groups.sizes)
@@ -553,14 +566,14 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     net = matching_network(k, tuple(images.shape[1:]), settings, device)
 
     snapshot = images.detach().clone()
-    info = {"iterations": 0, "loss": float("nan"), "stopped": False, "lr_images": lr}
+    info = {"iterations": 0, "loss": float("nan"), "stopped": False, "lr_images": lr, "loss_curve": []}
     loss_sum = torch.zeros((), device=device)  # summed on the device between checks
     since_check = 0
     name = "DataDAM" if settings.sam_weight > 0 else "DM"
     classes = ",".join(str(c) for c in groups.sizes)
-    bar = tqdm(total=settings.iterations, disable=not progress, desc=f"{name} classes {classes}", leave=False)
+    bar = tqdm(total=iterations, disable=not progress, desc=f"{name} classes {classes}", leave=False)
     try:
-        for it in range(settings.iterations):
+        for it in range(iterations):
             reinitialise(net)
             loss = _iteration_loss(net, pool, images, real_group, groups, k, settings, chunk, guide)
             optimizer.zero_grad(set_to_none=True)
@@ -569,7 +582,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
             project_(images, bounds)  # projected gradient descent: back into the pixel range
             loss_sum = loss_sum + loss.detach()
             since_check += 1
-            if since_check < settings.progress_every and it < settings.iterations - 1:
+            if since_check < settings.progress_every and it < iterations - 1:
                 continue
             # The only host synchronisation: the summed loss and a finiteness flag.
             finite = torch.isfinite(loss_sum) & torch.isfinite(images.detach()).all()
@@ -584,6 +597,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
                 break
             snapshot = images.detach().clone()
             info.update(iterations=it + 1, loss=mean_loss)
+            info["loss_curve"].append(round(mean_loss, 6))
             bar.update(since_check)
             bar.set_postfix(loss=f"{mean_loss:.4g}")
             loss_sum = torch.zeros((), device=device)
@@ -591,6 +605,15 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     finally:
         bar.close()
     return snapshot, info
+
+
+def iteration_budget(settings: DataDAMSettings, real_per_class: float) -> int:
+    """Iterations for classes of `real_per_class` real images on average: `iterations`,
+    or fewer with `real_epochs` (that many passes over the real images, at least one)."""
+    if not settings.real_epochs:
+        return settings.iterations
+    passes = math.ceil(settings.real_epochs * real_per_class / settings.real_batch)
+    return min(settings.iterations, max(1, passes))
 
 
 def image_lr(settings: DataDAMSettings, size: tuple[int, int]) -> float:

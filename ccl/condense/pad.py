@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import math
 import warnings
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +57,7 @@ from ccl.models.convnet import NORMS
 from ccl.training import now
 
 INITS = ("real", "correct", "noise", "herding")
+EXPERTS = ("trained", "learner")
 
 # PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
 # 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
@@ -82,7 +85,14 @@ class PADSettings:
     # Fraction of shallow parameters left out of the loss; None = REFERENCE_ALPHA by the
     # smallest per-class budget (the largest reference IPC <= it).
     alpha: float | None = None
-    # --- experts (trained on the real data of the classes being condensed) ---
+    # --- experts ---
+    # "trained": experts trained on the real data of the classes being condensed (the
+    # paper). "learner": the replay learner's own parameters at every epoch boundary of
+    # the experience just trained (`LearnerTrajectory`, recorded by the memory under `ccl
+    # run`), so the images are matched to reproduce the learner's training on the new
+    # classes beside the memory's old ones; no expert or EL2N training. Epochs below then
+    # count the learner's epochs. `ccl condense` has no learner and trains experts.
+    expert: str = "trained"
     num_experts: int = 100          # reference 100; a handful already works
     expert_train_epochs: int = 100  # E: length of each trajectory (theta_0 .. theta_E)
     expert_lr: float = 0.01         # SGD, no momentum (reference lr_teacher)
@@ -156,6 +166,8 @@ class PADSettings:
             raise ValueError(f"PADSettings.alpha must be in [0, 1) or None (by IPC), got {self.alpha}")
         if self.norm not in NORMS:
             raise ValueError(f"PADSettings.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.expert not in EXPERTS:
+            raise ValueError(f"PADSettings.expert must be one of {', '.join(EXPERTS)}, got {self.expert!r}")
         if self.init not in INITS:
             raise ValueError(f"PADSettings.init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not 0 <= self.holdout < 1:
@@ -179,6 +191,31 @@ def mtt_settings(**changes: object) -> PADSettings:
     if "scheduler" in changes or "alpha" in changes:
         raise ValueError("mtt_settings fixes scheduler=False and alpha=0.0; use PADSettings to change them")
     return PADSettings(**changes, scheduler=False, alpha=0.0)  # type: ignore[arg-type]
+
+
+@dataclass
+class LearnerTrajectory:
+    """The replay learner's training on one experience, as a trajectory to match.
+
+    Attributes:
+        snapshots: the learner's flat parameter vectors (`module.parameters()` order, on
+            its device) at the experience's start and after each of its epochs.
+        network: a module of the learner's architecture (its weights are not used).
+        epoch_step: how far one epoch of the learner's optimiser moves the parameters
+            per unit gradient: lr * steps per epoch / (1 - momentum). The student starts
+            at the rate that covers `expert_epochs` epochs in `syn_steps` plain SGD steps.
+    """
+    snapshots: list[torch.Tensor]
+    network: nn.Module
+    epoch_step: float
+
+    def student_lr(self, settings: PADSettings) -> float:
+        return self.epoch_step * settings.expert_epochs / settings.syn_steps
+
+
+def flat_parameters(module: nn.Module) -> torch.Tensor:
+    """(P,) detached copy of a module's parameters, flattened input to output."""
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
 def default_alpha(ipc: int) -> float:
@@ -405,7 +442,8 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
             stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
-            bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD") -> torch.Tensor:
+            bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD",
+            network: nn.Module | None = None) -> torch.Tensor:
     """Optimise synthetic images by trajectory matching; never returns non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
@@ -428,12 +466,16 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
+        desc: the progress bar's label.
+        network: the student's architecture (copied; default: `make_network(settings)`).
 
     Returns:
         (S, C, H, W) optimised images (detached).
     """
     device = images.device
-    student = FunctionalStudent(make_network(settings, num_classes, tuple(images.shape[1:]), device))
+    network = (copy.deepcopy(network).to(device) if network is not None
+               else make_network(settings, num_classes, tuple(images.shape[1:]), device))
+    student = FunctionalStudent(network.train())
     images = images.detach().clone().requires_grad_(True)  # (S, C, H, W)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
     lr_floor = settings.lr_init / 100
@@ -575,7 +617,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: PADSettings = PADSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None,
-             context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             context: tuple[torch.Tensor, torch.Tensor] | None = None,
+             trajectory: LearnerTrajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -597,6 +640,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             memory's old classes: they join the experts' and scorers' data (repeated to
             the real classes' mean count) and every student minibatch, and are not
             optimised or returned.
+        trajectory: with `settings.expert == "learner"`, the learner's trajectory to match
+            instead of trained experts (`match_learner`).
 
     Returns:
         images (sum(budget), C, H, W) float32 on `device`, grouped by class in budget
@@ -606,6 +651,12 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     classes = list(budget)
     if context is not None:
         context_x, context_y = _check_context(context, classes, real.shape[1:])
+    if settings.expert == "learner":
+        if trajectory is None:
+            raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
+                             "(ccl run); pass trajectory=, or use expert = 'trained'")
+        return match_learner(real, labels, budget, device, settings, trajectory, init=init,
+                             progress=progress, stats=stats, context=context)
     real, labels = real.to(device), labels.to(device)
     finite = torch.isfinite(real).flatten(1).all(1)  # (N,) one NaN pixel would poison the experts
     if not finite.all():
@@ -679,7 +730,64 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     return images, out_labels
 
 
-__all__ = ["PADSettings", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
+def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
+                  device: torch.device | str, settings: PADSettings, trajectory: LearnerTrajectory, *,
+                  init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
+                  stats: dict | None = None,
+                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PAD against the learner's own trajectory (`settings.expert == "learner"`).
+
+    The student is the learner's architecture with its labels (all its outputs, no
+    relabelling); it starts at a learner snapshot theta_t and takes `syn_steps` steps on
+    the synthetic images together with `context` (the memory's old images, fixed, as
+    the learner's minibatches mixed stream and memory), and is compared with the
+    snapshot `expert_epochs` epochs later, over the deep parameters (PAD's filter 2).
+    The start epoch stays within [min_start_epoch, max_start_epoch] as far as the
+    trajectory reaches: early segments carry what the learner learns first (PAD's
+    filter 1 chooses the experts' data by difficulty; the learner's data is the stream
+    as it came, so only the choice of segment carries over).
+    """
+    snapshots = [theta.to(device) for theta in trajectory.snapshots]
+    epochs = len(snapshots) - 1
+    if epochs < 1:
+        raise ValueError(f"the learner trajectory needs at least two snapshots, got {len(snapshots)}")
+    ahead = min(settings.expert_epochs, epochs)
+    latest = min(settings.max_start_epoch, epochs - ahead)
+    run = dataclasses.replace(settings, expert_train_epochs=epochs, expert_epochs=ahead,
+                              max_start_epoch=latest, min_start_epoch=min(settings.min_start_epoch, latest),
+                              lr_init=trajectory.student_lr(dataclasses.replace(settings, expert_epochs=ahead)))
+    real, labels = real.to(device), labels.to(device)
+    keep = torch.isin(labels, torch.tensor(list(budget), device=device)) & torch.isfinite(real).flatten(1).all(1)
+    real, labels = real[keep].float(), labels[keep]
+    num_classes = _outputs(trajectory.network)
+    if max(budget) >= num_classes:
+        raise ValueError(f"the learner has {num_classes} outputs; budget classes {sorted(budget)} exceed them")
+    syn_labels = torch.cat([torch.full((n,), c, dtype=torch.long, device=device) for c, n in budget.items()])
+    images = (init[0].detach().to(device).float() if init is not None
+              else init_synthetic(real, labels, budget, "real" if settings.init == "herding" else settings.init))
+    fixed = None
+    if context is not None:
+        fixed = (context[0].to(device).float(), context[1].to(device).long())
+    alpha = resolve_alpha(settings, budget)
+    keep_from = deep_parameter_start(snapshots[0].numel(), alpha)
+    began, info = now(device), {}
+    bounds = channel_range(real)
+    images = distill([snapshots], project_(images.clone(), bounds), syn_labels, num_classes, run, keep_from,
+                     progress, info, fixed, bounds, desc=f"PAD (learner) classes {list(budget)}",
+                     network=trajectory.network)
+    if stats is not None:
+        stats.update(score_s=0.0, experts_s=0.0, match_s=now(device) - began, alpha=alpha, keep_from=keep_from,
+                     context_images=0 if fixed is None else len(fixed[1]), expert="learner",
+                     segment=[run.min_start_epoch, run.max_start_epoch, ahead], lr_init=run.lr_init, **info)
+    return images, syn_labels
+
+
+def _outputs(network: nn.Module) -> int:
+    last = [m for m in network.modules() if isinstance(m, nn.Linear)][-1]
+    return last.out_features
+
+
+__all__ = ["PADSettings", "LearnerTrajectory", "flat_parameters", "match_learner", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
            "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
            "FunctionalStudent", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
            "classified_correctly",

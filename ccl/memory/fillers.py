@@ -55,22 +55,28 @@ class Filler:
     priority order. `context` is the memory's old-class (images, labels) after shrinking;
     only condensers that ask for it (`memory_context` in their settings) use it. `later`
     gives the sizes each new class will be cut to ({class: [sizes]}), for condensers
-    that match those prefixes (`nested`)."""
+    that match those prefixes (`nested`). `trajectory` is the learner's trajectory over
+    the experience just trained (`ccl.condense.pad.LearnerTrajectory`), recorded by the
+    memory for fillers whose `wants_trajectory` is true."""
     device: torch.device
     settings: Any = None
     progress: bool = True  # progress bars of long fillers (condensation)
     stats: dict = field(default_factory=dict)  # time per phase etc., read by the plugin
 
+    @property
+    def wants_trajectory(self) -> bool:
+        return False
+
     def fill(self, real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              learner: nn.Module, context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             later: dict[int, list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             later: dict[int, list[int]] | None = None, trajectory=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 
 class RandomFiller(Filler):
     """Class-balanced random real images."""
 
-    def fill(self, real, labels, budget, learner, context=None, later=None):
+    def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         return random_real(real, labels, budget, self.device)
 
 
@@ -86,7 +92,7 @@ def herding_exemplars(real: torch.Tensor, labels: torch.Tensor, budget: dict[int
 class HerdingFiller(Filler):
     """iCaRL herding on the learner's features, in the order herding picks them."""
 
-    def fill(self, real, labels, budget, learner, context=None, later=None):
+    def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         return herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
 
 
@@ -101,6 +107,8 @@ class CondenseFiller(Filler):
     keeps that share of each class's real images out of condensation and, class by class,
     keeps the condensed images only where they represent those held-out images better
     than the real images they started from (`stats["kept"]` records the decision).
+    `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
+    records while the experience trains and hands over as `trajectory`.
     """
     method: Callable
 
@@ -108,10 +116,21 @@ class CondenseFiller(Filler):
         super().__init__(device, settings, progress)
         self.method = method
 
-    def fill(self, real, labels, budget, learner, context=None, later=None):
+    @property
+    def wants_trajectory(self) -> bool:
+        return getattr(self.settings, "expert", None) == "learner"
+
+    def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         stats: dict = {}
         extra = {}
         option = functools.partial(getattr, self.settings)
+        if self.wants_trajectory:
+            if trajectory is None:
+                raise ValueError("this memory matches the learner's trajectory, which only a "
+                                 "training run records (the memory plugin's hooks)")
+            extra["trajectory"] = trajectory
+            if context is not None and len(context[1]):
+                extra["context"] = context  # the learner's minibatches mixed in the old classes
         real, labels = real.to(self.device), labels.to(self.device)
         holdout = option("holdout", 0.0)
         if holdout > 0:

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
+from ccl.condense.pad import LearnerTrajectory, flat_parameters
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
@@ -67,8 +68,15 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
         self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
+        # The learner's parameters at the experience's start and after each epoch, for a
+        # filler that matches its trajectory (PAD on the learner); freed after the update.
+        self._snapshots: list[torch.Tensor] = []
+        self._steps = 0
+        self._epoch_step = 0.0
 
     def before_training_exp(self, strategy, **kwargs):
+        if self.filler is not None and self.filler.wants_trajectory:
+            self._snapshots, self._steps = [flat_parameters(strategy.model)], 0
         new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.classes)
         if not (self.stream_slots and new and self.mem_batch):
             return
@@ -83,7 +91,12 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         if self.record_logits and kept:
             self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
 
+    def after_training_epoch(self, strategy, **kwargs):
+        if self._snapshots:
+            self._snapshots.append(flat_parameters(strategy.model))
+
     def before_training_iteration(self, strategy, **kwargs):
+        self._steps += 1
         # The stream samples as they arrived, before a stream augmentation (an earlier
         # plugin's before_forward) changes them: memory keeps the images themselves.
         self._stream = (strategy.mbatch[0], strategy.mbatch[1])
@@ -136,6 +149,10 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             self.logits = self.logits[:n] if self.record_logits else self.logits
             self._reservoir = None
         self._stream = None
+        if self._snapshots:
+            group = strategy.optimizer.param_groups[0]
+            epochs = len(self._snapshots) - 1
+            self._epoch_step = group["lr"] * self._steps / max(epochs, 1) / (1 - group.get("momentum", 0.0))
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
@@ -153,8 +170,12 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             seen = set(self.classes)
             upcoming = [g for g in self.schedule if not seen.issuperset(g)]
             later = future_shares(self.mem_size, self.classes, upcoming)
+            trajectory = None
+            if self._snapshots:
+                trajectory = LearnerTrajectory(self._snapshots, learner, self._epoch_step)
             images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
-                                                    context, {c: later[c] for c in new_classes})
+                                                    context, {c: later[c] for c in new_classes}, trajectory)
+            self._snapshots = []  # the trajectory's memory goes back
             stats = dict(self.filler.stats)
             stored = self.codec.encode(images.to(self.device))
             kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner)))
