@@ -1,65 +1,58 @@
-"""Seconds each memory spends filling its slots at every experience of the CPU protocol.
+"""Each memory's update seconds beside the training seconds of the same run, and the ratio.
 
-The CPU protocol (configs/runs/cpu-protocol.toml): Split CIFAR-10, 1,000 training images
-per class, a width-64 ConvNet learner, 200 memory images. This replays only the memory
-updates of such a run (no training, no evaluation): for each experience the plugin
-shrinks the old classes and fills the new ones from their real images, with the learner
-the filler sees held fixed at a random initialisation (fill time does not depend on what
-the learner learned). Prints one row per memory: seconds per experience and in all.
+Runs `ccl run` for every memory on split-digits (`--mem-size 20`) and, given a data
+folder, at the CPU protocol (configs/runs/cpu-protocol.toml), and prints the seconds the
+memory spent filling its slots, the seconds the learner spent training, summed over the
+five experiences, and their ratio (issue 29's target: at most 1 for datadam, at most 2
+for pad). Both are measured in the same process on the same cores, so a loaded machine
+inflates both; the ratio is the figure to read.
 
-    python benchmarks/bench_memory_update.py --data-dir DIR [--memories random,herding,datadam] [--set k=v]
+    python benchmarks/bench_memory_update.py [--data-dir DIR] [--memories herding,datadam,pad] [--seeds 0] [--set k=v]
 
 `--set` overrides apply to every condensing memory, e.g. `--set iterations=50`.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import tempfile
+from pathlib import Path
 
-import torch
+from ccl.config import parse_override, read_toml
+from ccl.runner import make_config, prepare, run
 
-from ccl.config import parse_override
-from ccl.memory import DeviceMemoryPlugin
-from ccl.runner import make_config, prepare
-from ccl.training import pick_device, seed_everything
+PROTOCOLS = {"split-digits": {"scenario": "split-digits", "mem_size": 20},
+             "cpu-protocol": None}  # read from configs/runs/cpu-protocol.toml
+CONDENSING = ("dm", "datadam", "mtt", "pad")
 
 
-def memory_update_seconds(memory: str, data_dir: str, overrides: dict, seed: int = 0) -> list[float]:
-    cfg = make_config(scenario="split-cifar10", train_per_class=1000, width=64, epochs=3, mem_size=200,
-                      memory=memory, data_dir=data_dir, download=False, seed=seed,
-                      memory_settings=overrides if memory not in ("random", "herding") else {})
-    p = prepare(cfg)
-    seed_everything(seed)
-    from ccl.models import build_learner
-    learner = build_learner("convnet", p.data.num_classes, p.data.shape, cfg.width, cfg.depth, cfg.norm).to(p.device)
-    train_x, train_y = p.data.normalise(p.data.train_x), torch.from_numpy(p.data.train_y)
-
-    def real_images(classes):
-        mask = torch.isin(train_y, torch.tensor(classes))
-        return train_x[mask], train_y[mask]
-
-    plugin = DeviceMemoryPlugin(cfg.mem_size, cfg.mem_batch, p.spec.make_filler(p.device, p.settings, False),
-                                real_images, p.device, schedule=p.experience_classes)
-    seconds = []
-    for classes in p.experience_classes:
-        start = time.perf_counter()
-        plugin.update(sorted(classes), learner)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+def seconds(protocol: dict, memory: str, seed: int, overrides: dict, data_dir: str | None) -> tuple[list, list]:
+    settings = overrides if memory in CONDENSING else {}
+    cfg = make_config(**protocol, memory=memory, seed=seed, data_dir=data_dir, download=False,
+                      memory_settings=settings)
+    with tempfile.TemporaryDirectory() as runs:
+        results = json.loads((run(prepare(cfg), Path(runs), progress=False) / "results.json").read_text())
+    return results["memory_update_seconds"], results["train_seconds"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--memories", default="random,herding,dm,datadam,pad")
+    parser.add_argument("--data-dir", help="CIFAR-10's folder: adds the CPU protocol")
+    parser.add_argument("--memories", default="herding,datadam,pad")
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     overrides = dict(parse_override(o) for o in args.overrides)
-    print(f"device {pick_device('auto')}, torch threads {torch.get_num_threads()}")
-    print(f"{'memory':<10} " + " ".join(f"{f'exp {i + 1}':>8}" for i in range(5)) + f" {'total s':>9}")
-    for memory in args.memories.split(","):
-        seconds = memory_update_seconds(memory, args.data_dir, overrides)
-        print(f"{memory:<10} " + " ".join(f"{s:8.1f}" for s in seconds) + f" {sum(seconds):9.1f}", flush=True)
+    protocols = {"split-digits": PROTOCOLS["split-digits"]}
+    if args.data_dir:
+        protocols["cpu-protocol"] = read_toml(Path(__file__).parents[1] / "configs/runs/cpu-protocol.toml")
+    print(f"{'protocol':<13} {'memory':<9} {'seed':>4} {'update s':>9} {'train s':>8} {'ratio':>6}  update per experience")
+    for name, protocol in protocols.items():
+        for memory in args.memories.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                update, train = seconds(protocol, memory, seed, overrides, args.data_dir)
+                print(f"{name:<13} {memory:<9} {seed:>4} {sum(update):9.1f} {sum(train):8.1f} "
+                      f"{sum(update) / sum(train):6.2f}  {' '.join(f'{s:.1f}' for s in update)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -612,7 +612,8 @@ def iteration_budget(settings: DataDAMSettings, real_per_class: float) -> int:
     or fewer with `real_epochs` (that many passes over the real images, at least one)."""
     if not settings.real_epochs:
         return settings.iterations
-    passes = math.ceil(settings.real_epochs * real_per_class / settings.real_batch)
+    # round first: 6.4 passes of 1,000 images in batches of 64 are 100 iterations, not 101
+    passes = math.ceil(round(settings.real_epochs * real_per_class / settings.real_batch, 6))
     return min(settings.iterations, max(1, passes))
 
 
