@@ -208,6 +208,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     if entry.memory_alone and not (spec.on_device and spec.policy == "end"):
         raise CclError(f"--strategy {cfg.strategy} (--protocol gdumb) trains on a class-balanced memory alone, "
                        f"filled at each step; {name} is not one (use random, herding or a condensing memory)")
+    if entry.memory_alone and getattr(settings, "expert", None) == "learner":
+        raise CclError(f"{name} with expert = \"learner\" matches the learner's training on each experience, "
+                       f"and --strategy {cfg.strategy} fills the memory before the learner trains: "
+                       "use expert = \"trained\" (--set expert=trained)")
     replays = spec.on_device and not entry.memory_alone
     if entry.needs_replay and not replays:
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; {name} under "

@@ -124,3 +124,9 @@ def test_pad_on_the_learner_needs_a_trajectory():
     real, labels = torch.randn(8, 1, 4, 4), torch.tensor([0] * 4 + [1] * 4)
     with pytest.raises(ValueError, match="trajectory"):
         pad.condense(real, labels, {0: 1, 1: 1}, "cpu", pad.PADSettings(expert="learner"))
+
+
+def test_pad_on_the_learner_refuses_a_memory_filled_before_training(tiny_run):
+    from ccl.errors import CclError
+    with pytest.raises(CclError, match="fills the memory before the learner trains"):
+        prepare(make_config(**tiny_run, strategy="gdumb", memory="pad", memory_settings={"expert": "learner"}))
