@@ -87,6 +87,10 @@ class DataDAMSettings:
     # (a subset of a jointly optimised set is not one). The replay memory passes the sizes
     # its schedule will cut each class to; standalone condensation has none.
     nested: bool = False
+    # `ccl run` only, with `nested` and init "herding": condense only the images the next
+    # cut keeps; the rest of each class stays herding's real exemplars, replayed for one
+    # experience (ccl.memory.fillers). Standalone condensation has no cuts.
+    lasting_only: bool = False
     # Weight of a third term: the MMD of a guide network's L2-normalised embeddings (the
     # replay learner, as SSD matches on the model being trained), so the images also carry
     # what this learner uses, not only what random networks see. 0 = off, the paper's loss.

@@ -107,7 +107,9 @@ class CondenseFiller(Filler):
     keeps that share of each class's real images out of condensation and, class by class,
     keeps the condensed images only where they represent those held-out images better
     than the real images they started from (`stats["kept"]` records the decision).
-    `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
+    `lasting_only` (with `nested` and the herding start) condenses only the images the
+    next cut keeps and appends the rest of the herding start as real images: those are
+    replayed for one experience only. `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
     records while the experience trains and hands over as `trajectory`.
     """
     method: Callable
@@ -146,16 +148,45 @@ class CondenseFiller(Filler):
             extra["prefix_sizes"] = later
         if option("guide_weight", 0.0) > 0:
             extra["guide"] = learner
+        tail = None
+        if nested and option("lasting_only", False) and option("init", None) == "herding":
+            budget, extra["init"], tail = _lasting(budget, extra["init"], later)
+            stats["condensed_sizes"] = {str(c): n for c, n in budget.items()}
         images, image_labels = self.method(real, labels, budget, self.device, self.settings,
                                            progress=self.progress, stats=stats, **extra)
         if holdout > 0:
             images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
                 images, extra["init"][0], image_labels, held, learner, later or {})
+        if tail is not None:
+            images, image_labels = _after_each_class(images, image_labels, tail)
         self.stats = stats
         if nested:
             return images, image_labels
         order = _herding_rank(images, image_labels, learner)
         return images[order], image_labels[order]
+
+
+def _lasting(budget: dict[int, int], start: tuple[torch.Tensor, torch.Tensor], later: dict[int, list[int]]):
+    """Split each class's herding start at the size the next cut keeps: (the budget to
+    condense, its start, the rest as real exemplars). The rest is replayed for one
+    experience only, as the herding memory's own images are."""
+    images, labels = start
+    head, tail, lasting = [], [], {}
+    for c, k in budget.items():
+        at = torch.nonzero(labels == c).flatten()  # in herding order
+        lasting[c] = n = min([k, *later.get(c, [])[:1]])
+        head.append(at[:n])
+        tail.append(at[n:])
+    head, tail = torch.cat(head), torch.cat(tail)
+    return lasting, (images[head], labels[head]), (images[tail], labels[tail])
+
+
+def _after_each_class(images: torch.Tensor, labels: torch.Tensor, tail: tuple[torch.Tensor, torch.Tensor]):
+    """Each class's images followed by its `tail` images, classes in their order in `labels`."""
+    parts = [(images[labels == c], labels[labels == c], tail[0][tail[1] == c], tail[1][tail[1] == c])
+             for c in labels.unique_consecutive().tolist()]
+    return (torch.cat([torch.cat([p[0], p[2]]) for p in parts]),
+            torch.cat([torch.cat([p[1], p[3]]) for p in parts]))
 
 
 def _split_per_class(real: torch.Tensor, labels: torch.Tensor, fraction: float):
