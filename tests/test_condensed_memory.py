@@ -40,8 +40,10 @@ def test_condensed_memory_is_valid_pixels_and_records_its_choices(tmp_path, tiny
         assert sorted(u["kept"]) == sorted(str(c) for c in u["new_classes"])
         assert set(u["kept"].values()) <= {"condensed", "real"} and set(u["heldout_ratio"]) == set(u["kept"])
     # the first experience's classes were matched at every share they are later cut to
-    # (20 images, two new classes a time: 10, then 5, 4 (the remainder goes to the oldest), 3, 2)
-    assert updates[0]["matched_sizes"] == {str(c): [10, 5, 4, 3, 2] for c in updates[0]["new_classes"]}
+    # (20 images, two new classes a time: 10, then 5, 4 (the remainder goes to the oldest), 3, 2);
+    # the preset's lasting_only condenses the 5 the next cut keeps and leaves the other 5 real
+    assert updates[0]["condensed_sizes"] == {str(c): 5 for c in updates[0]["new_classes"]}
+    assert updates[0]["matched_sizes"] == {str(c): [5, 4, 3, 2] for c in updates[0]["new_classes"]}
 
 
 def test_pad_on_the_learner_matches_its_recorded_trajectory(tmp_path, tiny_run, monkeypatch):
