@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 from ccl.config import parse_override, read_toml
@@ -36,6 +37,7 @@ def seconds(protocol: dict, memory: str, seed: int, overrides: dict, data_dir: s
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore")  # the runs' own warnings (PAD's step counts) would bury the table
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="CIFAR-10's folder: adds the CPU protocol")
     parser.add_argument("--memories", default="herding,datadam,pad")
