@@ -22,8 +22,7 @@ from pathlib import Path
 from ccl.config import parse_override, read_toml
 from ccl.runner import make_config, prepare, run
 
-PROTOCOLS = {"split-digits": {"scenario": "split-digits", "mem_size": 20},
-             "cpu-protocol": None}  # read from configs/runs/cpu-protocol.toml
+DIGITS = {"scenario": "split-digits", "mem_size": 20}
 CONDENSING = ("dm", "datadam", "mtt", "pad")
 
 
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     overrides = dict(parse_override(o) for o in args.overrides)
-    protocols = {"split-digits": PROTOCOLS["split-digits"]}
+    protocols = {"split-digits": DIGITS}
     if args.data_dir:
         protocols["cpu-protocol"] = read_toml(Path(__file__).parents[1] / "configs/runs/cpu-protocol.toml")
     print(f"{'protocol':<13} {'memory':<9} {'seed':>4} {'update s':>9} {'train s':>8} {'ratio':>6}  update per experience")

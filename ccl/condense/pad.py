@@ -651,12 +651,6 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     classes = list(budget)
     if context is not None:
         context_x, context_y = _check_context(context, classes, real.shape[1:])
-    if settings.expert == "learner":
-        if trajectory is None:
-            raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
-                             "(ccl run); pass trajectory=, or use expert = 'trained'")
-        return match_learner(real, labels, budget, device, settings, trajectory, init=init,
-                             progress=progress, stats=stats, context=context)
     real, labels = real.to(device), labels.to(device)
     finite = torch.isfinite(real).flatten(1).all(1)  # (N,) one NaN pixel would poison the experts
     if not finite.all():
@@ -666,6 +660,12 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     real, labels = real[keep].float(), labels[keep]  # (N', C, H, W), (N',)
     if set(torch.unique(labels).tolist()) != set(classes):
         raise ValueError("some budget classes have no finite real images")
+    if settings.expert == "learner":
+        if trajectory is None:
+            raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
+                             "(ccl run); pass trajectory=, or use expert = 'trained'")
+        return match_learner(real, labels, budget, device, settings, trajectory, init=init,
+                             progress=progress, stats=stats, context=context)
     class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
     # Context classes follow the budget's in the networks' outputs: K .. K+K'-1.
     all_ids = class_ids if context is None else torch.cat([class_ids, context_y.unique().to(device)])
@@ -735,7 +735,9 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
                   init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
                   stats: dict | None = None,
                   context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """PAD against the learner's own trajectory (`settings.expert == "learner"`).
+    """PAD against the learner's own trajectory (`settings.expert == "learner"`), called by
+    `condense` once it has checked the inputs and kept the budget classes' finite real
+    images (on `device`).
 
     The student is the learner's architecture with its labels (all its outputs, no
     relabelling); it starts at a learner snapshot theta_t and takes `syn_steps` steps on
@@ -754,11 +756,8 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
     ahead = min(settings.expert_epochs, epochs)
     latest = min(settings.max_start_epoch, epochs - ahead)
     run = dataclasses.replace(settings, expert_train_epochs=epochs, expert_epochs=ahead,
-                              max_start_epoch=latest, min_start_epoch=min(settings.min_start_epoch, latest),
-                              lr_init=trajectory.student_lr(dataclasses.replace(settings, expert_epochs=ahead)))
-    real, labels = real.to(device), labels.to(device)
-    keep = torch.isin(labels, torch.tensor(list(budget), device=device)) & torch.isfinite(real).flatten(1).all(1)
-    real, labels = real[keep].float(), labels[keep]
+                              max_start_epoch=latest, min_start_epoch=min(settings.min_start_epoch, latest))
+    run = dataclasses.replace(run, lr_init=trajectory.student_lr(run))
     num_classes = _outputs(trajectory.network)
     if max(budget) >= num_classes:
         raise ValueError(f"the learner has {num_classes} outputs; budget classes {sorted(budget)} exceed them")

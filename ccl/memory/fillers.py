@@ -131,13 +131,12 @@ class CondenseFiller(Filler):
                 raise ValueError("this memory matches the learner's trajectory, which only a "
                                  "training run records (the memory plugin's hooks)")
             extra["trajectory"] = trajectory
-            if context is not None and len(context[1]):
-                extra["context"] = context  # the learner's minibatches mixed in the old classes
         real, labels = real.to(self.device), labels.to(self.device)
         holdout = option("holdout", 0.0)
         if holdout > 0:
             (real, labels), held = _split_per_class(real, labels, holdout)
-        if option("memory_context", False) and context is not None and len(context[1]):
+        # on the learner's trajectory always: its minibatches mixed in the old classes
+        if (option("memory_context", False) or self.wants_trajectory) and context is not None and len(context[1]):
             extra["context"] = context
         if option("init", None) == "herding":
             extra["init"] = herding_exemplars(real, labels, budget, learner)
