@@ -64,7 +64,7 @@ def time_matching(args: argparse.Namespace, steps: int, recompute: bool) -> tupl
     seconds = []
     for _ in range(args.iterations + args.warmup):
         began = now(device)
-        images = distill(trajectories, images, labels, args.classes, settings, keep_from,
+        images, _ = distill(trajectories, images, labels, args.classes, settings, keep_from,
                          progress=False)
         seconds.append(now(device) - began)
     return statistics.median(seconds[args.warmup:]), peak_memory_gib(device)

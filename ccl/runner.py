@@ -89,8 +89,9 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         plugins.append(AugmentPlugin(augments[cfg.stream_augment]))
     if not p.strategy.memory_alone and memory is not None:
         plugins.append(memory)  # appends memory samples to every minibatch, fills itself
-    if p.strategy.plugin is not None:
-        plugins.append(p.strategy.plugin(memory, p.strategy_settings))  # after the memory: it reads what was replayed
+    loss = p.strategy.plugin(memory, p.strategy_settings) if p.strategy.plugin is not None else None
+    if loss is not None:
+        plugins.append(loss)  # after the memory: it reads what was replayed
     if cfg.finetune_epochs:
         plugins.append(FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
                                       cfg.batch_size))

@@ -86,3 +86,22 @@ def sgd_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, indice
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def soft_cross_entropy(output: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """(B,) per-row cross-entropy: to softmax(soft / temperature) where a row has a soft
+    target (DATM's soft cross-entropy; a NaN row has none), else to the hard label.
+
+    Args:
+        output: (B, K) logits.
+        labels: (B,) long hard labels.
+        soft: (B, K) target logits, NaN rows where there is none; or None (all hard).
+        temperature: divides the target logits (1: the reference's).
+    """
+    hard = F.cross_entropy(output, labels, reduction="none")  # (B,)
+    if soft is None:
+        return hard
+    has = ~soft[:, 0].isnan()  # (B,)
+    target = torch.nan_to_num(soft, nan=0.0).div(temperature).softmax(1)  # (B, K)
+    return torch.where(has, -(target * output.log_softmax(1)).sum(1), hard)

@@ -19,9 +19,16 @@ Departures from the reference code (NUS-HPC-AI-Lab/PAD distill/PAD_depth.py, MTT
 distill.py), each also noted where it happens:
 - The start epoch is uniform over [0, max_start_epoch] inclusive (the reference's
   `randint(0, max_start_epoch)` excludes the upper end).
-- Hard labels and cross-entropy; the reference PAD also learns soft labels initialised
-  from expert logits. Its other refinement, starting from real images the final expert
-  classifies correctly, is `init="correct"`.
+- Soft labels (`soft_labels`, after DATM, as the reference PAD): one learnable logit
+  vector per synthetic image, optimised with the images (SGD at `lr_labels`, momentum
+  `labels_momentum`: the reference's lr_y 2, momentum 0.9 for CIFAR-10 IPC 10), and the
+  student's inner steps take the cross-entropy to their softmax (the reference's
+  `SoftCrossEntropy`, temperature 1). They start as the logits of ONE network on the
+  initial images: the first expert's final parameters theta*_E (the reference's
+  `buffer[0][-1]` for a real init; with its `samples_predicted_correctly` init it
+  averages the logits of every expert that classifies an image correctly), or the
+  learner's last snapshot with `expert = "learner"`. Off: hard labels, as MTT. Starting
+  from real images the final expert classifies correctly is `init="correct"`.
 - No loss threshold that skips updates (PAD's `threshold`, 1.0 in its configs).
 - The learnable student lr has a floor (lr_init / 100), and NaN/inf restarts from the
   last finite images with halved rates (`distill`); the reference can diverge.
@@ -42,6 +49,7 @@ import warnings
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +57,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ccl.condense import Condensed
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
@@ -58,6 +67,7 @@ from ccl.training import now
 
 INITS = ("real", "correct", "noise", "herding")
 EXPERTS = ("trained", "learner")
+GUARDS = ("features", "teach")
 
 # PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
 # 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
@@ -85,6 +95,10 @@ class PADSettings:
     # Fraction of shallow parameters left out of the loss; None = REFERENCE_ALPHA by the
     # smallest per-class budget (the largest reference IPC <= it).
     alpha: float | None = None
+    # --- soft labels (DATM / the PAD reference) ---
+    soft_labels: bool = False       # learn a logit vector per image with the images
+    lr_labels: float = 2.0          # SGD lr on those logits (reference lr_y, CIFAR-10 IPC 10)
+    labels_momentum: float = 0.9    # (reference Momentum_y)
     # --- experts ---
     # "trained": experts trained on the real data of the classes being condensed (the
     # paper). "learner": the replay learner's own parameters at every epoch boundary of
@@ -131,6 +145,17 @@ class PADSettings:
     # matched images only where they represent the held-out ones better than the real
     # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
     holdout: float = 0.0
+    # `ccl run` only, with holdout: how the guard judges a class's matched images.
+    # "features": their class-mean embeddings against the held-out images' (above);
+    # "teach": a copy of the learner as the experience found it, trained `guard_steps`
+    # steps at `guard_lr` on the memory with them, classifies the held-out images better
+    # than with their start (`ccl.memory.fillers.Teacher`).
+    guard: str = "features"
+    guard_steps: int = 30
+    guard_lr: float = 0.01
+    # `ccl run` only, with the teaching guard: judge the images also after this fraction
+    # of the iterations and stop matching the classes refused there (0: only at the end).
+    review_at: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
@@ -155,6 +180,9 @@ class PADSettings:
                 f"exceeds expert_train_epochs ({self.expert_train_epochs}): the target "
                 "theta*_{t+M} would lie past the end of the trajectory; lower max_start_epoch "
                 "or train longer experts")
+        if self.lr_labels < 0 or not 0 <= self.labels_momentum < 1:
+            raise ValueError(f"PADSettings needs lr_labels >= 0 and labels_momentum in [0, 1), got "
+                             f"{self.lr_labels} and {self.labels_momentum}")
         for name in ("lr_img", "lr_init", "expert_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PADSettings.{name} must be > 0, got {getattr(self, name)}")
@@ -172,6 +200,11 @@ class PADSettings:
             raise ValueError(f"PADSettings.init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"PADSettings.holdout must be in [0, 1), got {self.holdout}")
+        if self.guard not in GUARDS:
+            raise ValueError(f"PADSettings.guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
+        if self.guard_steps < 1 or not self.guard_lr > 0 or not 0 <= self.review_at < 1:
+            raise ValueError("PADSettings needs guard_steps >= 1, guard_lr > 0 and review_at in [0, 1), got "
+                             f"{self.guard_steps}, {self.guard_lr} and {self.review_at}")
         self.schedule  # noqa: B018 -- builds (and so validates) the schedule fractions
 
     @property
@@ -329,19 +362,40 @@ def student_plan(n: int, batch: int, steps: int, dsa: DSASettings | None,
     return plan
 
 
-def _step_gradient(student: FunctionalStudent, params: torch.Tensor, x: torch.Tensor,
-                   y: torch.Tensor, draw: Draw | None, create_graph: bool) -> torch.Tensor:
-    """(P,) gradient of the student's cross-entropy on one (augmented) minibatch."""
+def step_loss(output: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor,
+              soft: torch.Tensor | None) -> torch.Tensor:
+    """The student's loss on one minibatch: cross-entropy to the hard labels, or, for the
+    synthetic rows (idx < len(soft)), to the softmax of their learnable logits (DATM's
+    `SoftCrossEntropy`: -sum softmax(soft) * log_softmax(output), averaged over the batch).
+
+    Args:
+        output: (B, K) the student's logits.
+        idx: (B,) rows of the set (synthetic first, then any fixed context rows).
+        labels: (S + M,) long labels of every row.
+        soft: (S, K) learnable logits of the S synthetic rows, or None (hard labels).
+    """
+    if soft is None:
+        return F.cross_entropy(output, labels[idx])
+    hard = F.cross_entropy(output, labels[idx], reduction="none")  # (B,)
+    target = soft[idx.clamp(max=len(soft) - 1)].softmax(1)  # (B, K); context rows' are unused
+    soft_ce = -(target * output.log_softmax(1)).sum(1)  # (B,)
+    return torch.where(idx < len(soft), soft_ce, hard).mean()
+
+
+def _step_gradient(student: FunctionalStudent, params: torch.Tensor, x: torch.Tensor, idx: torch.Tensor,
+                   labels: torch.Tensor, soft: torch.Tensor | None, draw: Draw | None,
+                   create_graph: bool) -> torch.Tensor:
+    """(P,) gradient of the student's loss (`step_loss`) on one (augmented) minibatch."""
     if draw is not None:
         x = apply(x, draw)
-    loss = F.cross_entropy(student(params, x), y)
+    loss = step_loss(student(params, x), idx, labels, soft)
     (grad,) = torch.autograd.grad(loss, params, create_graph=create_graph)
     return grad
 
 
 def unroll_student(student: FunctionalStudent, start: torch.Tensor, images: torch.Tensor,
                    labels: torch.Tensor, lr: torch.Tensor, plan: list[Step],
-                   recompute: bool = True) -> torch.Tensor:
+                   recompute: bool = True, soft: torch.Tensor | None = None) -> torch.Tensor:
     """Train the student len(plan) SGD steps from `start`, differentiably in images and lr.
 
     Args:
@@ -353,6 +407,8 @@ def unroll_student(student: FunctionalStudent, start: torch.Tensor, images: torc
         plan: the steps' minibatches and draws (`student_plan`); empty returns `start`.
         recompute: keep only the N parameter vectors and recompute each step's graph in
             the backward pass (`_RecomputedUnroll`); False keeps all N graphs (the reference).
+        soft: optional (S', K) learnable logits of the first S' rows (`step_loss`); the
+            gradient reaches them as it reaches the images.
 
     Returns:
         (P,) theta_hat_{t+N}.
@@ -360,11 +416,11 @@ def unroll_student(student: FunctionalStudent, start: torch.Tensor, images: torc
     if not plan:
         return start.detach()
     if recompute:
-        return _RecomputedUnroll.apply(start.detach(), images, lr, student, labels, plan)
+        return _RecomputedUnroll.apply(start.detach(), images, lr, soft, student, labels, plan)
     params = start.detach().requires_grad_(True)  # (P,) leaf: grad of CE w.r.t. it below
     for idx, draw in plan:
-        # create_graph: the update must stay differentiable w.r.t. images and lr.
-        grad = _step_gradient(student, params, images[idx], labels[idx], draw, create_graph=True)
+        # create_graph: the update must stay differentiable w.r.t. images, lr and soft labels.
+        grad = _step_gradient(student, params, images[idx], idx, labels, soft, draw, create_graph=True)
         params = params - lr * grad  # (P,)
     return params
 
@@ -376,43 +432,51 @@ class _RecomputedUnroll(torch.autograd.Function):
     with a = dL/dtheta_{k+1}, one double-backward through the recomputed step gives
         dL/dlr     += -a . g_k
         dL/dx_k    += -lr * (a . dg_k/dx_k)
+        dL/dsoft   += -lr * (a . dg_k/dsoft)   (soft labels, when learned)
         dL/dtheta_k = a - lr * (H_k a)
     which is exactly what autograd computes through the full graph.
     """
 
     @staticmethod
-    def forward(ctx, start, images, lr, student, labels, plan):
+    def forward(ctx, start, images, lr, soft, student, labels, plan):
         thetas, params = [], start
         for idx, draw in plan:
             thetas.append(params)  # (P,) each; N of them is the whole memory cost
             with torch.enable_grad():
                 leaf = params.detach().requires_grad_(True)
-                grad = _step_gradient(student, leaf, images[idx], labels[idx], draw, create_graph=False)
+                grad = _step_gradient(student, leaf, images[idx], idx, labels, soft, draw, create_graph=False)
             params = params - lr * grad
         ctx.thetas, ctx.student, ctx.labels, ctx.plan = thetas, student, labels, plan
-        ctx.save_for_backward(images, lr)
+        ctx.soft = soft is not None
+        ctx.save_for_backward(images, lr, *([soft] if soft is not None else []))
         return params
 
     @staticmethod
     def backward(ctx, adjoint):
-        images, lr = ctx.saved_tensors
+        images, lr, *soft = ctx.saved_tensors
+        soft = soft[0].detach().requires_grad_(True) if ctx.soft else None  # (S', K)
         grad_images, grad_lr = torch.zeros_like(images), torch.zeros_like(lr)
+        grad_soft = torch.zeros_like(soft) if soft is not None else None
         for (idx, draw), theta in zip(reversed(ctx.plan), reversed(ctx.thetas)):
             with torch.enable_grad():
                 params = theta.detach().requires_grad_(True)
                 x = images[idx].detach().requires_grad_(True)  # (B, C, H, W)
-                grad = _step_gradient(ctx.student, params, x, ctx.labels[idx], draw, create_graph=True)
+                grad = _step_gradient(ctx.student, params, x, idx, ctx.labels, soft, draw, create_graph=True)
                 grad_lr -= (adjoint * grad.detach()).sum()
-                hessian_adjoint, grad_x = torch.autograd.grad(grad, (params, x), adjoint)
+                inputs = (params, x) if soft is None else (params, x, soft)
+                hessian_adjoint, grad_x, *grad_y = torch.autograd.grad(grad, inputs, adjoint)
             grad_images.index_add_(0, idx, -lr.detach() * grad_x)
+            if grad_soft is not None:
+                grad_soft -= lr.detach() * grad_y[0]
             adjoint = adjoint - lr.detach() * hessian_adjoint
         ctx.thetas = ctx.plan = None
-        return None, grad_images, grad_lr, None, None, None
+        return None, grad_images, grad_lr, grad_soft, None, None, None
 
 
 def match_once(student: FunctionalStudent, trajectories: list[Trajectory], images: torch.Tensor,
                labels: torch.Tensor, lr: torch.Tensor, settings: PADSettings,
-               keep_from: int, fixed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               keep_from: int, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+               soft: torch.Tensor | None = None) -> torch.Tensor:
     """One distillation iteration's loss: random expert, random start epoch, N student steps.
 
     Args:
@@ -425,6 +489,7 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
         keep_from: first matched parameter index.
         fixed: optional (images, local labels) that join the synthetic set in the student's
             minibatches without receiving gradient (the context).
+        soft: optional (S, K) learnable logits of the synthetic images (soft labels).
     """
     if fixed is not None:
         images, labels = torch.cat([images, fixed[0]]), torch.cat([labels, fixed[1]])
@@ -435,23 +500,28 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
     batch = settings.batch_syn or images.shape[0]
     dsa = settings.dsa_settings if settings.dsa else None
     plan = student_plan(images.shape[0], batch, settings.syn_steps, dsa, images.device)
-    student_end = unroll_student(student, start, images, labels, lr, plan, settings.recompute_steps)
+    student_end = unroll_student(student, start, images, labels, lr, plan, settings.recompute_steps, soft)
     return trajectory_matching_loss(student_end, start, target, keep_from)
+
+
+Review = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
             stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
             bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD",
-            network: nn.Module | None = None) -> torch.Tensor:
-    """Optimise synthetic images by trajectory matching; never returns non-finite values.
+            network: nn.Module | None = None, soft: torch.Tensor | None = None,
+            review: tuple[int, Review] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Optimise synthetic images (and soft labels) by trajectory matching; never returns
+    non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
-    checked, which avoids a device sync per iteration. On NaN/inf the images and lr go
-    back to the last finite check, momentum is dropped, lr_img and lr_lr are halved and a
-    warning says so; after `max_recoveries` such restarts the last finite images are
-    returned. The learnable lr is kept at or above lr_init / 100: at zero or below, the
-    student would climb its loss (the reference does not guard it and can diverge).
+    checked, which avoids a device sync per iteration. On NaN/inf the images, labels and
+    lr go back to the last finite check, momentum is dropped, lr_img, lr_labels and lr_lr
+    are halved and a warning says so; after `max_recoveries` such restarts the last finite
+    values are returned. The learnable lr is kept at or above lr_init / 100: at zero or
+    below, the student would climb its loss (the reference does not guard it and can diverge).
 
     Args:
         trajectories: expert trajectories on the images' device.
@@ -462,52 +532,90 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
-            "recoveries" and "stopped" (recoveries ran out).
+            "recoveries", "stopped" (recoveries ran out) and, with a review, "reviewed"
+            (rows still optimised after it) and "refused_early" (none was).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
         desc: the progress bar's label.
         network: the student's architecture (copied; default: `make_network(settings)`).
+        soft: optional (S, num_classes) initial logits, learned with the images (soft labels).
+        review: optional (iteration, fn): after that many iterations fn(images, soft) gives
+            an (S,) bool of the rows worth matching further; the others go back to their
+            initial values and stay there (they still train the student, as context
+            does), and when none is left the matching stops there: a refused match
+            costs only the iterations before its review.
 
     Returns:
-        (S, C, H, W) optimised images (detached).
+        (S, C, H, W) optimised images and (S, num_classes) soft labels (None without), detached.
     """
     device = images.device
     network = (copy.deepcopy(network).to(device) if network is not None
                else make_network(settings, num_classes, tuple(images.shape[1:]), device))
     student = FunctionalStudent(network.train())
-    images = images.detach().clone().requires_grad_(True)  # (S, C, H, W)
+    initial = images.detach().clone()  # (S, C, H, W)
+    images = initial.clone().requires_grad_(True)
+    learned = [images]
+    if soft is not None:
+        initial_soft = soft.detach().clone().float()  # (S, K)
+        soft = initial_soft.clone().requires_grad_(True)
+        learned.append(soft)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
     lr_floor = settings.lr_init / 100
+    frozen = None  # (S,) bool: rows a review refused
 
-    def optimisers(scale: float) -> tuple[torch.optim.SGD, torch.optim.SGD]:
-        # MTT: plain SGD with momentum 0.5 on both the pixels and the student lr.
-        return (torch.optim.SGD([images], lr=settings.lr_img * scale, momentum=0.5),
-                torch.optim.SGD([lr], lr=settings.lr_lr * scale, momentum=0.5))
+    def optimisers(scale: float) -> list[torch.optim.SGD]:
+        # MTT: plain SGD with momentum 0.5 on the pixels and the student lr; the labels
+        # with their own rate and momentum (the reference's optimizer_y).
+        built = [torch.optim.SGD([images], lr=settings.lr_img * scale, momentum=0.5),
+                 torch.optim.SGD([lr], lr=settings.lr_lr * scale, momentum=0.5)]
+        if soft is not None:
+            built.append(torch.optim.SGD([soft], lr=settings.lr_labels * scale, momentum=settings.labels_momentum))
+        return built
 
-    opt_images, opt_lr = optimisers(1.0)
-    last_finite, last_lr = images.detach().clone(), settings.lr_init
+    steppers = optimisers(1.0)
+    last_finite, last_lr = [t.detach().clone() for t in learned], settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
             "stopped": False}
     bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
     for it in bar:
-        loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed)
-        opt_images.zero_grad(set_to_none=True)
-        opt_lr.zero_grad(set_to_none=True)
+        loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed, soft)
+        for opt in steppers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()  # frees the unrolled graph
-        opt_images.step()
-        opt_lr.step()
+        if frozen is not None:
+            for t in learned:
+                t.grad[frozen] = 0
+        for opt in steppers:
+            opt.step()
         with torch.no_grad():
             lr.clamp_(min=lr_floor)
+            if frozen is not None:  # momentum would still move them
+                images[frozen] = initial[frozen]
+                if soft is not None:
+                    soft[frozen] = initial_soft[frozen]
         if bounds is not None:
             project_(images, bounds)  # a no-op on NaN, which the check below catches
-        if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
+        at_review = review is not None and it + 1 == review[0]
+        if (it + 1) % settings.progress_every and it + 1 < settings.iterations and not at_review:
             continue
         value = float(loss.detach())
-        if torch.isfinite(images).all() and torch.isfinite(lr) and math.isfinite(value):
-            last_finite, last_lr = images.detach().clone(), float(lr.detach())
+        if all(torch.isfinite(t).all() for t in learned) and torch.isfinite(lr) and math.isfinite(value):
+            last_finite, last_lr = [t.detach().clone() for t in learned], float(lr.detach())
             info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
+            if at_review:
+                keep = review[1](images.detach(), None if soft is None else soft.detach()).to(device)  # (S,)
+                info["reviewed"] = int(keep.sum())
+                if not keep.any():
+                    info["refused_early"] = True
+                    last_finite = [initial] + ([initial_soft] if soft is not None else [])
+                    break
+                frozen = ~keep
+                with torch.no_grad():
+                    images[frozen] = initial[frozen]
+                    if soft is not None:
+                        soft[frozen] = initial_soft[frozen]
             continue
         if info["recoveries"] == settings.max_recoveries:
             warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} after "
@@ -518,9 +626,10 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         info["recoveries"] += 1
         scale = 0.5 ** info["recoveries"]
         with torch.no_grad():
-            images.copy_(last_finite)
+            for t, good in zip(learned, last_finite):
+                t.copy_(good)
             lr.fill_(last_lr)
-        opt_images, opt_lr = optimisers(scale)  # fresh: no momentum from the diverged steps
+        steppers = optimisers(scale)  # fresh: no momentum from the diverged steps
         warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
                       f"restarting from iteration {info['iterations']} with lr_img "
                       f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
@@ -529,7 +638,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     bar.close()
     if stats is not None:
         stats.update(info)
-    return last_finite
+    return last_finite[0], (last_finite[1] if soft is not None else None)
 
 
 # --- condense: the ccl.condense contract ---------------------------------------------------
@@ -618,7 +727,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None,
              context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             trajectory: LearnerTrajectory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             trajectory: LearnerTrajectory | None = None,
+             review: tuple[float, Callable[[Condensed], torch.Tensor]] | None = None) -> Condensed:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -642,10 +752,14 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             optimised or returned.
         trajectory: with `settings.expert == "learner"`, the learner's trajectory to match
             instead of trained experts (`match_learner`).
+        review: optional (fraction, fn): after that fraction of the iterations, fn(the set
+            so far, as a `Condensed`) gives an (S,) bool of the images worth matching
+            further; the others return to their start (`distill`).
 
     Returns:
-        images (sum(budget), C, H, W) float32 on `device`, grouped by class in budget
-        order, and their (sum(budget),) long labels.
+        a `Condensed`: images (sum(budget), C, H, W) float32 on `device`, grouped by class
+        in budget order, their (sum(budget),) long labels and, with `soft_labels`, the
+        learned logits over the networks' classes (budget, then context classes).
     """
     _check_inputs(real, labels, budget, init)
     classes = list(budget)
@@ -665,7 +779,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
                              "(ccl run); pass trajectory=, or use expert = 'trained'")
         return match_learner(real, labels, budget, device, settings, trajectory, init=init,
-                             progress=progress, stats=stats, context=context)
+                             progress=progress, stats=stats, context=context, review=review)
     class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
     # Context classes follow the budget's in the networks' outputs: K .. K+K'-1.
     all_ids = class_ids if context is None else torch.cat([class_ids, context_y.unique().to(device)])
@@ -719,22 +833,46 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     began = now(device)
     info: dict = {}
     bounds = channel_range(real)
-    images = distill(trajectories, project_(images.clone(), bounds), syn_labels, num_classes, settings,
-                     keep_from, progress, info, fixed, bounds, desc=f"PAD classes {classes}")
+    images = project_(images.clone(), bounds)
+    out_labels = class_ids[syn_labels]  # (S,) original classes
+    network = make_network(settings, num_classes, tuple(real.shape[1:]), device)
+    soft = initial_soft_labels(network, trajectories[0][-1], images) if settings.soft_labels else None
+    images, soft = distill(trajectories, images, syn_labels, num_classes, settings, keep_from, progress, info,
+                           fixed, bounds, desc=f"PAD classes {classes}", network=network, soft=soft,
+                           review=_in_local_terms(review, settings, out_labels, all_ids))
     timings["match_s"] = now(device) - began
 
     if stats is not None:
         stats.update(timings, alpha=alpha, keep_from=keep_from,
                      context_images=0 if context is None else len(context_x), **info)
-    out_labels = class_ids[syn_labels]  # (S,) original classes
-    return images, out_labels
+    return Condensed(images, out_labels, soft, all_ids if soft is not None else None)
+
+
+@torch.no_grad()
+def initial_soft_labels(network: nn.Module, theta: torch.Tensor, images: torch.Tensor,
+                        batch: int = 1024) -> torch.Tensor:
+    """(S, K) logits of `network` with flat parameters `theta` on `images` (eval mode):
+    where soft labels start (the reference: the first expert's final network)."""
+    student = FunctionalStudent(copy.deepcopy(network))
+    student.module.eval()
+    return torch.cat([student(theta, x) for x in images.split(batch)]).float()
+
+
+def _in_local_terms(review, settings: PADSettings, labels: torch.Tensor, columns: torch.Tensor):
+    """`distill`'s (iteration, fn(images, soft)) for `condense`'s (fraction, fn(Condensed))."""
+    if review is None:
+        return None
+    fraction, decide = review
+    at = max(1, round(fraction * settings.iterations))
+    return at, lambda images, soft: decide(Condensed(images, labels, soft, columns if soft is not None else None))
 
 
 def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                   device: torch.device | str, settings: PADSettings, trajectory: LearnerTrajectory, *,
                   init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
                   stats: dict | None = None,
-                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  context: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  review: tuple[float, Callable[[Condensed], torch.Tensor]] | None = None) -> Condensed:
     """PAD against the learner's own trajectory (`settings.expert == "learner"`), called by
     `condense` once it has checked the inputs and kept the budget classes' finite real
     images (on `device`).
@@ -747,7 +885,8 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
     The start epoch stays within [min_start_epoch, max_start_epoch] as far as the
     trajectory reaches: early segments carry what the learner learns first (PAD's
     filter 1 chooses the experts' data by difficulty; the learner's data is the stream
-    as it came, so only the choice of segment carries over).
+    as it came, so only the choice of segment carries over). Soft labels start as the
+    learner's logits at its last snapshot (the network the images are matched against).
     """
     snapshots = [theta.to(device) for theta in trajectory.snapshots]
     epochs = len(snapshots) - 1
@@ -771,14 +910,17 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
     keep_from = deep_parameter_start(snapshots[0].numel(), alpha)
     began, info = now(device), {}
     bounds = channel_range(real)
-    images = distill([snapshots], project_(images.clone(), bounds), syn_labels, num_classes, run, keep_from,
-                     progress, info, fixed, bounds, desc=f"PAD (learner) classes {list(budget)}",
-                     network=trajectory.network)
+    images = project_(images.clone(), bounds)
+    soft = initial_soft_labels(trajectory.network, snapshots[-1], images) if settings.soft_labels else None
+    columns = torch.arange(num_classes, device=device)
+    images, soft = distill([snapshots], images, syn_labels, num_classes, run, keep_from, progress, info, fixed,
+                           bounds, desc=f"PAD (learner) classes {list(budget)}", network=trajectory.network,
+                           soft=soft, review=_in_local_terms(review, run, syn_labels, columns))
     if stats is not None:
         stats.update(score_s=0.0, experts_s=0.0, match_s=now(device) - began, alpha=alpha, keep_from=keep_from,
                      context_images=0 if fixed is None else len(fixed[1]), expert="learner",
                      segment=[run.min_start_epoch, run.max_start_epoch, ahead], lr_init=run.lr_init, **info)
-    return images, syn_labels
+    return Condensed(images, syn_labels, soft, columns if soft is not None else None)
 
 
 def _outputs(network: nn.Module) -> int:
@@ -786,7 +928,7 @@ def _outputs(network: nn.Module) -> int:
     return last.out_features
 
 
-__all__ = ["PADSettings", "LearnerTrajectory", "flat_parameters", "match_learner", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
+__all__ = ["PADSettings", "initial_soft_labels", "step_loss", "LearnerTrajectory", "flat_parameters", "match_learner", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
            "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
            "FunctionalStudent", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
            "classified_correctly",

@@ -63,6 +63,9 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
         self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
         self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
+        # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
+        # soft labels), NaN rows for the others; empty while no row has one.
+        self.soft = torch.empty(0, device=self.device)
         self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
@@ -90,6 +93,9 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.labels = torch.cat([k[1] for k in kept] + [self._reservoir.labels])
         if self.record_logits and kept:
             self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
+        if len(self.soft):  # stream samples are real: no soft target
+            self.soft = torch.cat([k[3] for k in kept] + [self.soft.new_full((self._reservoir.size,
+                                                                              self.soft.shape[1]), float("nan"))])
 
     def after_training_epoch(self, strategy, **kwargs):
         if self._snapshots:
@@ -147,6 +153,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             n = self._reservoir.offset
             self.images, self.labels = self.images[:n], self.labels[:n]
             self.logits = self.logits[:n] if self.record_logits else self.logits
+            self.soft = self.soft[:n] if len(self.soft) else self.soft
             self._reservoir = None
         self._stream = None
         if self._snapshots:
@@ -173,23 +180,40 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             trajectory = None
             if self._snapshots:
                 trajectory = LearnerTrajectory(self._snapshots, learner, self._epoch_step)
-            images, image_labels = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
-                                                    context, {c: later[c] for c in new_classes}, trajectory)
+            filled = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
+                                      context, {c: later[c] for c in new_classes}, trajectory)
+            images, image_labels = filled
             self._snapshots = []  # the trajectory's memory goes back
             stats = dict(self.filler.stats)
             stored = self.codec.encode(images.to(self.device))
-            kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner)))
+            soft = getattr(filled, "soft_labels", None)
+            if soft is None and len(self.soft):
+                soft = self.soft.new_full((len(image_labels), self.soft.shape[1]), float("nan"))
+            kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner),
+                         soft.to(self.device) if soft is not None else self.soft))
+            if soft is not None and not len(self.soft):  # the first soft rows: the older ones get NaN
+                kept = [k[:3] + (soft.new_full((len(k[1]), soft.shape[1]), float("nan"), device=self.device),)
+                        for k in kept[:-1]] + kept[-1:]
         self.images = torch.cat([k[0] for k in kept])
         self.labels = torch.cat([k[1] for k in kept])
         self.logits = torch.cat([k[2] for k in kept])
+        self.soft = torch.cat([k[3] for k in kept])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
                                 "slots": {str(c): n for c, n in budget.items()}, **stats})
 
-    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class c's first k rows: (images, labels, logits, soft targets); a field the
+        memory does not hold comes back empty."""
         idx = torch.nonzero(self.labels == c).flatten()[:k]
-        return self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits
+        return (self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits,
+                self.soft[idx] if len(self.soft) else self.soft)
+
+    def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
+        while no row of the memory has one."""
+        return self.soft[rows] if len(self.soft) else None
 
     def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
         """(n, classes) logits of the images as stored (after the codec), as DER records
@@ -200,6 +224,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
 
     def state(self) -> dict:
         state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
+        if len(self.soft):
+            state["soft_targets"] = self.soft
         return {**state, "logits": self.logits} if self.record_logits else state
 
     def checkpoint(self) -> dict:
@@ -211,6 +237,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.classes = list(state["classes"])
         if self.record_logits:
             self.logits = state["logits"].to(self.device)
+        if "soft_targets" in state:
+            self.soft = state["soft_targets"].to(self.device)
 
 
 class ReservoirMemoryPlugin(DeviceMemoryPlugin):

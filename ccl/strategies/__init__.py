@@ -6,10 +6,10 @@ with any strategy.
 """
 from __future__ import annotations
 
-from ccl.strategies.base import STRATEGIES, NoSettings, ReplayLoss, Strategy
+from ccl.strategies.base import STRATEGIES, ERPlugin, NoSettings, ReplayLoss, SoftTargetSettings, Strategy, er_plugin
 
 STRATEGIES.register("er", "experience replay: one cross-entropy over stream and memory samples")(
-    Strategy(needs_replay=False))
+    Strategy(er_plugin, SoftTargetSettings, needs_replay=False))
 
 from ccl.strategies import agem, bic, der, er_ace, gdumb, icarl  # noqa: E402, F401  (each registers itself)
 from ccl.strategies.agem import AGEMPlugin  # noqa: E402
@@ -20,5 +20,5 @@ from ccl.strategies.finetune import FinetunePlugin  # noqa: E402
 from ccl.strategies.gdumb import GDumbPlugin  # noqa: E402
 from ccl.strategies.icarl import ICaRLPlugin, NearestMean  # noqa: E402
 
-__all__ = ["STRATEGIES", "Strategy", "NoSettings", "ReplayLoss", "ACEPlugin", "AGEMPlugin", "BiCPlugin",
+__all__ = ["STRATEGIES", "Strategy", "NoSettings", "SoftTargetSettings", "ReplayLoss", "ERPlugin", "ACEPlugin", "AGEMPlugin", "BiCPlugin",
            "DERPlugin", "DERSettings", "FinetunePlugin", "GDumbPlugin", "ICaRLPlugin", "NearestMean"]

@@ -17,7 +17,8 @@ class AGEMPlugin(ReplayLoss):
     memory; and from mammoth's `agem.py` (a second forward for the memory batch, a buffer
     filled with one minibatch per task) by reading g_ref off the same forward: under
     instance norm the samples do not interact, so the gradient is the one a separate
-    forward would give."""
+    forward would give. The reference gradient takes the memory's hard labels; soft
+    targets (PAD's learned labels) are not used."""
 
     def loss(self, output, y, stream):
         memory_loss = F.cross_entropy(output[stream:], y[stream:])

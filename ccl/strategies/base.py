@@ -19,6 +19,7 @@ from avalanche.core import SupervisedPlugin
 
 from ccl.memory import DeviceMemoryPlugin
 from ccl.registry import Registry
+from ccl.training import soft_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,23 @@ class NoSettings:
 
 
 @dataclass(frozen=True)
+class SoftTargetSettings:
+    """What a strategy does with the soft targets a condensed memory carries (PAD's
+    learned labels): a replayed row that has one is trained toward softmax(target /
+    temperature) instead of its hard label."""
+    temperature: float = 1.0  # 1: the soft labels as learned (the PAD reference trains on them so)
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
 class Strategy:
     """A registry entry: how a strategy is built and what it needs.
 
-    plugin: (memory, settings) -> the plugin that shapes the loss, or None (plain ER).
+    plugin: (memory, settings) -> the plugin that shapes the loss (None: no plugin for
+        this memory), or None (no plugin at all).
     settings: its hyperparameters' dataclass (`--strategy-set k=v` overrides a field).
     stream_slots: the default of --stream-slots for the class-balanced memory (ER-ACE's
         masked stream loss never sets new classes against old ones, so it needs them in
@@ -78,3 +92,32 @@ class ReplayLoss(SupervisedPlugin):
 
     def loss(self, output: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def memory_cross_entropy(self, output: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of replayed memory rows `rows`: to their soft targets where
+        the memory holds them (`SoftTargetSettings.temperature`), else to their labels."""
+        soft = self.memory.soft_targets(rows)
+        if soft is None:
+            return F.cross_entropy(output, y)
+        return soft_cross_entropy(output, y, soft, self.settings.temperature).mean()
+
+
+class ERPlugin(ReplayLoss):
+    """ER's loss is the strategy's own criterion (one cross-entropy over stream and memory
+    samples), left untouched, except where replayed rows carry soft targets: then those
+    rows take cross-entropy to softmax(target / temperature) and the rest their labels,
+    averaged over the whole minibatch as the criterion is."""
+
+    def before_backward(self, strategy, **kwargs):
+        drawn = self.memory.last_draw
+        soft = None if drawn is None else self.memory.soft_targets(drawn)
+        if soft is None:
+            return
+        stream = len(strategy.mb_y) - len(drawn)
+        soft = torch.cat([soft.new_full((stream, soft.shape[1]), float("nan")), soft])  # stream rows: none
+        strategy.loss = soft_cross_entropy(strategy.mb_output, strategy.mb_y, soft, self.settings.temperature).mean()
+
+
+def er_plugin(memory, settings: SoftTargetSettings) -> ERPlugin | None:
+    """ER needs a plugin only over an on-device memory, whose rows may carry soft targets."""
+    return ERPlugin(memory, settings) if isinstance(memory, DeviceMemoryPlugin) else None

@@ -33,7 +33,9 @@ class BiCPlugin(ReplayLoss):
     Departs from the paper and Avalanche's `BiCPlugin` (which keeps its own buffer and
     bias layers inside the model): the bias layer is fitted on the on-device memory, which
     the learner has trained on, instead of a held-out split of stream and memory, so any
-    memory (real or condensed) serves; one bias layer, for the latest classes, at a time."""
+    memory (real or condensed) serves; one bias layer, for the latest classes, at a time.
+    Soft targets in memory (PAD's learned labels) are not used: BiC distils from its own
+    previous learner, and its bias layer is fitted to the memory's hard labels."""
 
     def __init__(self, memory, settings: BiCSettings = BiCSettings()):
         super().__init__(memory, settings)

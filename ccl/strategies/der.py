@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from ccl.strategies.base import STRATEGIES, ReplayLoss, Strategy
@@ -13,10 +14,13 @@ class DERSettings:
     """mammoth's Seq-CIFAR-10 values for a 200-image buffer (DER's; DER++ registers its own)."""
     alpha: float = 0.3  # weight of the MSE to the stored logits
     beta: float = 0.0   # weight of the cross-entropy on a second memory batch (DER++)
+    temperature: float = 1.0  # of the soft targets in DER++'s cross-entropy (SoftTargetSettings)
 
     def __post_init__(self):
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must not be negative")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 class DERPlugin(ReplayLoss):
@@ -26,7 +30,9 @@ class DERPlugin(ReplayLoss):
 
     With `--memory reservoir` the logits are recorded as a sample streams by, as DER
     does; the class-balanced memories record them at the end of the experience that
-    stores an image (real or condensed): condensed images exist only then."""
+    stores an image (real or condensed): condensed images exist only then. A condensed
+    row with a soft target (PAD's learned labels) has its MSE taken to that target's
+    logits instead of the learner's, and DER++'s cross-entropy to its softmax."""
 
     record_logits = True
 
@@ -39,9 +45,13 @@ class DERPlugin(ReplayLoss):
         drawn = self.memory.last_draw  # (draws * n,) memory indices
         n = len(drawn) // self.draws  # mem_batch, or fewer while a reservoir holds fewer
         loss = F.cross_entropy(output[:stream], y[:stream])
-        loss = loss + self.alpha * F.mse_loss(output[stream:stream + n], self.memory.logits[drawn[:n]])
+        target = self.memory.logits[drawn[:n]]  # (n, classes)
+        soft = self.memory.soft_targets(drawn[:n])
+        if soft is not None:
+            target = torch.where(soft.isnan(), target, soft)
+        loss = loss + self.alpha * F.mse_loss(output[stream:stream + n], target)
         if self.beta > 0:
-            loss = loss + self.beta * F.cross_entropy(output[stream + n:], y[stream + n:])
+            loss = loss + self.beta * self.memory_cross_entropy(output[stream + n:], y[stream + n:], drawn[n:])
         return loss
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ccl.strategies.base import STRATEGIES, ReplayLoss, Strategy
+from ccl.strategies.base import STRATEGIES, ReplayLoss, SoftTargetSettings, Strategy
 
 
 class ACEPlugin(ReplayLoss):
@@ -18,14 +18,16 @@ class ACEPlugin(ReplayLoss):
     (not finite past a logit gap of about 88); mammoth's mask keeps unseen classes, and
     log-softmax stays finite. Departs from mammoth: one forward over stream and memory
     samples together (mammoth makes two; the same under instance norm), and a plain
-    linear head (mammoth's ER-ACE defaults to a cosine one)."""
+    linear head (mammoth's ER-ACE defaults to a cosine one). Memory rows with soft
+    targets (PAD's learned labels) take cross-entropy to them (`SoftTargetSettings`)."""
 
     def loss(self, output, y, stream):
         old = torch.tensor(self.memory.classes, dtype=torch.long, device=y.device)  # of earlier experiences
         absent = old[~torch.isin(old, y[:stream])]  # old classes this stream batch does not hold
         stream_logits = output[:stream].index_fill(1, absent, torch.finfo(output.dtype).min)
-        return F.cross_entropy(stream_logits, y[:stream]) + F.cross_entropy(output[stream:], y[stream:])
+        return (F.cross_entropy(stream_logits, y[:stream])
+                + self.memory_cross_entropy(output[stream:], y[stream:], self.memory.last_draw))
 
 
 STRATEGIES.register("er-ace", "ER with asymmetric cross-entropy (Caccia et al. 2022)")(
-    Strategy(ACEPlugin, stream_slots=True))
+    Strategy(ACEPlugin, SoftTargetSettings, stream_slots=True))

@@ -16,7 +16,8 @@ class GDumbPlugin(SupervisedPlugin):
     the CPU and fills it greedily from the stream: here the memory is any on-device
     class-balanced memory, real or condensed, as the condensation papers evaluate.
     The memory's images pass through `augment` (DSA under `--mem-augment dsa`) as the
-    learner trains on them."""
+    learner trains on them, with their hard labels: soft targets (PAD's learned labels)
+    are not used yet, as Avalanche's dataset of the memory carries no per-row target."""
 
     def __init__(self, memory, settings=None):
         super().__init__()

@@ -16,7 +16,9 @@ class ICaRLPlugin(ReplayLoss):
     classes seen before, the sigmoid outputs of the learner as it was when the experience
     began (distillation); at evaluation, the nearest mean of the memory's L2-normalised
     features (iCaRL's NME classifier; the paper's flipped copies are left out). The memory
-    is any on-device memory, not only herding's."""
+    is any on-device memory, not only herding's. Soft targets in memory (PAD's learned
+    labels) are not used: iCaRL's targets for old classes are already its own
+    distillation from the learner of the experience's start, for every row."""
 
     def __init__(self, memory, settings=None):
         super().__init__(memory, settings)
