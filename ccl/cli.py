@@ -174,11 +174,14 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     seed_everything(seed)
     stats: dict = {}
     start = time.perf_counter()
-    images, image_labels = entry.condense(real[mask], labels[mask], {c: ipc for c in wanted}, dev, settings,
-                                          progress=not quiet, stats=stats)
+    result = entry.condense(real[mask], labels[mask], {c: ipc for c in wanted}, dev, settings,
+                            progress=not quiet, stats=stats)
+    images, image_labels = result
     seconds = time.perf_counter() - start
     out = out or Path("sets") / f"{dataset}-{method}-ipc{ipc}-s{seed}.pt"
-    save_torch(out, {"images": images.cpu(), "labels": image_labels.cpu(), "dataset": dataset, "method": method,
+    soft = getattr(result, "soft_targets", lambda n: None)(data.num_classes)  # (S, classes) learned logits
+    save_torch(out, {"images": images.cpu(), "labels": image_labels.cpu(),
+                     **({"soft_labels": soft.cpu()} if soft is not None else {}), "dataset": dataset, "method": method,
                      "ipc": ipc, "seed": seed, "settings": to_dict(settings), "stats": stats, "seconds": seconds,
                      "mean": data.mean, "std": data.std, "class_names": data.classes,
                      "train_per_class": train_per_class})
@@ -214,11 +217,16 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     except (KeyError, TypeError) as e:
         raise CclError(f"{set_file}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
     _check_set(set_file, images, labels)
+    soft = saved.get("soft_labels")  # learned with the images (PAD's soft_labels): trained on
+    if soft is not None and not (torch.is_tensor(soft) and soft.dim() == 2 and len(soft) == len(images)
+                                 and soft.is_floating_point() and bool(torch.isfinite(soft).all())):
+        raise CclError(f"{set_file}: soft_labels must be a finite (N={len(images)}, classes) float tensor")
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
     dataset = _dataset_name(dataset)
     data = load_dataset(dataset, data_dir, not no_download)
-    if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape):
+    if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape) or \
+            (soft is not None and soft.shape[1] != data.num_classes):
         raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "
                        f"fit {dataset} ({data.num_classes} classes of {tuple(data.shape)} images)")
     # A set of some classes (`ccl condense --classes`) is tested on those classes only.
@@ -226,8 +234,10 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     on_set = torch.isin(test_y, set_classes).numpy()
     seed_everything(seed)
     result = evaluate_synthetic(images.float(), labels, data.normalise(data.test_x[on_set]), test_y[on_set],
-                                data.num_classes, pick_device(device), settings, progress=not quiet)
+                                data.num_classes, pick_device(device), settings, progress=not quiet,
+                                soft_labels=soft)
     write_json(set_file.with_suffix(".eval.json"), {**result, "settings": to_dict(settings), "seed": seed,
+                                                    "soft_labels": soft is not None,
                                                     "test_classes": set_classes.tolist(),
                                                     "test_images": int(on_set.sum())})
     accs = ", ".join(f"{a:.4f}" for a in result["accuracies"])

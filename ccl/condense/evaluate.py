@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ccl.condense.dsa import DSASettings, augment
 from ccl.models.convnet import NORMS, ConvNet
+from ccl.training import soft_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class EvalSettings:
 
 def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                        test_labels: torch.Tensor, num_classes: int, device: torch.device | str,
-                       settings: EvalSettings = EvalSettings(), progress: bool = True) -> dict:
+                       settings: EvalSettings = EvalSettings(), progress: bool = True,
+                       soft_labels: torch.Tensor | None = None) -> dict:
     """Train `settings.networks` fresh ConvNets on (images, labels) only; test each.
 
     Args:
@@ -62,6 +64,9 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         device: where the networks train.
         settings: EvalSettings.
         progress: show a progress bar over networks and epochs.
+        soft_labels: optional (M, num_classes) logits learned with the images: the
+            networks train on cross-entropy to their softmax (as the PAD reference
+            evaluates its sets) instead of the hard labels.
 
     Returns:
         {"accuracies": [final test accuracy of each network, in [0, 1]],
@@ -75,6 +80,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
                          f"{tuple(test_images.shape[1:])} differ in shape")
     images = images.detach().to(device=device, dtype=torch.float32)
     labels = labels.to(device=device, dtype=torch.long)
+    if soft_labels is not None:
+        soft_labels = soft_labels.to(device=device, dtype=torch.float32)
 
     accuracies = []
     bar = tqdm(total=settings.networks * settings.epochs, disable=not progress, desc="evaluate",
@@ -83,7 +90,7 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
         for _ in range(settings.networks):
             net = ConvNet(num_classes, channels=images.shape[1], image_size=images.shape[-1],
                           width=settings.width, depth=settings.depth, norm=settings.norm).to(device)
-            train(net, images, labels, settings, on_epoch=lambda: bar.update(1))
+            train(net, images, labels, settings, on_epoch=lambda: bar.update(1), soft_labels=soft_labels)
             accuracies.append(accuracy(net, test_images, test_labels, settings.test_batch))
     finally:
         bar.close()
@@ -92,7 +99,7 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
 
 
 def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: EvalSettings,
-          on_epoch=None) -> None:
+          on_epoch=None, soft_labels: torch.Tensor | None = None) -> None:
     """Train `net` on (images, labels) with the protocol's SGD schedule, without host syncs.
 
     Args:
@@ -101,6 +108,7 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: 
         labels: (M,) long labels.
         settings: EvalSettings.
         on_epoch: optional callback after every epoch (progress).
+        soft_labels: optional (M, K) logits: cross-entropy to their softmax instead.
     """
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
@@ -117,7 +125,10 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: 
             x = images[index]  # (B, C, H, W)
             if settings.dsa:
                 x = augment(x, settings.dsa_settings)
-            loss = loss_fn(net(x), labels[index])
+            if soft_labels is None:
+                loss = loss_fn(net(x), labels[index])
+            else:
+                loss = soft_cross_entropy(net(x), labels[index], soft_labels[index]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
