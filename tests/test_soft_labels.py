@@ -207,3 +207,16 @@ def test_the_teaching_guard_keeps_images_that_teach_and_refuses_those_that_do_no
     chosen, kept, scores = teacher.keep(bad, good, labels, None)
     assert kept == {"0": "real", "1": "real"} and torch.equal(chosen, good)
     assert all(s[0] < s[1] for s in scores.values())
+
+
+def test_herding_soft_stores_the_learners_logits_as_soft_targets(tmp_path, tiny_run):
+    from ccl.memory.fillers import SoftHerdingFiller, herding_exemplars
+    torch.manual_seed(0)
+    real, labels, learner = torch.randn(12, 1, 2, 2), torch.arange(3).repeat_interleave(4), _Linear()
+    filled = SoftHerdingFiller(torch.device("cpu")).fill(real, labels, {0: 2, 2: 2}, learner)
+    images, image_labels = herding_exemplars(real, labels, {0: 2, 2: 2}, learner)
+    assert torch.equal(filled[0], images) and torch.equal(filled[1], image_labels)
+    assert torch.allclose(filled.soft_targets(4), learner(images))
+    run_dir = run(prepare(make_config(**tiny_run, memory="herding-soft")), tmp_path, progress=False)
+    saved = torch.load(run_dir / "memory.pt", weights_only=True)
+    assert saved["soft_targets"].shape == (len(saved["labels"]), 10) and torch.isfinite(saved["soft_targets"]).all()

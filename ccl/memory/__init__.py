@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ccl.condense.methods import METHODS
-from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller
+from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -79,6 +79,8 @@ MEMORIES.register("random", "class-balanced random real images, on the device")(
     MemorySpec("device", RandomFiller))
 MEMORIES.register("herding", "iCaRL herding on the learner's features, on the device")(
     MemorySpec("device", HerdingFiller))
+MEMORIES.register("herding-soft", "herding's exemplars with the learner's logits as soft targets, on the device")(
+    MemorySpec("device", SoftHerdingFiller))
 
 for _name in ("dm", "datadam", "mtt", "pad"):
     _method = METHODS.get(_name)

@@ -97,6 +97,19 @@ class HerdingFiller(Filler):
         return herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
 
 
+class SoftHerdingFiller(HerdingFiller):
+    """Herding's exemplars, each with the learner's logits on it as its soft target:
+    replay trains a row toward what the learner said of it when it was stored (a
+    distillation on the memory, as DER's logit term, through the strategies' soft
+    cross-entropy). Measured beside herding in docs/results.md (2026-12-04): the soft
+    target PAD's learned labels start from, without the matching that made them worse."""
+
+    def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
+        images, image_labels = super().fill(real, labels, budget, learner)
+        logits = learner_features(learner, images, logits=True).float()  # (S, outputs)
+        return Condensed(images, image_labels, logits, torch.arange(logits.shape[1], device=logits.device))
+
+
 class CondenseFiller(Filler):
     """Synthetic images from a `ccl.condense` method, in priority order.
 
