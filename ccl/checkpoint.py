@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ccl.errors import CclError
-from ccl.io import load_torch
+from ccl.io import NUMBER, SERIES_SHAPE, load_torch, series_problem, shape_problem
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -64,8 +64,89 @@ def restore_metric_states(metrics: list, states: list[dict]) -> None:
             metric.forgetting.last = dict(state["last"])
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by `train_and_evaluate` (tensors and plain types only), or a
-    CclError naming the file; checkpoints of ccl before 2026-11-30 pickled Avalanche
-    objects and are refused."""
-    return load_torch(path, "checkpoint (delete it to restart the run from the beginning)")
+def _rng_problem(state) -> str | None:
+    """Why `state` cannot be restored as the generators' state, or None (tried on them, then
+    theirs put back: exactly what `set_rng_state` accepts)."""
+    saved = rng_state()
+    try:
+        set_rng_state(state)
+    except Exception as e:  # torch, numpy and random each raise their own kinds
+        return f"rng is not a generator state ({type(e).__name__})"
+    finally:
+        set_rng_state(saved)
+    return None
+
+
+def _weights_problem(weights, model: torch.nn.Module) -> str | None:
+    expected = model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        return "model holds other weights than this run's learner"
+    for name, tensor in expected.items():
+        if not torch.is_tensor(weights[name]) or weights[name].shape != tensor.shape:
+            return f"model.{name} should be a tensor of shape {tuple(tensor.shape)}"
+    return None
+
+
+def _optimizer_problem(state, model: torch.nn.Module) -> str | None:
+    shapes = [p.shape for p in model.parameters()]
+    if not (isinstance(state, dict) and isinstance(state.get("state"), dict)
+            and isinstance(state.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"])
+            and sorted(i for g in state["param_groups"] for i in g["params"]) == list(range(len(shapes)))):
+        return "optimizer is not the state of this run's optimizer"
+    for i, param_state in state["state"].items():
+        buffer = param_state.get("momentum_buffer") if isinstance(param_state, dict) else 0
+        if type(i) is not int or not 0 <= i < len(shapes) or \
+                not (buffer is None or torch.is_tensor(buffer) and buffer.shape == shapes[i]):
+            return f"optimizer.state[{i}] does not fit this run's learner"
+    return None
+
+
+_METRIC_SHAPES = {"train_exp_id": (int, type(None)), "eval_exp_id": (int, type(None)), "initial": dict, "last": dict}
+
+
+def _metrics_problem(states) -> str | None:
+    if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+        return "metric_states should be a list of objects"
+    for s in states:
+        for key, value in s.items():
+            if key not in _METRIC_SHAPES or isinstance(value, bool) or not isinstance(value, _METRIC_SHAPES[key]):
+                return f"metric_states holds {key!r} = {str(value)[:40]}"
+            if isinstance(value, dict) and not all(type(k) is int and isinstance(v, NUMBER) for k, v in value.items()):
+                return f"metric_states' {key} should map experiences to accuracies"
+    return None
+
+
+def checkpoint_problem(ckpt, model: torch.nn.Module, steps: int, experiences: int,
+                       class_order: list[int]) -> str | None:
+    """What makes `ckpt` not a checkpoint of this run, or None: its experience index within
+    the `steps` the run trains, its results' rows one per step done, its weights and momentum
+    of the learner's shapes, its generator states restorable."""
+    if not isinstance(ckpt, dict):
+        return "not a checkpoint (no dictionary)"
+    missing = [k for k in ("experience", "model", "optimizer", "metric_states", "results", "rng") if k not in ckpt]
+    if missing:
+        return f"{missing[0]} is missing"
+    done = ckpt["experience"]
+    if type(done) is not int or not 0 <= done < steps:
+        return f"experience should be an index in 0..{steps - 1}, not {str(done)[:40]}"
+    if ckpt.get("class_order", class_order) != class_order:
+        return "its class order is not this run's"
+    results = ckpt["results"]
+    return (shape_problem(results, SERIES_SHAPE, "results") or series_problem(results, done + 1, experiences)
+            or _weights_problem(ckpt["model"], model) or _optimizer_problem(ckpt["optimizer"], model)
+            or _metrics_problem(ckpt["metric_states"]) or _rng_problem(ckpt["rng"]))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, steps: int, experiences: int,
+                    class_order: list[int]) -> dict:
+    """A checkpoint written by `train_and_evaluate` (tensors and plain types only) for
+    `model`, checked whole by `checkpoint_problem`; else a CclError naming the file.
+    Checkpoints of ccl before 2026-11-30 pickled Avalanche objects and are refused."""
+    what = "checkpoint (delete it to restart the run from the beginning)"
+    ckpt = load_torch(path, what)
+    problem = checkpoint_problem(ckpt, model, steps, experiences, class_order)
+    if problem:
+        raise CclError(f"{path}: not what ccl wrote there ({problem}); delete it to restart the run "
+                       "from the beginning")
+    return ckpt

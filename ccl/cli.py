@@ -67,6 +67,9 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
             if not ran:
                 click.echo(f"{run_dir}: this run has already finished")
                 click.echo(summary_table(run_dir))
+                if not (run_dir / "memory.png").exists():  # a signal during its final write came first
+                    from ccl.report import write_memory_picture
+                    write_memory_picture(run_dir)
                 return
         else:
             cfg = make_config(**values)
@@ -78,8 +81,11 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
             run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)
-        click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}", err=True)
-        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
+        if not getattr(e, "finished", False):
+            click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}" if folder else
+                       "\ninterrupted before the run started: nothing to resume", err=True)
+            sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
+        run_dir = folder  # the signal came during the run's final write: it finished, so it is reported
     click.echo(summary_table(run_dir))
     from ccl.report import write_memory_picture
     write_memory_picture(run_dir)  # a picture of what the learner replays, class by class
@@ -136,6 +142,7 @@ def _dataset_options(fn):
 def condense(method, ipc, classes, train_per_class, preset, overrides, out, quiet, dataset, data_dir,
              no_download, device, seed):
     """Condense a data set's training images into IPC synthetic images per class."""
+    import math
     import time
 
     import torch
@@ -145,7 +152,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     from ccl.data import load_dataset
     from ccl.io import save_torch
     from ccl.report import save_image_grid
-    from ccl.training import pick_device, seed_everything
+    from ccl.training import pick_device, refuse_oversized, seed_everything
 
     if ipc < 1:
         raise CclError(f"--ipc must be at least 1, got {ipc}")
@@ -169,6 +176,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     wanted = int_list(classes) or list(range(data.num_classes))
     if not set(wanted) <= set(range(data.num_classes)):
         raise CclError(f"--classes must be within 0..{data.num_classes - 1}")
+    synthetic = ipc * len(wanted)
+    refuse_oversized(synthetic * math.prod(data.shape) * 4, f"--ipc {ipc} ({synthetic:,} float images)", dev)
     real, labels = data.normalise(data.train_x), torch.from_numpy(data.train_y)
     mask = torch.isin(labels, torch.tensor(wanted))
     seed_everything(seed)

@@ -2,6 +2,7 @@
 from saved run folders). Registered on the `ccl` group by ccl/cli.py."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     if out is not None and (holder := folder_holder(Path(out))):
         raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
                        "wait for it to finish or stop it")
-    from ccl.compare import GRID_FILE, Grid, default_out, find_previous, parse_seeds, run_grid, start, validate
+    from ccl.compare import (GRID_FILE, Grid, default_out, find_previous, parse_seeds, refuse_foreign, run_grid,
+                             start, validate)
     from ccl.io import folder_lock
     from ccl.memory import MEMORIES
     from ccl.report import table, write_memory_picture, write_report
@@ -113,6 +115,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         gpus = 0.0 if gpus_per_run is None else gpus_per_run
         run_cells = ray_executor(ray_address, cpus, gpus)  # connects now: errors before any folder
         where = f" on Ray ({ray_address or 'this machine'}; {cpus:g} CPUs, {gpus:g} GPUs per run)"
+    refuse_foreign(grid.out)
     with folder_lock(grid.out, "a comparison"):  # one writer per comparison folder
         start(grid, settings)
         axis = f"{len(grid.strategies)} strategies x " if grid.strategies else ""
@@ -144,10 +147,16 @@ def report(dirs, out):
 
     DIRS are comparison folders or plain folders of run folders; nothing is trained.
     """
+    from ccl.io import LOCK_FILE, folder_lock
     from ccl.report import table, write_report
     for d in dirs:
         if not d.is_dir():
             raise CclError(f"{d}: no such folder")
-    summary = write_report(dirs, out)
+    target = Path(out or dirs[0])
+    # A comparison folder (it has a lock file) is held while its report is rewritten: a
+    # second writer of comparison.json is refused, as a second `ccl compare` would be.
+    held = folder_lock(target, "a report") if (target / LOCK_FILE).exists() else contextlib.nullcontext()
+    with held:
+        summary = write_report(dirs, out)
     click.echo(table(summary))
     click.echo(f"report: {Path(out or dirs[0]) / 'comparison.md'}")

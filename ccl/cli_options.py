@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def friendly_errors(fn):
         except CclError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as e:  # as a signal ends a run (click would say "Aborted!" and exit 1)
+            click.echo("\ninterrupted", err=True)
+            sys.exit(128 + getattr(e, "signum", signal.SIGINT))
         except OSError as e:
             if e.strerror is None:
                 raise  # not the system's refusal: a bug, keep the traceback

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ccl.cells import CellResult, CellSpec, cell_name, failed_cell
 from ccl.errors import CclError
 from ccl.executors import Executor, sequential
-from ccl.io import GRID_SHAPE, LOCK_FILE, RESULTS_SHAPE, folder_holder, read_json, refuse_links, write_json
+from ccl.io import GRID_SHAPE, LOCK_FILE, folder_holder, read_json, read_results, refuse_links, write_json
 from ccl.memory import MEMORIES
 from ccl.experiment import RunConfig, given_config
 from ccl.runner import make_config, prepare, run as run_experiment, status
@@ -171,9 +171,16 @@ def start(grid: Grid, settings: dict[str, Any]) -> None:
         if changed:
             raise CclError(f"{grid.out} holds a comparison with other settings ({', '.join(changed)}); "
                            "choose another --out")
-    elif grid.out.exists() and any(p.name != LOCK_FILE for p in grid.out.iterdir()):
-        raise CclError(f"{grid.out} exists and is not a comparison folder (no {GRID_FILE}); choose another --out")
+    refuse_foreign(grid.out)
     write_json(path, grid_record(grid, settings))
+
+
+def refuse_foreign(out: Path) -> None:
+    """A CclError if `out` holds files but no comparison; checked before its lock is taken
+    too, so that a folder refused is left without one."""
+    refuse_links(out, out / GRID_FILE, out / CELLS_DIR)
+    if not (out / GRID_FILE).exists() and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise CclError(f"{out} exists and is not a comparison folder (no {GRID_FILE}); choose another --out")
 
 
 def finished_run(folder: Path) -> Path | None:
@@ -186,7 +193,7 @@ def finished_run(folder: Path) -> Path | None:
     try:
         if status(runs[0]).get("status") != "finished":
             return None
-        read_json(runs[0] / "results.json", RESULTS_SHAPE)
+        read_results(runs[0] / "results.json")
     except CclError:
         return None
     return runs[0]
@@ -223,7 +230,7 @@ def run_cell(spec: CellSpec) -> CellResult:
         error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
         return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time)
     try:
-        acc = read_json(run_dir / "results.json", RESULTS_SHAPE)["final_average_accuracy"]
+        acc = read_results(run_dir / "results.json")["final_average_accuracy"]
     except CclError as e:  # finished but unreadable: the cell failed, the grid goes on
         return failed_cell(spec, str(e), "", time.perf_counter() - start_time)
     return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc,

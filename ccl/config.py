@@ -6,7 +6,6 @@ a config file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 import types
 import typing
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ccl.errors import CclError
+from ccl.io import open_regular
 
 T = TypeVar("T")
 
@@ -90,15 +90,11 @@ MAX_TOML_BYTES = 1 << 20  # a settings file is a few lines; more is the wrong fi
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(path):
-                raise CclError(f"{path}: not a regular file (a config file is a TOML text file)")
-            text = f.read(MAX_TOML_BYTES + 1)
+        with open_regular(path, MAX_TOML_BYTES, "config file") as f:
+            text = f.read(MAX_TOML_BYTES + 1)  # the size again: a file may grow after it was checked
         if len(text) > MAX_TOML_BYTES:
             raise CclError(f"{path}: {len(text) - 1:,}+ bytes is too large for a config file")
         return tomllib.loads(text.decode())
-    except FileNotFoundError:
-        raise CclError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: unreadable config file ({e})") from None
     except RecursionError:

@@ -27,9 +27,9 @@ from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
 from ccl.memory import MEMORIES, MemorySpec
-from ccl.models import LEARNERS, NORMS
+from ccl.models import LEARNERS, NORMS, build_learner
 from ccl.strategies import STRATEGIES, Strategy
-from ccl.training import pick_device
+from ccl.training import pick_device, refuse_oversized
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; {name} under "
                        f"--protocol {cfg.protocol} has nothing to finetune on")
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
+    with torch.device("meta"):  # counted, not allocated
+        weights = sum(t.numel() for t in build_learner(cfg.model, data.num_classes, data.shape, cfg.width,
+                                                       cfg.depth, cfg.norm).parameters())
+    # 4 copies of 4 bytes: the weights, their gradients, SGD's momentum, the checkpoint's copy
+    refuse_oversized(16 * weights, f"--model {cfg.model} --width {cfg.width} --depth {cfg.depth} ({weights:,} "
+                                   "weights)", device)
     if cfg.train_per_class or cfg.test_per_class:
         data = data.first_per_class(cfg.train_per_class, cfg.test_per_class)
     if spec.class_balanced and cfg.mem_size < data.num_classes:

@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Files ccl trusts: atomic writes (a reader, or a crash, never sees a half-written file),
+folder locks, and the one way back in: every read opens a regular file without blocking,
+bounded in size, and checks its content against a shape before anything acts on it."""
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +9,10 @@ import fcntl
 import json
 import os
 import pickle
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 
 def _file_mode() -> int:
@@ -36,6 +39,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: the old file or the new one, never half
     except BaseException:
+        # Emptied before it is unlinked: a writer that failed may still hold it open (torch's
+        # does, from the traceback), and an unlinked open file keeps its blocks; on a full
+        # disk those are the space the run needs to record that it failed.
+        with contextlib.suppress(OSError):
+            os.truncate(tmp, 0)
         Path(tmp).unlink(missing_ok=True)
         raise
 
@@ -64,12 +72,48 @@ def save_torch(path: Path, obj: Any) -> None:
 NUMBER = (int, float)
 # The shapes of the run-folder files ccl reads back: {key: shape} is an object with at
 # least these keys, [shape] a list of such values, a type (or tuple) an instance of it.
-RESULTS_SHAPE = {"memory": str, "seed": int, "final_average_accuracy": NUMBER,
-                 "average_forgetting": NUMBER, "accuracy_matrix": [[NUMBER]],
-                 "average_accuracy": [NUMBER], "experience_classes": [[int]]}
+# One number per experience done (a checkpoint holds them too, as far as it got).
+SERIES_SHAPE = {"accuracy_matrix": [[NUMBER]], "seen_accuracy": [NUMBER], "average_accuracy": [NUMBER],
+                "forgetting": [NUMBER], "bwt": [NUMBER], "train_seconds": [NUMBER],
+                "memory_update_seconds": [NUMBER], "eval_seconds": [NUMBER]}
+RESULTS_SHAPE = {"memory": str, "seed": int, "final_average_accuracy": NUMBER, "average_forgetting": NUMBER,
+                 "final_bwt": NUMBER, "experience_classes": [[int]], **SERIES_SHAPE,
+                 "memory_size": {"images": int, "bytes": int}, "total_seconds": NUMBER, "peak_ram_mib": NUMBER}
 STATUS_SHAPE = {"status": str}
 CONFIG_SHAPE = {"run": {"memory": str, "seed": int}}
 GRID_SHAPE = {"memories": [str], "seeds": [int], "settings": dict}  # a comparison's grid.json
+
+
+def ram_bytes() -> int:
+    """The machine's physical memory: no file ccl reads, and nothing it allocates, can be larger."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+MAX_JSON_BYTES = 64 * 2**20  # a run's results.json is some KiB, a big comparison's some MiB
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: Path, limit: int, what: str = "file") -> BinaryIO:
+    """`path` opened for reading, if it is a regular file of at most `limit` bytes; else a
+    one-line CclError. Opened without blocking: a FIFO in a file's place is refused at once
+    instead of waiting forever for a writer."""
+    from ccl.errors import CclError
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise CclError(f"{path}: file not found") from None
+    except OSError as e:
+        raise CclError(f"{path}: cannot read it ({e.strerror})") from None
+    st = os.fstat(fd)  # of what was opened, not of what the name points to a moment later
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
+    if kind or st.st_size > limit:
+        os.close(fd)
+        raise CclError(f"{path}: is {kind}, not a regular file" if kind else
+                       f"{path}: {st.st_size:,} bytes is too large for a {what} (at most {limit:,})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
@@ -94,25 +138,55 @@ def shape_problem(value: Any, shape: Any, where: str = "") -> str | None:
     return None
 
 
-def read_json(path: Path, shape: Any = None) -> Any:
-    """A JSON file; with `shape`, checked to have it (a CclError naming the file and the
-    first thing wrong, never a traceback further on)."""
+def series_problem(results: dict, steps: int, experiences: int) -> str | None:
+    """What makes `results`' series (of SERIES_SHAPE) disagree with `steps` experiences
+    done out of `experiences` (one row each of every experience's test accuracy), or None."""
+    for key in SERIES_SHAPE:
+        if len(results[key]) != steps:
+            return f"{key} has {len(results[key])} entries for {steps} experiences done"
+    for i, row in enumerate(results["accuracy_matrix"]):
+        if len(row) != experiences:
+            return f"accuracy_matrix[{i}] has {len(row)} accuracies for {experiences} experiences"
+        if not all(0 <= a <= 1 for a in row):
+            return f"accuracy_matrix[{i}] holds an accuracy outside [0, 1]"
+    return None
+
+
+def results_problem(results: dict) -> str | None:
+    """What is inconsistent in a results.json of RESULTS_SHAPE, or None: every experience
+    done has its row and its entry in every series (a joint run: one row)."""
+    experiences = len(results["experience_classes"])
+    steps = len(results["accuracy_matrix"])
+    if experiences == 0 or steps not in (1, experiences):
+        return f"accuracy_matrix has {steps} rows for {experiences} experiences"
+    return series_problem(results, steps, experiences)
+
+
+def read_json(path: Path, shape: Any = None, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A JSON file; with `shape`, checked to have it, and with `check` (called on data of
+    that shape, returning what is wrong or None) to be consistent: a CclError naming the
+    file and the first thing wrong, never a traceback further on."""
     from ccl.errors import CclError
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CclError(f"{path}: file not found") from None
+        with open_regular(path, MAX_JSON_BYTES, "JSON file") as f:
+            data = json.loads(f.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CclError(f"{path}: corrupt or truncated JSON ({e})") from None
     except RecursionError:
         raise CclError(f"{path}: not what ccl wrote there (nested too deeply to read)") from None
     try:
         problem = None if shape is None else shape_problem(data, shape)
+        problem = problem or (check(data) if check else None)
     except RecursionError:
         problem = "nested too deeply"
     if problem:
         raise CclError(f"{path}: not what ccl wrote there ({problem})")
     return data
+
+
+def read_results(path: Path) -> dict:
+    """A finished run's results.json, checked whole (RESULTS_SHAPE and `results_problem`)."""
+    return read_json(path, RESULTS_SHAPE, results_problem)
 
 
 def load_torch(path: Path, what: str) -> Any:
@@ -122,14 +196,15 @@ def load_torch(path: Path, what: str) -> Any:
     import torch
     from ccl.errors import CclError
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CclError(f"{path}: file not found") from None
+        with open_regular(path, ram_bytes(), what) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise CclError(f"{path}: refusing to load: it holds Python objects that would have to be "
                            f"unpickled, which can run code (a crafted file, or a {what} of an older ccl)") from None
         raise CclError(f"{path}: corrupt or truncated {what} (UnpicklingError)") from None
+    except CclError:
+        raise
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
         raise CclError(f"{path}: corrupt or truncated {what} ({type(e).__name__})") from None
 
@@ -147,13 +222,26 @@ def refuse_links(*paths: Path) -> None:
 
 
 def _open_lock(folder: Path, flags: int) -> int:
+    """The lock file's descriptor, if it is ccl's own: a regular file of this user with no
+    other name. A hard link (O_NOFOLLOW stops only symbolic ones) or a file put there by
+    someone else would have ccl truncate a file outside the folder."""
     from ccl.errors import CclError
+    path = folder / LOCK_FILE
     try:
-        return os.open(folder / LOCK_FILE, flags | os.O_NOFOLLOW, 0o666)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise CclError(f"{folder / LOCK_FILE}: is a symbolic link; refusing to write through it") from None
+            raise CclError(f"{path}: is a symbolic link; refusing to write through it") from None
         raise
+    st = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"has {st.st_nlink - 1} other name(s) (a hard link)" if st.st_nlink != 1 else
+               "belongs to another user" if st.st_uid != os.geteuid() else None)
+    if problem:
+        os.close(fd)
+        raise CclError(f"{path}: {problem}; ccl's lock file is its own, so it refuses to write to it "
+                       "(remove it if no ccl process is running)")
+    return fd
 
 
 def folder_holder(folder: Path) -> str | None:

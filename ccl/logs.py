@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ccl.errors import CclError
+from ccl.io import open_regular
+
 
 class Progress:
     """Avalanche plugin drawing one tqdm bar per experience with the running loss, and
@@ -70,11 +73,40 @@ def csv_rows(folder: Path) -> dict[str, list[str]]:
     hidden copy that stays until `carry_csv_rows` has written its rows back: a crash or a
     failed resume in between loses nothing, and the next resume reads the copy."""
     rows = {}
-    for name in CSV_LOGS:
+    for name, column in CSV_LOGS.items():
         live, kept = folder / name, _kept(folder, name)
         if live.exists() and not kept.exists():
             os.replace(live, kept)
-        rows[name] = kept.read_text().splitlines(keepends=True)[1:] if kept.exists() else []
+        rows[name] = _logged_rows(kept, column) if kept.exists() else []
+    return rows
+
+
+def check_csv_logs(folder: Path) -> None:
+    """`csv_rows`' checks of the logs it would read, moving nothing: a CclError for a log it
+    could not carry over, while the folder is still as it was."""
+    for name, column in CSV_LOGS.items():
+        path = _kept(folder, name) if _kept(folder, name).exists() else folder / name
+        if path.exists():
+            _logged_rows(path, column)
+
+
+MAX_LOG_BYTES = 256 * 2**20  # a long run's CSV logs are some MiB
+
+
+def _logged_rows(path: Path, column: int) -> list[str]:
+    """The rows of a CSV log ccl wrote, each with its experience index in `column`; else a
+    CclError naming the file (before anything is written back)."""
+    with open_regular(path, MAX_LOG_BYTES, "CSV log") as f:
+        try:
+            rows = f.read().decode().splitlines(keepends=True)[1:]
+        except UnicodeDecodeError:
+            raise CclError(f"{path}: not what ccl wrote there (not text)") from None
+    for i, row in enumerate(rows, start=2):
+        try:
+            int(row.split(",")[column])  # what `carry_csv_rows` reads
+        except (IndexError, ValueError):
+            raise CclError(f"{path}: not what ccl wrote there (line {i} has no experience index in "
+                           f"column {column + 1}); delete it to resume without the earlier log rows") from None
     return rows
 
 

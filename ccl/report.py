@@ -24,7 +24,7 @@ import torch
 
 from ccl.cells import ERROR_FILE
 from ccl.errors import CclError
-from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, RESULTS_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json,
+from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json, read_results,
                     write_json, write_text)
 from ccl.runner import RunConfig
 
@@ -33,7 +33,7 @@ def summary_table(run_dir: Path) -> str:
     """Per-experience table of one run (classes by name where config.json has them), and
     its final figures."""
     run_dir = Path(run_dir)
-    r = read_json(run_dir / "results.json", RESULTS_SHAPE)
+    r = read_results(run_dir / "results.json")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else None
     names = config.get("classes") if isinstance(config, dict) else None
     groups = r["experience_classes"] if len(r["accuracy_matrix"]) > 1 else [sum(r["experience_classes"], [])]
@@ -95,7 +95,7 @@ def _read_run(folder: Path) -> RunRecord | None:
             else {"status": "finished"}
         record.status, record.error = state.get("status", "unknown"), state.get("error")
         if record.status == "finished":
-            record.results = read_json(folder / "results.json", RESULTS_SHAPE)
+            record.results = read_results(folder / "results.json")
     except CclError as e:  # one corrupt file fails that run in the report, not the report
         record.status, record.error = "failed", str(e)
     return record

@@ -25,8 +25,8 @@ from ccl.errors import CclError
 from ccl.experiment import (MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS, Prepared, RunConfig,  # noqa: F401
                             make_config, memory_settings, new_run_dir, prepare, resolved_config)
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
-from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, csv_rows,
-                      optional_loggers)
+from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
+                      csv_rows, optional_loggers)
 from ccl.models import build_learner
 from ccl.strategies import FinetunePlugin
 from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted
@@ -41,6 +41,17 @@ def _avalanche_dataset(x: torch.Tensor, y: torch.Tensor):
     from avalanche.benchmarks.utils.classification_dataset import \
         _make_taskaware_tensor_classification_dataset as tensor_dataset
     return tensor_dataset(x, y, targets=y, task_labels=0)
+
+
+def _new_learner(p: Prepared) -> torch.nn.Module:
+    cfg = p.config
+    return build_learner(cfg.model, p.data.num_classes, p.data.shape, cfg.width, cfg.depth, cfg.norm)
+
+
+def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
+    """The run's checkpoint, checked against this run: its learner, stream and class order."""
+    n = len(p.experience_classes)
+    return load_checkpoint(run_dir / CHECKPOINT, model, 1 if p.spec.joint else n, n, p.order)
 
 
 def _build(p: Prepared, run_dir: Path, progress: bool):
@@ -63,7 +74,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
 
     # On the device from the start: a resumed optimizer's momentum is loaded onto the
     # parameters' device, and Avalanche would move only the parameters later.
-    model = build_learner(cfg.model, data.num_classes, data.shape, cfg.width, cfg.depth, cfg.norm).to(p.device)
+    model = _new_learner(p).to(p.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     evaluator = EvaluationPlugin(
@@ -138,7 +149,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
     results: dict[str, Any] = {key: [] for key in RESULT_SERIES}
     first = 0
     if resume and (run_dir / CHECKPOINT).exists():
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        ckpt = _load_checkpoint(p, run_dir, strategy.model)
         strategy.model.load_state_dict(ckpt["model"])
         strategy.optimizer.load_state_dict(ckpt["optimizer"])
         # Avalanche resets the optimizer (momentum included) on its first train() call,
@@ -147,7 +158,11 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         strategy.optimized_param_id = dict(strategy.model.named_parameters())
         restore_metric_states(strategy.evaluator.metrics, ckpt["metric_states"])
         if memory is not None:
-            memory.restore(ckpt["memory"])
+            try:
+                memory.restore(ckpt["memory"])
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (its memory cannot be "
+                               f"restored: {type(e).__name__})") from None
         results, first = ckpt["results"], ckpt["experience"] + 1
         set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
     if earlier_rows is not None:
@@ -240,9 +255,10 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
                 write_json(run_dir / "results.json", results)
                 _set_status(run_dir, "finished")
     except KeyboardInterrupt as e:
-        if not _finished(run_dir):  # a signal during the final write: the run has finished
-            _set_status(run_dir, "interrupted", signal=str(e) or "SIGINT")
         e.run_dir = run_dir  # so the caller can say what to resume
+        e.finished = _finished(run_dir)  # a signal during the final write: the run is whole
+        if not e.finished:
+            _set_status(run_dir, "interrupted", signal=str(e) or "SIGINT")
         raise
     except Diverged as e:
         _set_status(run_dir, "diverged", error=str(e))
@@ -259,12 +275,12 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
 def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_start=None) -> tuple[Path, bool]:
     """Continue an interrupted run; returns (folder, whether anything was left to do).
     `on_start(run_dir, first, total)` is told where it resumes, before any training."""
-    from ccl.io import CONFIG_SHAPE, RESULTS_SHAPE, read_json
+    from ccl.io import CONFIG_SHAPE, read_json, read_results
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise CclError(f"{run_dir}: not a run folder (no config.json)")
     if (run_dir / "results.json").exists() and status(run_dir).get("status") == "finished":
-        read_json(run_dir / "results.json", RESULTS_SHAPE)  # a corrupt results file is an error, not "finished"
+        read_results(run_dir / "results.json")  # a corrupt results file is an error, not "finished"
         return run_dir, False
     config = read_json(run_dir / "config.json", CONFIG_SHAPE)
     try:
@@ -286,7 +302,11 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_star
     with folder_lock(run_dir, "a run"):  # before any clean-up: a second resume touches nothing
         for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
             leftover.unlink(missing_ok=True)
-        first = load_checkpoint(run_dir / CHECKPOINT)["experience"] + 1 if (run_dir / CHECKPOINT).exists() else 0
+        first = 0
+        if (run_dir / CHECKPOINT).exists():  # checked whole now, while the folder is as it was
+            with torch.device("meta"):  # the learner's shapes, without allocating it
+                first = _load_checkpoint(p, run_dir, _new_learner(p))["experience"] + 1
+        check_csv_logs(run_dir / "logs")
         if on_start:  # the load also fails early, before anything is overwritten
             on_start(run_dir, first, len(p.experience_classes))
         return _run_locked(p, run_dir, progress, on_experience, resume=True), True

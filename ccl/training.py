@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccl.errors import CclError
+from ccl.io import ram_bytes
 
 
 def pick_device(name: str) -> torch.device:
@@ -30,6 +31,18 @@ def pick_device(name: str) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def refuse_oversized(nbytes: int, what: str, device: torch.device) -> None:
+    """A CclError when `nbytes` is more than the machine's memory (or `device`'s, on a GPU)
+    holds: said before the allocation, not as the allocator's traceback after it."""
+    holds = {"RAM": ram_bytes()}
+    if device.type == "cuda":
+        holds[str(device)] = torch.cuda.get_device_properties(device).total_memory
+    for where, total in holds.items():
+        if nbytes > total:
+            raise CclError(f"{what} needs {nbytes / 2**30:,.1f} GiB, more than the {total / 2**30:,.1f} GiB "
+                           f"of {where} this machine has")
 
 
 def seed_everything(seed: int) -> None:

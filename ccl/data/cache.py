@@ -16,6 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from ccl.errors import CclError
+from ccl.io import open_regular, ram_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +35,16 @@ def fingerprint(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _cache_folders(root: Path) -> list[Path]:
+    """Where a data set's cache may be: a real folder inside the data folder (a link there
+    would take ccl's writes and deletions outside it), then ccl's own cache folder."""
+    beside = root / ".ccl-cache"
+    inside = not beside.is_symlink() and os.path.realpath(beside).startswith(os.path.realpath(root) + os.sep)
+    return [beside, user_cache_dir() / "arrays"] if inside else [user_cache_dir() / "arrays"]
+
+
 def _cache_path(root: Path, name: str, key: str) -> Path:
-    for folder in (root / ".ccl-cache", user_cache_dir() / "arrays"):
+    for folder in _cache_folders(root):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):
@@ -62,11 +73,12 @@ def shape_problem(arrays: dict[str, np.ndarray]) -> str | None:
 def cached_arrays(root: Path, name: str, key: str,
                   decode: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Arrays from the cache for (root, name, key), or `decode()` and cache them."""
-    for folder in (root / ".ccl-cache", user_cache_dir() / "arrays"):
+    for folder in _cache_folders(root):
         path = folder / f"{name}-{key}.npz"
         if path.exists():
             try:
-                with np.load(path) as z:  # allow_pickle stays False: a crafted cache runs nothing
+                # allow_pickle stays False: a crafted cache runs nothing
+                with open_regular(path, ram_bytes(), "data cache") as f, np.load(f) as z:
                     arrays = {k: z[k] for k in z.files}
                 problem = shape_problem(arrays)
                 if problem:
@@ -74,17 +86,21 @@ def cached_arrays(root: Path, name: str, key: str,
                 for message in arrays.pop("warnings", ()):  # what decoding warned about, every run
                     log.warning("%s", message)
                 return arrays
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, CclError) as e:
                 log.warning("cache %s is unreadable (%s); decoding again", path, e)
-                path.unlink(missing_ok=True)
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
     arrays = decode()  # may hold "warnings": messages it logged, given again on a cache hit
     path = _cache_path(root, name, key)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
+    tmp = None
+    try:  # a new file of ccl's own (mkstemp: exclusive, no link followed), renamed into place
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as e:  # a read-only disk costs speed, never the run
         log.warning("could not write cache %s (%s)", path, e)
-        tmp.unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
     arrays.pop("warnings", None)
     return arrays
