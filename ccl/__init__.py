@@ -25,3 +25,15 @@ class _ImportedOnUse(types.ModuleType):
 
 if "wandb" not in sys.modules and importlib.util.find_spec("wandb") is not None:
     sys.modules["wandb"] = _ImportedOnUse("wandb")
+
+
+__all__ = ["CondensedReplay"]
+
+
+def __getattr__(name: str):
+    """`from ccl import CondensedReplay` imports Avalanche (seconds) only when used, so the
+    CLI's quick commands stay quick."""
+    if name == "CondensedReplay":
+        from ccl.replay import CondensedReplay
+        return CondensedReplay
+    raise AttributeError(f"module 'ccl' has no attribute {name!r}")

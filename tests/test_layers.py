@@ -15,6 +15,7 @@ LAYERS = [
     {"condense"},
     {"memory"},
     {"strategies"},
+    {"replay"},
     {"experiment", "checkpoint", "logs", "guards"},
     {"runner"},
     {"report", "cells"},

@@ -88,8 +88,9 @@ def test_the_light_name_lists_match_the_registries():
     assert names.scenarios() == sorted(scenarios())
 
 
-def test_the_readme_is_a_guide_of_at_most_230_lines():
-    assert len((ROOT / "README.md").read_text().splitlines()) <= 230
+def test_the_readme_is_a_guide_of_at_most_265_lines():
+    # 230 before the Python example (issue 37), which runs as a test from the README itself
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 265
 
 
 def test_every_method_preset_loads_into_its_settings():

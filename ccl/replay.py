@@ -1,0 +1,283 @@
+"""`CondensedReplay`: ccl's on-device replay memory as one Avalanche plugin, for any
+`SupervisedTemplate` (`Naive`, ...), any model and any class-incremental benchmark.
+
+The plugin assembles what `ccl run` assembles for it (the memory, its filler and
+settings, the replay augmentation and a strategy's loss) from names, and delegates every
+Avalanche hook to those pieces: the memory first, then the strategy's loss, which reads
+what the memory replayed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from avalanche.core import SupervisedPlugin
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ccl import config as cfgmod
+from ccl.condense import dsa
+from ccl.condense.methods import METHODS, method_settings
+from ccl.errors import CclError
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory.fillers import RandomFiller
+from ccl.strategies import STRATEGIES
+
+Settings = dict[str, Any] | Any  # a dict of overrides over the shipped preset, or the settings dataclass
+
+AUGMENTS: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor] | None]] = {
+    "none": lambda: None,
+    "dsa": lambda: dsa.augmenter(dsa.DSASettings()),  # what condensed images are made to be trained under
+}
+
+
+class CondensedReplay(SupervisedPlugin):
+    """Replay from a fixed budget of images, real or condensed, kept on the training device.
+
+    At the end of each experience the plugin takes that experience's real images from
+    `strategy.experience.dataset` (its eval view, without train transforms), shrinks the
+    older classes' slots to their share of `mem_size` and fills the new classes' slots
+    with `method` (random or herded real images, or images condensed by DataDAM, DM, PAD
+    or MTT). During training it appends `mem_batch` memory images, augmented afresh, to
+    every minibatch once it is on the device, and `strategy` shapes the loss over the
+    stream and memory samples (ER, ER-ACE, DER, DER++, ...).
+
+    Class-incremental only: every experience must carry task label 0 (as Avalanche's
+    `nc_benchmark(..., task_labels=False)` and `class_incremental_benchmark` give);
+    another task label is refused before the experience trains. The memory lives on
+    `strategy.device`, read when training starts. The sizes each class will be cut to
+    later are read from the experience's stream when Avalanche exposes it (condensers
+    that match those sizes, `nested`, use them).
+
+    Features: herding and the condensers rank images by the model's features. A model
+    with an `embed(x) -> (N, D)` method gives them; any other model gives the input of its
+    last `nn.Linear` (the penultimate layer, caught by a forward hook for the call). A
+    model with neither is refused when training starts, unless the method is `random`
+    or `reservoir`, which need no features.
+
+    Args:
+        mem_size: images in memory, all classes together (each seen class keeps
+            `mem_size // classes`; at least one a class).
+        method: a memory ccl has: datadam (the default; its preset condenses a Split
+            CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
+            mtt, random, herding, herding-soft (class-balanced, filled at each experience's
+            end) or reservoir (one reservoir over the stream, as the ER and DER papers).
+        settings: the method's settings: None for its shipped preset (configs/<method>.toml),
+            a dict of overrides over that preset (e.g. {"iterations": 20}), or an instance
+            of its settings dataclass (`ccl.condense.datadam.DataDAMSettings`, ...).
+        mem_batch: memory images appended to every training minibatch (0: none).
+        augment: "dsa" (differentiable Siamese augmentation, one random family a call),
+            "none", or a function x -> x applied to the replayed images of a minibatch.
+        strategy: the replay loss: "er" (one cross-entropy), "er-ace", "der", "der++",
+            "a-gem", "bic" or "icarl" (`ccl list` describes them); None keeps the
+            strategy's criterion.
+        strategy_settings: that strategy's hyperparameters (a dict over its defaults, or
+            its settings dataclass), e.g. {"alpha": 0.1, "beta": 0.5} for "der++".
+        progress: progress bars while condensing.
+
+    Attributes:
+        memory: the memory plugin (images, labels, classes, update_log), built when
+            training starts; None before.
+        loss: the strategy's loss plugin, or None.
+
+    Example:
+        >>> strategy = Naive(model=model, optimizer=optimizer,
+        ...                  plugins=[CondensedReplay(mem_size=200, method="datadam", strategy="der++")])
+    """
+
+    def __init__(self, mem_size: int = 200, method: str = "datadam", settings: Settings = None, mem_batch: int = 32,
+                 augment: str | Callable[[torch.Tensor], torch.Tensor] | None = "dsa", strategy: str | None = "er",
+                 strategy_settings: Settings = None, progress: bool = False):
+        super().__init__()
+        if mem_size < 1 or mem_batch < 0:
+            raise ValueError(f"mem_size must be >= 1 and mem_batch >= 0, got {mem_size} and {mem_batch}")
+        self.mem_size, self.mem_batch, self.method, self.progress = mem_size, mem_batch, method, progress
+        self.spec = _known(MEMORIES, method, "method")
+        if not self.spec.on_device:
+            on_device = [e.name for e in MEMORIES.entries() if e.value.on_device]
+            raise ValueError(f"method {method!r} is not an on-device memory; choose one of: {', '.join(on_device)}")
+        self.settings = _method_settings(method, self.spec.settings, settings)
+        if callable(augment) or augment is None:
+            self.augment = augment
+        elif augment in AUGMENTS:
+            self.augment = AUGMENTS[augment]()
+        else:
+            raise ValueError(f"augment {augment!r}: one of {', '.join(AUGMENTS)}, None or a function x -> x")
+        self.strategy_name = strategy
+        self.entry = _known(STRATEGIES, strategy, "strategy") if strategy is not None else None
+        if self.entry is not None and (self.entry.memory_alone or self.entry.plugin is None):
+            raise ValueError(f"strategy {strategy!r} does not replay beside the stream; CondensedReplay "
+                             f"cannot take it (`ccl run --strategy {strategy}` can)")
+        self.strategy_settings = None
+        if self.entry is not None:
+            self.strategy_settings = _settings(self.entry.settings, strategy_settings, f"strategy {strategy}")
+        self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
+        self.memory: DeviceMemoryPlugin | None = None
+        self.loss: SupervisedPlugin | None = None
+        self._experience = None  # the experience training now: the memory's real images
+
+    def before_training(self, strategy, **kwargs):
+        if self.memory is None:
+            _check_model(strategy.model, self.needs_features, self.strategy_name)
+            self.memory, self.loss = self._build(torch.device(strategy.device))
+        self._each("before_training", strategy, **kwargs)
+
+    def _build(self, device: torch.device) -> tuple[DeviceMemoryPlugin, SupervisedPlugin | None]:
+        if self.spec.policy == "stream":
+            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment)
+        else:
+            stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
+            memory = _FeatureMemory(self.mem_size, self.mem_batch,
+                                    self.spec.make_filler(device, self.settings, self.progress), self._real_images,
+                                    device, augment=self.augment, stream_slots=stream_slots)
+        loss = self.entry.plugin(memory, self.strategy_settings) if self.entry is not None else None
+        return memory, loss
+
+    def before_training_exp(self, strategy, **kwargs):
+        experience = strategy.experience
+        labels = sorted(set(experience.task_labels))
+        if labels != [0]:
+            raise ValueError(f"CondensedReplay is class-incremental (task label 0); experience "
+                             f"{experience.current_experience} has task labels {labels}: build the benchmark "
+                             f"without task labels (nc_benchmark(..., task_labels=False))")
+        schedule = _schedule(experience)
+        classes = set(self.memory.classes) | set(experience.classes_in_this_experience)
+        classes |= {c for group in schedule for c in group}
+        if self.spec.class_balanced and len(classes) > self.mem_size:
+            raise ValueError(f"mem_size {self.mem_size} cannot give each of the {len(classes)} classes "
+                             f"{'of the stream' if schedule else 'seen so far'} a slot: raise mem_size")
+        self._experience = experience
+        if isinstance(self.memory, _FeatureMemory):
+            self.memory.schedule = schedule
+        self._each("before_training_exp", strategy, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self._each("after_training_exp", strategy, **kwargs)
+        self._experience = None  # its images go back
+
+    def _each(self, hook: str, strategy, **kwargs) -> None:
+        """Call `hook` on the memory, then on the strategy's loss (which reads what was replayed)."""
+        for part in (self.memory, self.loss):
+            if part is not None:
+                getattr(part, hook)(strategy, **kwargs)
+
+    def _real_images(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, ...) images and (N,) labels of `classes` in the experience training now."""
+        dataset = self._experience.dataset
+        dataset = dataset.eval() if hasattr(dataset, "eval") else dataset  # no train augmentation in memory
+        targets = torch.as_tensor(list(dataset.targets))
+        rows = torch.nonzero(torch.isin(targets, torch.tensor(classes))).flatten().tolist()
+        loader = DataLoader(Subset(dataset, rows), batch_size=512)
+        images, labels = zip(*((batch[0], batch[1]) for batch in loader))
+        return torch.cat(images), torch.cat(labels).long()
+
+
+def _delegate(hook: str):
+    def call(self, strategy, **kwargs):
+        self._each(hook, strategy, **kwargs)
+    call.__name__ = hook
+    call.__doc__ = "Delegated to the memory, then the strategy's loss."
+    return call
+
+
+for _hook in (name for name in dir(SupervisedPlugin) if name.startswith(("before_", "after_"))):
+    if _hook not in vars(CondensedReplay):  # the hooks above do more than delegate
+        setattr(CondensedReplay, _hook, _delegate(_hook))
+
+
+class _FeatureMemory(DeviceMemoryPlugin):
+    """The class-balanced memory, whose fillers see a model without `embed` through
+    `WithEmbed` (the input of its last nn.Linear)."""
+
+    def update(self, new_classes: list[int], learner: nn.Module) -> None:
+        if not hasattr(learner, "embed") and last_linear(learner) is not None:
+            learner = WithEmbed(learner)  # (a model with neither was refused unless its memory needs no features)
+        super().update(new_classes, learner)
+
+
+class WithEmbed(nn.Module):
+    """`model`, with `embed(x)`: the (N, D) input of its last nn.Linear, caught by a forward
+    hook that lives for one call (so a deep copy of this module carries no hook)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.head = last_linear(model)  # the name of the layer, looked up on every call
+        if self.head is None:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear layer to take features before")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        caught: list[torch.Tensor] = []
+        handle = self.model.get_submodule(self.head).register_forward_hook(
+            lambda module, args, output: caught.append(args[0]))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return caught[-1].flatten(1)  # (N, D)
+
+
+def last_linear(model: nn.Module) -> str | None:
+    """The name of the last nn.Linear registered in `model` (its head, for a Sequential), or None."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def _check_model(model: nn.Module, needs_features: bool, strategy: str | None) -> None:
+    if hasattr(model, "embed"):
+        return
+    if strategy == "icarl":
+        raise ValueError(f"strategy 'icarl' classifies by the model's features: {type(model).__name__} needs an "
+                         "embed(x) -> (N, D) method")
+    if needs_features and last_linear(model) is None:
+        raise ValueError(f"CondensedReplay ranks images by the model's features: {type(model).__name__} needs an "
+                         "embed(x) -> (N, D) method or an nn.Linear head (or use method='random')")
+
+
+def _schedule(experience) -> list[list[int]]:
+    """The classes of every experience of `experience`'s stream, if Avalanche exposes them."""
+    try:
+        stream = experience.origin_stream
+        len(stream)  # a lazy stream (an online one) has no length: it is not read ahead
+        return [list(e.classes_in_this_experience) for e in stream]
+    except (AttributeError, TypeError, ValueError):  # none, or masked (Avalanche's MaskedAttributeError)
+        return []
+
+
+def _known(registry, name: str, what: str):
+    try:
+        return registry.get(name).value
+    except CclError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def _method_settings(method: str, cls: type | None, settings: Settings) -> Any:
+    """The method's settings: its preset with `settings` over it, or the dataclass given
+    (with the variant's defining values: DM is DataDAM without attention)."""
+    if cls is None:
+        if settings:
+            raise ValueError(f"method {method!r} takes no settings")
+        return None
+    if isinstance(settings, cls):
+        return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
+    if settings is None or isinstance(settings, dict):
+        try:
+            return method_settings(method, None, dict(settings or {}))
+        except CclError as e:
+            raise ValueError(str(e)) from None
+    raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")
+
+
+def _settings(cls: type, settings: Settings, where: str) -> Any:
+    if isinstance(settings, cls):
+        return settings
+    if settings is None or isinstance(settings, dict):
+        try:
+            return cfgmod.from_dict(cls, dict(settings or {}), where)
+        except CclError as e:
+            raise ValueError(str(e)) from None
+    raise TypeError(f"{where}: settings are a dict or a {cls.__name__}, got {type(settings).__name__}")

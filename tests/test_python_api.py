@@ -1,0 +1,217 @@
+"""The public Python API, `ccl.CondensedReplay`, inside Avalanche's own `Naive`: the
+README's example runs as written; a plain nn.Sequential works (features from its last
+nn.Linear) and a model without features is refused before training; the buffer stays
+within its budget and class-balanced on the strategy's device; it composes with ccl's
+strategies; task labels other than 0 and bad arguments are refused in one line."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ccl import CondensedReplay
+from ccl.condense.datadam import DataDAMSettings
+from ccl.memory.slots import slots_per_class
+from ccl.replay import WithEmbed
+from ccl.strategies import DERPlugin
+
+pytestmark = pytest.mark.filterwarnings("ignore:No loggers specified")  # Avalanche's, for loggers=[]
+
+README = Path(__file__).parent.parent / "README.md"
+TINY_DATADAM = {"iterations": 3, "width": 16, "real_batch": 8, "progress_every": 1}
+TINY_PAD_LEARNER = {"expert": "learner", "iterations": 2, "width": 8, "syn_steps": 2, "batch_syn": 32,
+                    "expert_epochs": 1, "progress_every": 1, "holdout": 0.0}  # matches the plain model's training
+
+
+def readme_example() -> str:
+    section = README.read_text().split("## Use from Python", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs_as_written_and_prints_what_the_readme_says(capsys):
+    code = readme_example()
+    assert len(code.splitlines()) < 25
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    forgetting = float(re.fullmatch(r"forgetting (\d\.\d{3})", printed).group(1))
+    section = README.read_text().split("## Use from Python", 1)[1]
+    said = float(re.search(r"It prints `forgetting (\d\.\d{3})`", section).group(1))
+    assert abs(forgetting - said) < 0.05, (forgetting, said)  # float rounding may differ by thread count
+    assert forgetting < 0.5  # without the plugin, 0.931: the memory holds the old classes
+
+
+def benchmark(task_labels: bool = False, classes: int = 6, experiences: int = 3):
+    from avalanche.benchmarks import nc_benchmark
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(classes).repeat_interleave(30)  # 30 images a class
+    x = torch.randn(len(y), 1, 8, 8, generator=g) + y[:, None, None, None] * 0.5  # (N, 1, 8, 8)
+    return nc_benchmark(TensorDataset(x, y), TensorDataset(x, y), n_experiences=experiences,
+                        task_labels=task_labels, seed=0)
+
+
+def naive(model: nn.Module, plugins, epochs: int = 1):
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+                 train_epochs=epochs, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 6))
+
+
+@pytest.mark.parametrize("method, settings", [("herding", None), ("datadam", TINY_DATADAM), ("pad", TINY_PAD_LEARNER),
+                                              ("random", None)])
+def test_a_plain_sequential_keeps_a_class_balanced_memory_within_its_budget(method, settings):
+    torch.manual_seed(0)
+    bench = benchmark()
+    replay = CondensedReplay(mem_size=14, method=method, settings=settings, mem_batch=8)
+    strategy = naive(mlp(), [replay])
+    seen: list[int] = []
+    for experience in bench.train_stream:
+        strategy.train(experience)
+        seen += [c for c in experience.classes_in_this_experience if c not in seen]
+        memory = replay.memory
+        assert memory.images.device == torch.device(strategy.device)
+        assert len(memory.labels) <= 14
+        counts = torch.bincount(memory.labels, minlength=6)
+        assert {c: int(counts[c]) for c in seen} == slots_per_class(14, memory.classes)  # 7, then 4 4 3 3 ...
+        assert counts.sum() == 14 and torch.isfinite(memory.images).all()
+        assert set(memory.labels.tolist()) == set(seen)
+    assert memory.update_log[0]["new_classes"] == sorted(bench.train_stream[0].classes_in_this_experience)
+
+
+def test_the_memory_holds_the_experiences_own_images():
+    torch.manual_seed(0)
+    bench = benchmark(experiences=2)
+    replay = CondensedReplay(mem_size=6, method="random", augment="none")
+    naive(mlp(), [replay]).train(bench.train_stream[0])
+    x = torch.stack([bench.train_stream[0].dataset[i][0] for i in range(len(bench.train_stream[0].dataset))])
+    for image in replay.memory.images:
+        assert (x == image).flatten(1).all(1).any()  # a real image of the experience, not augmented
+
+
+def test_features_of_a_plain_model_are_the_input_of_its_last_linear_layer():
+    model = mlp()
+    x = torch.randn(5, 1, 8, 8)
+    features = WithEmbed(model).embed(x)
+    assert torch.equal(features, model[:3](x))  # (5, 32): after the ReLU
+    assert not model[3]._forward_hooks  # the hook lived for the call only
+    assert torch.equal(WithEmbed(model)(x), model(x))
+
+
+def test_a_model_without_features_is_refused_in_one_line_before_it_trains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # no Linear, no embed
+    before = [p.detach().clone() for p in model.parameters()]
+    strategy = naive(model, [CondensedReplay(mem_size=12, method="herding")])
+    with pytest.raises(ValueError, match="embed") as error:
+        strategy.train(benchmark().train_stream[0])
+    assert "\n" not in str(error.value) and "Sequential" in str(error.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # not one step taken
+    # random images need no features: the same model trains
+    naive(model, [CondensedReplay(mem_size=12, method="random")]).train(benchmark().train_stream[0])
+
+
+def test_it_composes_with_der_plus_plus():
+    from avalanche.core import SupervisedPlugin
+
+    class Spy(SupervisedPlugin):  # after CondensedReplay: sees the minibatch with memory rows
+        sizes: list[int] = []
+
+        def before_backward(self, strategy, **kwargs):
+            self.sizes.append(len(strategy.mb_y))
+
+    torch.manual_seed(0)
+    bench = benchmark()
+    replay = CondensedReplay(mem_size=12, method="herding", mem_batch=4, strategy="der++",
+                             strategy_settings={"alpha": 0.2})
+    spy = Spy()
+    strategy = naive(mlp(), [replay, spy])
+    for experience in bench.train_stream:
+        strategy.train(experience)
+    assert isinstance(replay.loss, DERPlugin) and (replay.loss.alpha, replay.loss.beta) == (0.2, 0.5)
+    memory = replay.memory
+    assert memory.draws == 2 and memory.logits.shape == (len(memory.labels), 6)  # DER's logits kept per row
+    assert 16 + 2 * 4 in spy.sizes  # a stream batch of 16, and two memory batches of 4 (DER++)
+
+
+@pytest.mark.parametrize("strategy", ["er-ace", "a-gem", "bic", "der"])
+def test_every_strategy_that_replays_beside_the_stream_runs(strategy):
+    torch.manual_seed(0)
+    bench = benchmark(experiences=2)
+    replay = CondensedReplay(mem_size=8, method="random", mem_batch=4, strategy=strategy)
+    strategy_ = naive(mlp(), [replay])
+    for experience in bench.train_stream:
+        strategy_.train(experience)
+        strategy_.eval(bench.test_stream)
+    assert len(replay.memory.labels) == 8
+
+
+def test_the_reservoir_fills_itself_from_the_stream():
+    torch.manual_seed(0)
+    replay = CondensedReplay(mem_size=10, method="reservoir", strategy="der")
+    naive(mlp(), [replay]).train(benchmark().train_stream[0])
+    assert len(replay.memory.labels) == 10 and replay.memory.logits.shape == (10, 6)
+
+
+def test_task_labels_other_than_zero_are_refused():
+    strategy = naive(mlp(), [CondensedReplay(mem_size=12, method="random")])
+    bench = benchmark(task_labels=True)
+    strategy.train(bench.train_stream[0])  # task 0
+    with pytest.raises(ValueError, match="class-incremental"):
+        strategy.train(bench.train_stream[1])
+
+
+def test_a_budget_below_the_streams_classes_is_refused_before_training():
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    strategy = naive(model, [CondensedReplay(mem_size=5, method="random")])
+    with pytest.raises(ValueError, match="mem_size 5 cannot give each of the 6 classes of the stream a slot"):
+        strategy.train(benchmark().train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_settings_resolve_over_the_shipped_preset():
+    replay = CondensedReplay(method="datadam", settings={"iterations": 7})
+    assert replay.settings.iterations == 7 and replay.settings.init == "herding"  # the rest from configs/datadam.toml
+    dm = CondensedReplay(method="dm", settings=DataDAMSettings(sam_weight=5.0))
+    assert dm.settings.sam_weight == 0.0  # DM is DataDAM without attention, whatever it is given
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "nope"}, "choose one of"),
+    ({"method": "avalanche-reservoir"}, "not an on-device memory"),
+    ({"method": "random", "settings": {"iterations": 3}}, "takes no settings"),
+    ({"method": "datadam", "settings": {"nope": 1}}, "unknown key 'nope'"),
+    ({"method": "datadam", "settings": 3}, "a dict or a DataDAMSettings"),
+    ({"strategy": "gdumb"}, "does not replay beside the stream"),
+    ({"strategy": "der++", "strategy_settings": {"alpha": -1.0}}, "must not be negative"),
+    ({"augment": "blur"}, "augment 'blur'"),
+    ({"mem_size": 0}, "mem_size"),
+])
+def test_bad_arguments_are_refused_when_constructed(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        CondensedReplay(**kwargs)
+
+
+def test_icarl_needs_an_embed_method():
+    strategy = naive(mlp(), [CondensedReplay(mem_size=12, method="random", strategy="icarl")])
+    with pytest.raises(ValueError, match="icarl.*embed"):
+        strategy.train(benchmark().train_stream[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_memory_lives_on_the_strategys_device():
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    torch.manual_seed(0)
+    model = mlp()
+    replay = CondensedReplay(mem_size=12, method="datadam", settings=TINY_DATADAM, strategy="der++")
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
+                     plugins=[replay], evaluator=EvaluationPlugin(loggers=[]), device="cuda")
+    for experience in benchmark().train_stream:
+        strategy.train(experience)
+    assert replay.memory.images.device.type == "cuda" and replay.memory.logits.device.type == "cuda"
