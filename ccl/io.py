@@ -58,15 +58,19 @@ def write_text(path: Path, text: str) -> None:
 
 def save_torch(path: Path, obj: Any) -> None:
     import torch  # here, not at the top: the command line reads locks and JSON without loading torch
-    try:
-        atomic_write(path, lambda p: torch.save(obj, p))
-    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as RuntimeError
-        if "PytorchStreamWriter" not in str(e) and "unexpected pos" not in str(e):
-            raise
-        import shutil
-        full = shutil.disk_usage(Path(path).parent).free == 0
-        raise OSError(errno.ENOSPC if full else errno.EIO,
-                      "No space left on device" if full else "the write failed", str(path)) from None
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb", buffering=0) as f:  # ours: closed however torch fails, nothing left to flush
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as RuntimeError
+                failed = e.__context__  # the OSError our file raised, which torch caught
+                if isinstance(failed, OSError) and failed.errno:
+                    raise OSError(failed.errno, failed.strerror, str(path)) from None
+                if "PytorchStreamWriter" not in str(e) and "unexpected pos" not in str(e):
+                    raise
+                raise OSError(errno.EIO, "the write failed", str(path)) from None
+    atomic_write(path, write)
 
 
 NUMBER = (int, float)

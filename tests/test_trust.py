@@ -197,6 +197,31 @@ def test_a_failed_write_frees_its_space_even_if_the_writer_still_holds_it(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+FULL_DISK = """
+mkdir -p {mount} && mount -t tmpfs -o size=20m none {mount} || exit 77
+{python} -c 'import shutil; open("{mount}/filler", "wb").write(b"x" * (shutil.disk_usage("{mount}").free - 700 * 1024))'
+{python} -m ccl.cli run --scenario split-digits --experiences 2 --epochs 1 --train-per-class 10 --mem-size 20 \
+    --quiet --runs-dir {mount}/runs
+cat {mount}/runs/*/status.json
+"""
+
+
+def test_a_real_full_disk_ends_the_run_failed(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = FULL_DISK.format(mount=tmp_path / "disk", python=sys.executable)
+    try:  # a 20 MB tmpfs of its own, in a user and mount namespace (where the kernel allows one)
+        done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if done.returncode == 77 or "unshare:" in done.stderr:
+        pytest.skip("no tmpfs of its own here (unshare -rm refused)")
+    assert "checkpoint.pt: No space left on device" in done.stderr, done.stderr
+    assert json.loads(done.stdout[done.stdout.index("{"):])["status"] == "failed", done.stdout
+
+
 # 7. a linked cache folder inside a data set
 def test_a_linked_cache_folder_in_a_data_set_is_not_written_through(tmp_path, monkeypatch):
     from test_data import write_class_folders
