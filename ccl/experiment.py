@@ -158,14 +158,17 @@ def make_config(**values: Any) -> RunConfig:
     return cfg
 
 
-def memory_settings(spec: MemorySpec, cfg: RunConfig) -> Any:
+def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> Any:
     """The memory method's settings: dataclass defaults <- preset <- overrides <- the
-    variant's fixed settings (every memory with settings is a condensation method)."""
+    variant's fixed settings (every memory with settings is a condensation method). The
+    preset is --memory-config, else under replay the memory's own (`replay_preset`),
+    else the method's."""
     if spec.settings is None:
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
-    return method_settings(cfg.memory, cfg.memory_config, cfg.memory_settings)
+    preset = cfg.memory_config or (spec.replay_preset if replay else None)
+    return method_settings(cfg.memory, preset, cfg.memory_settings)
 
 
 def strategy_settings(entry: Strategy, cfg: RunConfig) -> Any:
@@ -191,7 +194,7 @@ class Prepared:
 def prepare(cfg: RunConfig) -> Prepared:
     scenario = get_scenario(cfg.scenario)
     spec, entry = MEMORIES.get(cfg.memory).value, STRATEGIES.get(cfg.strategy).value
-    settings, hyper = memory_settings(spec, cfg), strategy_settings(entry, cfg)
+    settings, hyper = memory_settings(spec, cfg, not entry.memory_alone), strategy_settings(entry, cfg)
     device = pick_device(cfg.device)
     for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if getattr(cfg, flag):

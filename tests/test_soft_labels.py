@@ -220,3 +220,13 @@ def test_herding_soft_stores_the_learners_logits_as_soft_targets(tmp_path, tiny_
     run_dir = run(prepare(make_config(**tiny_run, memory="herding-soft")), tmp_path, progress=False)
     saved = torch.load(run_dir / "memory.pt", weights_only=True)
     assert saved["soft_targets"].shape == (len(saved["labels"]), 10) and torch.isfinite(saved["soft_targets"]).all()
+
+
+def test_pad_replays_with_its_replay_preset_and_gdumb_keeps_the_experts(tiny_run):
+    replay = prepare(make_config(**tiny_run, memory="pad")).settings
+    assert (replay.expert, replay.soft_labels, replay.lr_labels, replay.holdout, replay.iterations) == \
+        ("learner", True, 0.0, 0.0, 10)
+    alone = prepare(make_config(**tiny_run, memory="pad", strategy="gdumb")).settings
+    assert alone.expert == "trained" and not alone.soft_labels
+    chosen = prepare(make_config(**tiny_run, memory="pad", memory_config="pad")).settings
+    assert chosen.expert == "trained"

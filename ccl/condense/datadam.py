@@ -99,6 +99,9 @@ class DataDAMSettings:
     # condensed images only where they represent the held-out ones better than the real
     # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
     holdout: float = 0.0
+    # `ccl run` only: each condensed image's soft target is the guide network's (the
+    # learner's) logits on it, which replay trains toward (ccl.memory.fillers).
+    soft_labels: bool = False
     progress_every: int = 50    # iterations between host synchronisations (bar, NaN check)
     # torch.compile the per-block work (conv -> norm -> ReLU -> attention -> class sums),
     # fusing the memory-bound steps. On 2 CPU cores it halved the time per iteration after

@@ -27,6 +27,9 @@ class MemorySpec:
     # end: class-balanced slots filled by `filler` when an experience ends (what condensation
     # needs); stream: one reservoir over the whole stream (the ER and DER papers' buffer)
     policy: str = "end"
+    # the settings preset `ccl run` replays with when no --memory-config is given (None:
+    # the method's own, configs/<name>.toml, which `ccl condense` and GDumb use)
+    replay_preset: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS or self.policy not in POLICIES:
@@ -82,10 +85,14 @@ MEMORIES.register("herding", "iCaRL herding on the learner's features, on the de
 MEMORIES.register("herding-soft", "herding's exemplars with the learner's logits as soft targets, on the device")(
     MemorySpec("device", SoftHerdingFiller))
 
+# PAD replays with its learner-matched preset (docs/results.md, 2026-12-04); its expert
+# preset stays for `ccl condense`, GDumb and GPUs.
+_REPLAY_PRESETS = {"pad": "pad-replay"}
 for _name in ("dm", "datadam", "mtt", "pad"):
     _method = METHODS.get(_name)
     MEMORIES.register(_name, f"condensed: {_method.description}")(
-        MemorySpec("device", settings=_method.value.settings, method=_method.value.condense))
+        MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
+                   replay_preset=_REPLAY_PRESETS.get(_name)))
 
 __all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin", "Filler",
            "slots_per_class"]

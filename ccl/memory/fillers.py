@@ -130,7 +130,8 @@ class CondenseFiller(Filler):
     replayed for one experience only. `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
     records while the experience trains and hands over as `trajectory`.
 
-    A method that learns soft labels (PAD's `soft_labels`) makes `fill` return a
+    A method that learns soft labels (PAD's `soft_labels`), or `soft_labels` on one that
+    learns none (DataDAM: the learner's logits on the condensed images), makes `fill` return a
     `Condensed` whose `soft_labels` are (S, outputs) logits over the learner's outputs,
     NaN on the rows that hold real images (a refused class, the lasting-only tail).
     """
@@ -203,6 +204,8 @@ class CondenseFiller(Filler):
                              progress=self.progress, stats=stats, **extra)
         images, image_labels = result
         soft = result.soft_targets(outputs) if isinstance(result, Condensed) else None  # (S, outputs)
+        if soft is None and option("soft_labels", False):  # a method that learns none: the learner's logits
+            soft = learner_features(learner, images, logits=True).float()
         if holdout > 0:
             start = extra["init"][0]
             if teacher is not None:
