@@ -122,7 +122,7 @@ class CondenseFiller(Filler):
     keeps the condensed images only where they beat the real images they started from
     on those held-out images (`guard`: "features", their class-mean embeddings are
     closer, `keep_if_better`; "teach", a copy of the learner trained on the memory with
-    them teaches the held-out images better, `keep_if_teaches`); `stats["kept"]` records
+    them teaches the held-out images better, `Teacher`); `stats["kept"]` records
     the decision. With `review_at` in (0, 1) the teaching guard also judges the images
     after that fraction of the iterations, and a class it refuses is not matched
     further. `lasting_only` (with `nested` and the herding start) condenses only the images the
