@@ -77,7 +77,7 @@ def test_pad_on_the_learner_matches_its_recorded_trajectory(tmp_path, tiny_run, 
     assert [s[:2] for s in seen] == [(3, {p.device.type})] * 5
     steps = -(-(2 * 20) // 16)  # minibatches an epoch: two new classes of 20 images, batch 16
     assert seen[0][2] == pytest.approx(0.01 * steps / 0.1)
-    assert plugins and plugins[-1]._snapshots == []  # freed after the update
+    assert plugins and plugins[-1].recorder.snapshots == []  # freed after the update
     updates = json.loads((run_dir / "results.json").read_text())["memory_updates"]
     for u in updates:
         assert u["expert"] == "learner" and u["experts_s"] == 0.0

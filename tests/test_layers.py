@@ -74,3 +74,10 @@ def test_each_layer_imports_only_the_layers_below():
     upward = sorted(f"{m} -> {d}" for m, deps in _imports().items() for d in deps
                     if _layer(d) > _layer(m) and d.split(".")[:2] != m.split(".")[:2])
     assert not upward, upward
+
+
+def test_the_memory_does_not_know_pad():
+    """The memory records the learner's training (`ccl.memory.trajectory`); PAD matches it:
+    nothing under ccl/memory imports ccl.condense.pad (issue 37)."""
+    graph = _imports()
+    assert not sorted(m for m, deps in graph.items() if m.startswith("ccl.memory") and "ccl.condense.pad" in deps)

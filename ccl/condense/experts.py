@@ -52,6 +52,28 @@ class ExpertSettings(Protocol):
 Trajectory = list[torch.Tensor]  # theta_0 .. theta_E, each a flat (P,) vector
 
 
+@dataclass
+class LearnerTrajectory:
+    """The replay learner's training on one experience, as a trajectory to match (PAD with
+    expert = "learner"), recorded by the memory (`ccl.memory.trajectory`).
+
+    Attributes:
+        snapshots: the learner's flat parameter vectors (`module.parameters()` order, on
+            its device) at the experience's start and after each of its epochs.
+        network: a module of the learner's architecture (its weights are not used).
+        epoch_step: how far one epoch of the learner's optimiser moves the parameters
+            per unit gradient: lr * steps per epoch / (1 - momentum). The student starts
+            at the rate that covers `expert_epochs` epochs in `syn_steps` plain SGD steps.
+    """
+    snapshots: Trajectory
+    network: nn.Module
+    epoch_step: float
+
+    def student_lr(self, settings) -> float:
+        """The student's rate under `settings` (PADSettings: expert_epochs, syn_steps)."""
+        return self.epoch_step * settings.expert_epochs / settings.syn_steps
+
+
 @dataclass(frozen=True)
 class ExpertSchedule:
     """PAD's data scheduler; epochs are fractions of the expert length.

@@ -61,7 +61,8 @@ from ccl.condense import Condensed
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
-from ccl.condense.experts import ExpertSchedule, Trajectory, make_network, train_experts
+from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, flat_parameters, make_network,
+                                train_experts)
 from ccl.models.convnet import NORMS
 from ccl.training import now
 
@@ -224,31 +225,6 @@ def mtt_settings(**changes: object) -> PADSettings:
     if "scheduler" in changes or "alpha" in changes:
         raise ValueError("mtt_settings fixes scheduler=False and alpha=0.0; use PADSettings to change them")
     return PADSettings(**changes, scheduler=False, alpha=0.0)  # type: ignore[arg-type]
-
-
-@dataclass
-class LearnerTrajectory:
-    """The replay learner's training on one experience, as a trajectory to match.
-
-    Attributes:
-        snapshots: the learner's flat parameter vectors (`module.parameters()` order, on
-            its device) at the experience's start and after each of its epochs.
-        network: a module of the learner's architecture (its weights are not used).
-        epoch_step: how far one epoch of the learner's optimiser moves the parameters
-            per unit gradient: lr * steps per epoch / (1 - momentum). The student starts
-            at the rate that covers `expert_epochs` epochs in `syn_steps` plain SGD steps.
-    """
-    snapshots: list[torch.Tensor]
-    network: nn.Module
-    epoch_step: float
-
-    def student_lr(self, settings: PADSettings) -> float:
-        return self.epoch_step * settings.expert_epochs / settings.syn_steps
-
-
-def flat_parameters(module: nn.Module) -> torch.Tensor:
-    """(P,) detached copy of a module's parameters, flattened input to output."""
-    return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
 def default_alpha(ipc: int) -> float:

@@ -12,10 +12,10 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ccl.condense.pad import LearnerTrajectory, flat_parameters
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
+from ccl.memory.trajectory import TrajectoryRecorder
 
 RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -71,15 +71,13 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
         self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
-        # The learner's parameters at the experience's start and after each epoch, for a
-        # filler that matches its trajectory (PAD on the learner); freed after the update.
-        self._snapshots: list[torch.Tensor] = []
-        self._steps = 0
-        self._epoch_step = 0.0
+        # The learner's training on each experience, for a filler that matches it (PAD on
+        # the learner) or starts its teaching guard from it; None for the others.
+        self.recorder = TrajectoryRecorder() if filler is not None and filler.wants_trajectory else None
 
     def before_training_exp(self, strategy, **kwargs):
-        if self.filler is not None and self.filler.wants_trajectory:
-            self._snapshots, self._steps = [flat_parameters(strategy.model)], 0
+        if self.recorder is not None:
+            self.recorder.before_training_exp(strategy, **kwargs)
         new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.classes)
         if not (self.stream_slots and new and self.mem_batch):
             return
@@ -98,11 +96,12 @@ class DeviceMemoryPlugin(SupervisedPlugin):
                                                                               self.soft.shape[1]), float("nan"))])
 
     def after_training_epoch(self, strategy, **kwargs):
-        if self._snapshots:
-            self._snapshots.append(flat_parameters(strategy.model))
+        if self.recorder is not None:
+            self.recorder.after_training_epoch(strategy, **kwargs)
 
     def before_training_iteration(self, strategy, **kwargs):
-        self._steps += 1
+        if self.recorder is not None:
+            self.recorder.before_training_iteration(strategy, **kwargs)
         # The stream samples as they arrived, before a stream augmentation (an earlier
         # plugin's before_forward) changes them: memory keeps the images themselves.
         self._stream = (strategy.mbatch[0], strategy.mbatch[1])
@@ -156,10 +155,8 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             self.soft = self.soft[:n] if len(self.soft) else self.soft
             self._reservoir = None
         self._stream = None
-        if self._snapshots:
-            group = strategy.optimizer.param_groups[0]
-            epochs = len(self._snapshots) - 1
-            self._epoch_step = group["lr"] * self._steps / max(epochs, 1) / (1 - group.get("momentum", 0.0))
+        if self.recorder is not None:
+            self.recorder.after_training_exp(strategy, **kwargs)
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
@@ -177,13 +174,10 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             seen = set(self.classes)
             upcoming = [g for g in self.schedule if not seen.issuperset(g)]
             later = future_shares(self.mem_size, self.classes, upcoming)
-            trajectory = None
-            if self._snapshots:
-                trajectory = LearnerTrajectory(self._snapshots, learner, self._epoch_step)
+            trajectory = self.recorder.take(learner) if self.recorder is not None else None
             filled = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
                                       context, {c: later[c] for c in new_classes}, trajectory)
             images, image_labels = filled
-            self._snapshots = []  # the trajectory's memory goes back
             stats = dict(self.filler.stats)
             stored = self.codec.encode(images.to(self.device))
             soft = getattr(filled, "soft_labels", None)
