@@ -63,9 +63,10 @@ class CondensedReplay(SupervisedPlugin):
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
             mtt, random, herding, herding-soft (class-balanced, filled at each experience's
             end) or reservoir (one reservoir over the stream, as the ER and DER papers).
-        settings: the method's settings: None for its shipped preset (configs/<method>.toml),
-            a dict of overrides over that preset (e.g. {"iterations": 20}), or an instance
-            of its settings dataclass (`ccl.condense.datadam.DataDAMSettings`, ...).
+        settings: the method's settings: None for the preset `ccl run` replays with
+            (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
+            that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass
+            (`ccl.condense.datadam.DataDAMSettings`, ...).
         mem_batch: memory images appended to every training minibatch (0: none).
         augment: "dsa" (differentiable Siamese augmentation, one random family a call),
             "none", or a function x -> x applied to the replayed images of a minibatch.
@@ -97,7 +98,7 @@ class CondensedReplay(SupervisedPlugin):
         if not self.spec.on_device:
             on_device = [e.name for e in MEMORIES.entries() if e.value.on_device]
             raise ValueError(f"method {method!r} is not an on-device memory; choose one of: {', '.join(on_device)}")
-        self.settings = _method_settings(method, self.spec.settings, settings)
+        self.settings = _method_settings(method, self.spec, settings)
         if callable(augment) or augment is None:
             self.augment = augment
         elif augment in AUGMENTS:
@@ -255,9 +256,11 @@ def _known(registry, name: str, what: str):
         raise ValueError(f"{what}: {e}") from None
 
 
-def _method_settings(method: str, cls: type | None, settings: Settings) -> Any:
-    """The method's settings: its preset with `settings` over it, or the dataclass given
-    (with the variant's defining values: DM is DataDAM without attention)."""
+def _method_settings(method: str, spec, settings: Settings) -> Any:
+    """The method's settings: the preset `ccl run` replays with (its `replay_preset`, else
+    its own) with `settings` over it, or the dataclass given (with the variant's defining
+    values: DM is DataDAM without attention)."""
+    cls = spec.settings
     if cls is None:
         if settings:
             raise ValueError(f"method {method!r} takes no settings")
@@ -266,7 +269,7 @@ def _method_settings(method: str, cls: type | None, settings: Settings) -> Any:
         return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
     if settings is None or isinstance(settings, dict):
         try:
-            return method_settings(method, None, dict(settings or {}))
+            return method_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
     raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")

@@ -177,6 +177,8 @@ def test_a_budget_below_the_streams_classes_is_refused_before_training():
 def test_settings_resolve_over_the_shipped_preset():
     replay = CondensedReplay(method="datadam", settings={"iterations": 7})
     assert replay.settings.iterations == 7 and replay.settings.init == "herding"  # the rest from configs/datadam.toml
+    pad = CondensedReplay(method="pad")
+    assert pad.settings.expert == "learner" and pad.settings.soft_labels  # configs/pad-replay.toml, as ccl run
     dm = CondensedReplay(method="dm", settings=DataDAMSettings(sam_weight=5.0))
     assert dm.settings.sam_weight == 0.0  # DM is DataDAM without attention, whatever it is given
 
