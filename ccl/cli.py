@@ -220,7 +220,7 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     from ccl.io import load_torch, write_json
     from ccl.training import pick_device, seed_everything
 
-    saved = load_torch(set_file, "synthetic set")
+    saved = load_torch(set_file, "synthetic set", links=True)
     try:
         images, labels, dataset = saved["images"], saved["labels"], saved["dataset"]
     except (KeyError, TypeError) as e:

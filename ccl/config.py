@@ -90,7 +90,7 @@ MAX_TOML_BYTES = 1 << 20  # a settings file is a few lines; more is the wrong fi
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open_regular(path, MAX_TOML_BYTES, "config file") as f:
+        with open_regular(path, MAX_TOML_BYTES, "config file", links=True) as f:
             text = f.read(MAX_TOML_BYTES + 1)  # the size again: a file may grow after it was checked
         if len(text) > MAX_TOML_BYTES:
             raise CclError(f"{path}: {len(text) - 1:,}+ bytes is too large for a config file")

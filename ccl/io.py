@@ -99,16 +99,19 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, 
           (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
 
 
-def open_regular(path: Path, limit: int, what: str = "file") -> BinaryIO:
+def open_regular(path: Path, limit: int, what: str = "file", links: bool = False) -> BinaryIO:
     """`path` opened for reading, if it is a regular file of at most `limit` bytes; else a
     one-line CclError. Opened without blocking: a FIFO in a file's place is refused at once
-    instead of waiting forever for a writer."""
+    instead of waiting forever for a writer. A symbolic link is refused too, unless `links`
+    (a file the user names, not one ccl wrote into its own folders)."""
     from ccl.errors import CclError
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if links else os.O_NOFOLLOW))
     except FileNotFoundError:
         raise CclError(f"{path}: file not found") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CclError(f"{path}: is a symbolic link; ccl reads its own files only as it wrote them") from None
         raise CclError(f"{path}: cannot read it ({e.strerror})") from None
     st = os.fstat(fd)  # of what was opened, not of what the name points to a moment later
     kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
@@ -193,14 +196,14 @@ def read_results(path: Path) -> dict:
     return read_json(path, RESULTS_SHAPE, results_problem)
 
 
-def load_torch(path: Path, what: str) -> Any:
+def load_torch(path: Path, what: str, links: bool = False) -> Any:
     """A file written with `save_torch`, loaded with weights_only=True: tensors and plain
     types only, so a crafted or shared file cannot run code. Any failure is a CclError
     naming the file and `what` it should have been."""
     import torch
     from ccl.errors import CclError
     try:
-        with open_regular(path, ram_bytes(), what) as f:
+        with open_regular(path, ram_bytes(), what, links) as f:
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
@@ -217,12 +220,20 @@ LOCK_FILE = ".ccl.lock"
 
 
 def refuse_links(*paths: Path) -> None:
-    """A CclError for the first of `paths` that is a symbolic link: ccl deletes and writes
-    only inside the folders it owns, and a link would take it elsewhere."""
+    """A CclError for the first of `paths` that is a symbolic link, or a file with another
+    name (a hard link): ccl deletes and writes only inside the folders it owns, and a link
+    would take it elsewhere."""
     from ccl.errors import CclError
     for path in paths:
-        if Path(path).is_symlink():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
             raise CclError(f"{path}: is a symbolic link; ccl writes only inside its own folders, not through links")
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            raise CclError(f"{path}: has {st.st_nlink - 1} other name(s) (a hard link); ccl writes only files "
+                           "of its own, not through links")
 
 
 def _open_lock(folder: Path, flags: int) -> int:

@@ -48,6 +48,10 @@ def _new_learner(p: Prepared) -> torch.nn.Module:
     return build_learner(cfg.model, p.data.num_classes, p.data.shape, cfg.width, cfg.depth, cfg.norm)
 
 
+def _refuse_linked_logs(run_dir: Path) -> None:
+    refuse_links(run_dir / "logs", *(run_dir / "logs" / name for name in CSV_LOGS))  # Avalanche opens them "w"
+
+
 def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
     """The run's checkpoint, checked against this run: its learner, stream and class order."""
     n = len(p.experience_classes)
@@ -141,7 +145,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         The results and the final memory state (None without a memory).
     """
     seed_everything(p.config.seed)
-    refuse_links(run_dir / "logs", *(run_dir / "logs" / name for name in CSV_LOGS))  # Avalanche opens them "w"
+    _refuse_linked_logs(run_dir)
     earlier_rows = csv_rows(run_dir / "logs") if resume else None
     bench, strategy, memory = _build(p, run_dir, progress)
     n = len(p.experience_classes)
@@ -306,6 +310,7 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_star
         if (run_dir / CHECKPOINT).exists():  # checked whole now, while the folder is as it was
             with torch.device("meta"):  # the learner's shapes, without allocating it
                 first = _load_checkpoint(p, run_dir, _new_learner(p))["experience"] + 1
+        _refuse_linked_logs(run_dir)
         check_csv_logs(run_dir / "logs")
         if on_start:  # the load also fails early, before anything is overwritten
             on_start(run_dir, first, len(p.experience_classes))

@@ -71,6 +71,16 @@ def test_a_hard_linked_lock_is_refused_and_the_file_it_links_to_is_untouched(tmp
     assert outside.read_text() == "precious\n"
 
 
+def test_a_hard_linked_log_is_refused_and_the_file_it_links_to_is_untouched(tmp_path, stopped_run):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    logs = stopped_run / "logs"
+    (logs / "eval_results.csv").rename(logs / ".eval_results.csv.prev")  # kept by a resume that was cut short
+    os.link(outside, logs / "eval_results.csv")  # which Avalanche's logger would open with "w"
+    _one_line_error(CliRunner().invoke(main, ["run", "--resume", str(stopped_run)]), "hard link")
+    assert outside.read_text() == "precious\n"
+
+
 # 2. a checkpoint with tampered values (no code in it)
 def _tamper(ckpt, how):
     if how == "model missing":
@@ -140,11 +150,19 @@ def test_a_fifo_config_is_refused_without_waiting(tmp_path, no_hang):
 
 
 @pytest.mark.parametrize("name", ["checkpoint.pt", "config.json"])
-def test_a_fifo_in_a_run_folder_is_refused_without_waiting(stopped_run, no_hang, name):
-    (stopped_run / name).unlink()
-    os.mkfifo(stopped_run / name)
+@pytest.mark.parametrize("kind, problem", [("FIFO", "is a FIFO, not a regular file"),
+                                           ("link", "is a symbolic link")])
+def test_a_fifo_or_link_in_a_run_folder_is_refused_without_waiting(stopped_run, no_hang, name, kind, problem):
+    if kind == "FIFO":
+        (stopped_run / name).unlink()
+        os.mkfifo(stopped_run / name)
+    else:  # the same file, reached through a link: not what ccl wrote there
+        (stopped_run / name).rename(stopped_run.parent / name)
+        (stopped_run / name).symlink_to(stopped_run.parent / name)
+    before = _files(stopped_run)
     result = CliRunner().invoke(main, ["run", "--resume", str(stopped_run), "--quiet"])
-    _one_line_error(result, f"{stopped_run / name}: is a FIFO, not a regular file")
+    _one_line_error(result, f"{stopped_run / name}: {problem}")
+    assert _files(stopped_run) == before
 
 
 # 5. a signal during a finished run's final write
