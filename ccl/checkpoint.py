@@ -4,6 +4,7 @@ what Avalanche's metrics carry from one experience to the next."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,35 +118,63 @@ def _metrics_problem(states) -> str | None:
     return None
 
 
-def checkpoint_problem(ckpt, model: torch.nn.Module, steps: int, experiences: int,
-                       class_order: list[int]) -> str | None:
+@dataclass(frozen=True)
+class RunShape:
+    """What a checkpoint of a run must agree with."""
+    steps: int                      # experiences trained one after another (1 for joint)
+    experiences: int                # experiences evaluated after each step
+    class_order: list[int]
+    image_shape: tuple[int, ...]    # (C, H, W)
+    num_classes: int
+    mem_size: int
+
+
+def _memory_problem(state, run: RunShape) -> str | None:
+    """What in a memory's checkpoint state (images, labels, classes) does not fit the run."""
+    if state is None:
+        return None  # a run without a memory; one with a memory refuses None when restoring
+    if not isinstance(state, dict) or not all(k in state for k in ("images", "labels", "classes")):
+        return "memory should hold images, labels and classes"
+    images, labels, classes = state["images"], state["labels"], state["classes"]
+    if not (torch.is_tensor(labels) and labels.dim() == 1 and not labels.is_floating_point()
+            and len(labels) <= run.mem_size and (not len(labels) or 0 <= labels.min() <= labels.max() < run.num_classes)):
+        return f"memory labels should be at most {run.mem_size} class indices below {run.num_classes}"
+    if not torch.is_tensor(images) or len(labels) and tuple(images.shape) != (len(labels), *run.image_shape):
+        return f"memory images should be a ({len(labels)}, {', '.join(map(str, run.image_shape))}) tensor"
+    if not (isinstance(classes, list) and all(type(c) is int and 0 <= c < run.num_classes for c in classes)):
+        return "memory classes should be class indices"
+    return None
+
+
+def checkpoint_problem(ckpt, model: torch.nn.Module, run: RunShape) -> str | None:
     """What makes `ckpt` not a checkpoint of this run, or None: its experience index within
-    the `steps` the run trains, its results' rows one per step done, its weights and momentum
-    of the learner's shapes, its generator states restorable."""
+    the steps the run trains, its results' rows one per step done, its weights and momentum
+    of the learner's shapes, its memory of the data's shapes and classes, its generator
+    states restorable."""
     if not isinstance(ckpt, dict):
         return "not a checkpoint (no dictionary)"
     missing = [k for k in ("experience", "model", "optimizer", "metric_states", "results", "rng") if k not in ckpt]
     if missing:
         return f"{missing[0]} is missing"
     done = ckpt["experience"]
-    if type(done) is not int or not 0 <= done < steps:
-        return f"experience should be an index in 0..{steps - 1}, not {str(done)[:40]}"
-    if ckpt.get("class_order", class_order) != class_order:
+    if type(done) is not int or not 0 <= done < run.steps:
+        return f"experience should be an index in 0..{run.steps - 1}, not {str(done)[:40]}"
+    if ckpt.get("class_order", run.class_order) != run.class_order:
         return "its class order is not this run's"
     results = ckpt["results"]
-    return (shape_problem(results, SERIES_SHAPE, "results") or series_problem(results, done + 1, experiences)
+    return (shape_problem(results, SERIES_SHAPE, "results") or series_problem(results, done + 1, run.experiences)
             or _weights_problem(ckpt["model"], model) or _optimizer_problem(ckpt["optimizer"], model)
-            or _metrics_problem(ckpt["metric_states"]) or _rng_problem(ckpt["rng"]))
+            or _memory_problem(ckpt.get("memory"), run) or _metrics_problem(ckpt["metric_states"])
+            or _rng_problem(ckpt["rng"]))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, steps: int, experiences: int,
-                    class_order: list[int]) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, run: RunShape) -> dict:
     """A checkpoint written by `train_and_evaluate` (tensors and plain types only) for
-    `model`, checked whole by `checkpoint_problem`; else a CclError naming the file.
-    Checkpoints of ccl before 2026-11-30 pickled Avalanche objects and are refused."""
+    `model` in `run`, checked whole by `checkpoint_problem`; else a CclError naming the
+    file. Checkpoints of ccl before 2026-11-30 pickled Avalanche objects and are refused."""
     what = "checkpoint (delete it to restart the run from the beginning)"
     ckpt = load_torch(path, what)
-    problem = checkpoint_problem(ckpt, model, steps, experiences, class_order)
+    problem = checkpoint_problem(ckpt, model, run)
     if problem:
         raise CclError(f"{path}: not what ccl wrote there ({problem}); delete it to restart the run "
                        "from the beginning")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ccl import config as cfgmod
-from ccl.checkpoint import (CHECKPOINT, load_checkpoint, metric_states, restore_metric_states, rng_state,
+from ccl.checkpoint import (CHECKPOINT, RunShape, load_checkpoint, metric_states, restore_metric_states, rng_state,
                             set_rng_state)
 from ccl.condense import dsa
 from ccl.data.augment import crop_flip
@@ -55,7 +55,8 @@ def _refuse_linked_logs(run_dir: Path) -> None:
 def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
     """The run's checkpoint, checked against this run: its learner, stream and class order."""
     n = len(p.experience_classes)
-    return load_checkpoint(run_dir / CHECKPOINT, model, 1 if p.spec.joint else n, n, p.order)
+    run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size)
+    return load_checkpoint(run_dir / CHECKPOINT, model, run)
 
 
 def _build(p: Prepared, run_dir: Path, progress: bool):

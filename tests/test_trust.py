@@ -90,6 +90,10 @@ def _tamper(ckpt, how):
         ckpt["model"][name] = torch.zeros(3, 3)
     elif how == "empty accuracy matrix":
         ckpt["results"]["accuracy_matrix"] = []
+    elif how == "memory images of another shape":
+        ckpt["memory"]["images"] = ckpt["memory"]["images"][:, :, :4]
+    elif how == "memory labels beyond the classes":
+        ckpt["memory"]["labels"][0] = 99
     elif how == "bad rng":
         ckpt["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
     else:
@@ -103,6 +107,8 @@ def _tamper(ckpt, how):
     ("empty accuracy matrix", "accuracy_matrix has 0 entries for 2 experiences done"),
     ("model missing", "model is missing"),
     ("weights of another shape", "should be a tensor of shape"),
+    ("memory images of another shape", "memory images should be a (20, 1, 8, 8) tensor"),
+    ("memory labels beyond the classes", "memory labels should be at most 20 class indices below 10"),
     ("bad rng", "rng is not a generator state"),
 ])
 def test_a_tampered_checkpoint_is_one_line_and_the_folder_is_left_as_it_was(stopped_run, how, problem):
