@@ -178,6 +178,10 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"--classes must be within 0..{data.num_classes - 1}")
     synthetic = ipc * len(wanted)
     refuse_oversized(synthetic * math.prod(data.shape) * 4, f"--ipc {ipc} ({synthetic:,} float images)", dev)
+    counts = {c: int((data.train_y == c).sum()) for c in wanted}
+    fewest = min(wanted, key=counts.get)
+    if ipc > counts[fewest]:  # a set is a summary of the real images: never more of them
+        raise CclError(f"--ipc {ipc} is more than the {counts[fewest]} training images of class {fewest}")
     real, labels = data.normalise(data.train_x), torch.from_numpy(data.train_y)
     mask = torch.isin(labels, torch.tensor(wanted))
     seed_everything(seed)

@@ -310,6 +310,13 @@ def test_sizes_beyond_the_machine_are_one_line_before_any_work(tmp_path, args):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_condense_refuses_more_images_per_class_than_the_data_has(tmp_path):
+    result = CliRunner().invoke(main, ["condense", "--dataset", "digits", "--method", "random", "--ipc", "500",
+                                       "--out", str(tmp_path / "set.pt")])
+    _one_line_error(result, "--ipc 500 is more than the", "training images of class")
+    assert list(tmp_path.iterdir()) == []
+
+
 # 11. Ctrl-C before a run folder exists
 def test_an_interrupt_before_the_run_starts_names_no_folder(tmp_path, monkeypatch):
     import ccl.cli
