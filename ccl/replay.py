@@ -20,7 +20,7 @@ from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
-from ccl.memory import MEMORIES, DeviceMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.strategies import STRATEGIES
 
@@ -114,7 +114,7 @@ class CondensedReplay(SupervisedPlugin):
         if self.entry is not None:
             self.strategy_settings = _settings(self.entry.settings, strategy_settings, f"strategy {strategy}")
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
-        self.memory: DeviceMemoryPlugin | None = None
+        self.memory: ReplayMemoryPlugin | None = None
         self.loss: SupervisedPlugin | None = None
         self._experience = None  # the experience training now: the memory's real images
 
@@ -124,7 +124,7 @@ class CondensedReplay(SupervisedPlugin):
             self.memory, self.loss = self._build(torch.device(strategy.device))
         self._each("before_training", strategy, **kwargs)
 
-    def _build(self, device: torch.device) -> tuple[DeviceMemoryPlugin, SupervisedPlugin | None]:
+    def _build(self, device: torch.device) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         if self.spec.policy == "stream":
             memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment)
         else:

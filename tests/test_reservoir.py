@@ -96,3 +96,13 @@ def test_agem_projects_a_step_that_would_raise_the_memory_loss():
     memory_grad = torch.autograd.grad(F.cross_entropy(model(x[2:]), y[2:]), model.weight)[0].flatten()
     assert torch.dot(g, memory_grad).item() == pytest.approx(0.0, abs=1e-6)  # projected onto the plane
     assert loss.item() == pytest.approx(F.cross_entropy(model(x[:2]), y[:2]).item())  # the stream's own loss
+
+
+def test_the_reservoir_is_a_sibling_of_the_class_balanced_memory_not_a_subclass():
+    """Both are on-device memories (the strategies take either); the reservoir inherits no
+    filler, slots or end-of-experience update it cannot use (issue 37)."""
+    from ccl.memory import DeviceMemoryPlugin, ReplayMemoryPlugin
+    assert issubclass(ReservoirMemoryPlugin, ReplayMemoryPlugin) and issubclass(DeviceMemoryPlugin, ReplayMemoryPlugin)
+    assert not issubclass(ReservoirMemoryPlugin, DeviceMemoryPlugin)
+    memory = ReservoirMemoryPlugin(4, 2, torch.device("cpu"))
+    assert not any(hasattr(memory, name) for name in ("update", "filler", "real_images", "recorder"))

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
-from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
 
@@ -94,5 +94,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
-__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin", "Filler",
-           "slots_per_class"]
+__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+           "Filler", "slots_per_class"]

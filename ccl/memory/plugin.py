@@ -1,4 +1,7 @@
-"""`DeviceMemoryPlugin`: a fixed budget of replay images that lives on the training device.
+"""On-device replay memories: a fixed budget of replay images that lives on the training
+device. `ReplayMemoryPlugin` holds the rows and replays them; its two kinds are siblings:
+`DeviceMemoryPlugin` (class-balanced slots filled at each experience's end) and
+`ReservoirMemoryPlugin` (one reservoir over the stream).
 
 Avalanche's ReplayPlugin collates memory samples on the CPU through its own data
 loader; here the memory is a tensor on the device and its samples are appended to each
@@ -20,14 +23,15 @@ from ccl.memory.trajectory import TrajectoryRecorder
 RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
-class DeviceMemoryPlugin(SupervisedPlugin):
-    """Replay from an on-device memory of at most `mem_size` images.
+class ReplayMemoryPlugin(SupervisedPlugin):
+    """What every on-device memory has: its rows on the device (images as the codec stores
+    them, labels, and the per-row fields strategies read: DER's logits, soft targets), and
+    the replay of memory rows appended to each minibatch once it is on the device. The
+    subclasses decide what enters the rows, and when.
 
     Args:
         mem_size: total images in memory, shared by all classes seen so far.
         mem_batch: memory samples appended to every training minibatch.
-        filler: what fills the slots of new classes (random, herding, a condenser).
-        real_images: classes -> (images, labels) of their real training data, normalised.
         device: where the memory lives (the training device).
         codec: how images are stored (float32 by default; float16 or uint8 pixels
             to compare memories at equal bytes).
@@ -35,6 +39,66 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             flip), or None. Condensed images are made to be trained on under DSA; without it a learner
             fits trajectory-matched ones to a quarter of real images' loss within a few
             steps, and they hold their classes less.
+    """
+
+    def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        self.mem_size, self.mem_batch, self.device = mem_size, mem_batch, torch.device(device)
+        self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
+        self.augment = augment
+        self._stream: tuple[torch.Tensor, torch.Tensor] | None = None  # this minibatch's stream samples
+        # Set by a replay strategy (ccl.strategies) before training:
+        self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
+        self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
+        self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
+        # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
+        # soft labels), NaN rows for the others; empty while no row has one.
+        self.soft = torch.empty(0, device=self.device)
+        self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
+        self.classes: list[int] = []  # seen classes, in arrival order
+        self.images = torch.empty(0, device=self.device)
+        self.labels = torch.empty(0, dtype=torch.long, device=self.device)
+        self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
+
+    def before_training_iteration(self, strategy, **kwargs):
+        # The stream samples as they arrived, before a stream augmentation (an earlier
+        # plugin's before_forward) changes them: memory keeps the images themselves.
+        self._stream = (strategy.mbatch[0], strategy.mbatch[1])
+
+    def _append(self, strategy, idx: torch.Tensor) -> None:
+        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
+        self.last_draw = idx
+        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
+        if self.augment is not None:
+            replayed = self.augment(replayed)
+        strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
+        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
+        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
+
+    def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
+        while no row of the memory has one."""
+        return self.soft[rows] if len(self.soft) else None
+
+    def state(self) -> dict:
+        state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
+        if len(self.soft):
+            state["soft_targets"] = self.soft
+        return {**state, "logits": self.logits} if self.record_logits else state
+
+    def checkpoint(self) -> dict:
+        return self.state()
+
+
+class DeviceMemoryPlugin(ReplayMemoryPlugin):
+    """Replay from class-balanced slots of an on-device memory of at most `mem_size`
+    images, filled at each experience's end.
+
+    Args (beside `ReplayMemoryPlugin`'s):
+        filler: what fills the slots of new classes (random, herding, a condenser).
+        real_images: classes -> (images, labels) of their real training data, normalised.
         schedule: the classes of every experience, in order, if known: fillers then learn
             the sizes each new class will be cut to later (`future_shares`).
         stream_slots: while an experience streams, its new classes' slots hold a
@@ -50,27 +114,11 @@ class DeviceMemoryPlugin(SupervisedPlugin):
                  device: torch.device, codec: MemoryCodec | None = None,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None, schedule: list[list[int]] | None = None,
                  stream_slots: bool = False):
-        super().__init__()
-        self.mem_size, self.mem_batch = mem_size, mem_batch
-        self.filler, self.real_images, self.device = filler, real_images, torch.device(device)
-        self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
-        self.augment = augment
+        super().__init__(mem_size, mem_batch, device, codec, augment)
+        self.filler, self.real_images = filler, real_images
         self.schedule = [list(g) for g in schedule or []]
         self.stream_slots = stream_slots
         self._reservoir: StreamReservoir | None = None  # the new classes' slots while they stream
-        self._stream: tuple[torch.Tensor, torch.Tensor] | None = None  # this minibatch's stream samples
-        # Set by a replay strategy (ccl.strategies) before training:
-        self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
-        self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
-        self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
-        # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
-        # soft labels), NaN rows for the others; empty while no row has one.
-        self.soft = torch.empty(0, device=self.device)
-        self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
-        self.classes: list[int] = []  # seen classes, in arrival order
-        self.images = torch.empty(0, device=self.device)
-        self.labels = torch.empty(0, dtype=torch.long, device=self.device)
-        self.update_log: list[dict] = []  # one entry per experience: seconds and filler stats
         # The learner's training on each experience, for a filler that matches it (PAD on
         # the learner) or starts its teaching guard from it; None for the others.
         self.recorder = TrajectoryRecorder() if filler is not None and filler.wants_trajectory else None
@@ -102,9 +150,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
     def before_training_iteration(self, strategy, **kwargs):
         if self.recorder is not None:
             self.recorder.before_training_iteration(strategy, **kwargs)
-        # The stream samples as they arrived, before a stream augmentation (an earlier
-        # plugin's before_forward) changes them: memory keeps the images themselves.
-        self._stream = (strategy.mbatch[0], strategy.mbatch[1])
+        super().before_training_iteration(strategy, **kwargs)
 
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
@@ -120,17 +166,6 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             idx = torch.multinomial(torch.cat([torch.ones(reservoir.offset, device=self.device),
                                                reservoir.filled().float()]), n, replacement=True)
         self._append(strategy, idx)
-
-    def _append(self, strategy, idx: torch.Tensor) -> None:
-        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
-        self.last_draw = idx
-        x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
-        replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
-        if self.augment is not None:
-            replayed = self.augment(replayed)
-        strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
-        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
-        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
 
     def after_forward(self, strategy, **kwargs):
         if self._reservoir is None:
@@ -204,26 +239,12 @@ class DeviceMemoryPlugin(SupervisedPlugin):
         return (self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits,
                 self.soft[idx] if len(self.soft) else self.soft)
 
-    def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
-        while no row of the memory has one."""
-        return self.soft[rows] if len(self.soft) else None
-
     def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
         """(n, classes) logits of the images as stored (after the codec), as DER records
         them when a sample enters its buffer; empty unless a strategy asks for them."""
         if not self.record_logits:
             return self.logits
         return learner_features(learner, self.codec.decode(stored), logits=True).float()
-
-    def state(self) -> dict:
-        state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
-        if len(self.soft):
-            state["soft_targets"] = self.soft
-        return {**state, "logits": self.logits} if self.record_logits else state
-
-    def checkpoint(self) -> dict:
-        return self.state()
 
     def restore(self, state: dict) -> None:
         self.images = state["images"].to(self.device)
@@ -235,7 +256,7 @@ class DeviceMemoryPlugin(SupervisedPlugin):
             self.soft = state["soft_targets"].to(self.device)
 
 
-class ReservoirMemoryPlugin(DeviceMemoryPlugin):
+class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """The buffer of the ER, ER-ACE and DER papers (mammoth's `Buffer`), on the device:
     every stream sample is offered to one reservoir of `mem_size` slots over the whole
     stream (Vitter's algorithm R), so the memory is a uniform sample of everything seen,
@@ -251,12 +272,9 @@ class ReservoirMemoryPlugin(DeviceMemoryPlugin):
 
     def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        super().__init__(mem_size, mem_batch, None, None, device, codec, augment)
+        super().__init__(mem_size, mem_batch, device, codec, augment)
         self.seen = 0  # stream samples offered so far
         self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
-
-    def before_training_exp(self, strategy, **kwargs):
-        pass  # no slots to cut: the reservoir keeps its own proportions
 
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
@@ -301,9 +319,6 @@ class ReservoirMemoryPlugin(DeviceMemoryPlugin):
         counts = torch.bincount(self.labels, minlength=max(self.classes, default=-1) + 1).tolist()
         self.update_log.append({"seconds": 0.0, "new_classes": new, "seen": self.seen,
                                 "per_class": {str(c): counts[c] for c in self.classes}})
-
-    def update(self, new_classes, learner):
-        raise TypeError("a reservoir memory fills itself from the stream; it has no end-of-experience update")
 
     def checkpoint(self) -> dict:
         return {**self.state(), "seen": self.seen, "logits": self.logits}

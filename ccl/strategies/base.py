@@ -1,12 +1,13 @@
 """What every replay strategy shares: the registry entry, and the loss plugin over the
 on-device memory's minibatch split.
 
-A strategy is an Avalanche plugin over `DeviceMemoryPlugin`, which appends memory samples
-to each minibatch once it is on the device: the minibatch is the stream's B samples
-followed by `draws` memory batches of `mem_batch` each, and the memory records which
-images it drew (`last_draw`). A loss strategy swaps the Avalanche strategy's criterion for
-a loss over that split while training, through Avalanche's public `before_backward`
-hook (evaluation keeps the plain criterion).
+A strategy is an Avalanche plugin over an on-device memory (`ReplayMemoryPlugin`,
+class-balanced or reservoir), which appends memory samples to each minibatch once it is on
+the device: the minibatch is the stream's B samples followed by `draws` memory batches of
+`mem_batch` each, and the memory records which images it drew (`last_draw`). A loss
+strategy swaps the Avalanche strategy's criterion for a loss over that split while
+training, through Avalanche's public `before_backward` hook (evaluation keeps the plain
+criterion).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ccl.memory import DeviceMemoryPlugin
+from ccl.memory import ReplayMemoryPlugin
 from ccl.registry import Registry
 from ccl.training import soft_cross_entropy
 
@@ -53,7 +54,7 @@ class Strategy:
     memory_alone: it trains a fresh learner on the memory alone at each step (GDumb) and
         replays nothing beside the stream.
     """
-    plugin: Callable[[DeviceMemoryPlugin, Any], SupervisedPlugin] | None = None
+    plugin: Callable[[ReplayMemoryPlugin, Any], SupervisedPlugin] | None = None
     settings: type = NoSettings
     stream_slots: bool = False
     needs_replay: bool = True
@@ -75,7 +76,7 @@ class ReplayLoss(SupervisedPlugin):
     draws = 1
     record_logits = False
 
-    def __init__(self, memory: DeviceMemoryPlugin, settings: Any = None):
+    def __init__(self, memory: ReplayMemoryPlugin, settings: Any = None):
         super().__init__()
         self.memory, self.settings = memory, settings
         memory.draws, memory.record_logits = self.draws, self.record_logits
@@ -120,4 +121,4 @@ class ERPlugin(ReplayLoss):
 
 def er_plugin(memory, settings: SoftTargetSettings) -> ERPlugin | None:
     """ER needs a plugin only over an on-device memory, whose rows may carry soft targets."""
-    return ERPlugin(memory, settings) if isinstance(memory, DeviceMemoryPlugin) else None
+    return ERPlugin(memory, settings) if isinstance(memory, ReplayMemoryPlugin) else None
