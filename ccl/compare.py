@@ -210,12 +210,12 @@ def run_cell(spec: CellSpec) -> CellResult:
     if done is not None:
         acc = read_json(done / "results.json").get("final_average_accuracy")
         return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc, strategy=spec.strategy)
-    try:
+    try:  # a linked cell, or a run folder whose lock is not ccl's (folder_holder), fails this cell only
         refuse_links(spec.folder.parent, spec.folder)
+        runs = [d for d in spec.folder.iterdir() if d.is_dir() and not d.is_symlink()] if spec.folder.is_dir() else []
+        holder = next((h for d in runs if (h := folder_holder(d))), None)
     except CclError as e:
         return CellResult(spec.memory, spec.seed, "failed", None, str(e), strategy=spec.strategy)
-    runs = [d for d in spec.folder.iterdir() if d.is_dir() and not d.is_symlink()] if spec.folder.is_dir() else []
-    holder = next((h for d in runs if (h := folder_holder(d))), None)
     if holder is not None:  # another process (a `ccl run --resume`) is writing this cell: leave it be
         return CellResult(spec.memory, spec.seed, "failed", None,
                           f"{spec.folder}: in use by another ccl process (pid {holder}); left as it is",

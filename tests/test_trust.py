@@ -81,6 +81,18 @@ def test_a_hard_linked_log_is_refused_and_the_file_it_links_to_is_untouched(tmp_
     assert outside.read_text() == "precious\n"
 
 
+def test_a_hard_linked_lock_in_a_cell_fails_that_cell_only(tmp_path):
+    from ccl.compare import CellSpec, run_cell
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    held = tmp_path / "cells" / "random-s0" / "20260101-000000-split-digits-random-s0"
+    held.mkdir(parents=True)
+    os.link(outside, held / ".ccl.lock")
+    result = run_cell(CellSpec("random", 0, {"memory": "random", "seed": 0}, held.parent))
+    assert result.status == "failed" and "hard link" in result.error
+    assert held.is_dir() and outside.read_text() == "precious\n"
+
+
 # 2. a checkpoint with tampered values (no code in it)
 def _tamper(ckpt, how):
     if how == "model missing":

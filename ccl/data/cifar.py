@@ -19,6 +19,7 @@ from ccl.data.cache import cached_arrays, fingerprint
 from ccl.data.folder import class_folders, decode_images, has_split_layout, list_images
 from ccl.data.images import ImageSet
 from ccl.errors import CclError
+from ccl.io import open_regular, ram_bytes
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, ram_bytes(), "CIFAR file", links=True) as f:  # a FIFO: refused, not waited on
             return _ArraysOnly(f, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise CclError(f"{path}: unreadable or corrupt CIFAR file ({e})") from None
