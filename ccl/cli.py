@@ -47,6 +47,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     """Train on a class-incremental stream with a replay memory; write a run folder."""
     from ccl import names as known
     from ccl.io import folder_holder
+    from ccl.run_config import given_config
     if resume_dir is not None and (holder := folder_holder(resume_dir)):  # before loading torch: at once
         raise CclError(f"{resume_dir}: in use by another ccl process (pid {holder}, a run); "
                        "wait for it to finish or stop it")
@@ -54,6 +55,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         writable_folder(runs_dir, "--runs-dir")
         values = config_values(flags, config_file, overrides, no_download, class_order)
         known.check(values)
+        given_config(**values)  # the values' own checks, before torch loads: one line at once
     from ccl.report import summary_table
     from ccl.guards import Interrupted
     from ccl.runner import make_config, new_run_dir, prepare, resume_run, run as run_experiment

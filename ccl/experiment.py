@@ -14,7 +14,7 @@ import importlib
 import platform
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,112 +27,14 @@ from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
 from ccl.memory import MEMORIES, MemorySpec
-from ccl.models import LEARNERS, NORMS, build_learner
+from ccl.models import build_learner
+from ccl.run_config import MAX_LR, MEM_AUGMENTS, PROTOCOLS, STREAM_AUGMENTS, RunConfig, given_config  # noqa: F401
 from ccl.strategies import STRATEGIES, Strategy
 from ccl.training import pick_device, refuse_oversized
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run; written to config.json fully resolved."""
-    scenario: str = "split-digits"
-    memory: str = "random"
-    strategy: str = "er"           # how memory samples are used: er | er-ace | der | der++ | icarl | gdumb
-    mem_size: int = 200            # images in memory, all classes together
-    mem_batch: int = 32            # memory samples appended to every minibatch
-    mem_dtype: str = "float32"     # how memory images are stored: float32 | float16 | uint8
-    # none | dsa: a fresh DSA draw on memory images each time they are trained on; auto (the
-    # default) is dsa for the on-device memories (it lifted every memory, condensed ones
-    # most: docs/results.md) and none for the others, resolved by make_config.
-    mem_augment: str = "auto"
-    # replay: while an experience streams, its new classes' slots hold a class-balanced
-    # reservoir of their samples (DeviceMemoryPlugin); off: they enter memory at its end.
-    # None: the strategy's own choice (on for er-ace), resolved by make_config.
-    stream_slots: bool | None = None
-    # none | crop-flip: the stream samples' augmentation (crop-flip: padding 4 and a random
-    # horizontal flip, the field's CIFAR default); memory samples follow mem_augment.
-    stream_augment: str = "none"
-    seed: int = 0
-    epochs: int = 5                # per experience
-    batch_size: int = 32           # current-experience samples per minibatch
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    model: str = "convnet"
-    width: int = 128
-    depth: int = 3
-    norm: str = "instance"
-    device: str = "auto"           # auto = cuda when available
-    data_dir: str | None = None    # default: $CCL_DATA_DIR, else the user cache folder
-    download: bool = True          # allow torchvision to download when no local copy exists
-    experiences: int | None = None  # default: the scenario's
-    class_order: list[int] | None = None  # default: a permutation drawn from the seed
-    train_per_class: int | None = None    # keep the first N training images of each class
-    test_per_class: int | None = None     # test on the first N test images of each class (quick runs)
-    protocol: str = "replay"       # replay: new data + memory; gdumb: a fresh learner on the memory alone
-    finetune_epochs: int = 0       # replay: then this many epochs on the memory alone at lr / 10 (EEIL)
-    tensorboard: str | None = None  # also log to TensorBoard in this folder
-    wandb: str | None = None        # also log to this Weights & Biases project
-    memory_config: str | None = None      # preset name in configs/ or a TOML file
-    memory_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
-    strategy_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the strategy's defaults
-
-    def __post_init__(self):
-        positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("mem_batch", "seed", "finetune_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if not 0 < self.lr <= MAX_LR:  # also refuses nan and inf
-            raise ValueError(f"--lr must be in (0, {MAX_LR}], got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay <= 1:
-            raise ValueError(f"--weight-decay must be in [0, 1], got {self.weight_decay}")
-        if self.seed >= 2**32:
-            raise ValueError(f"--seed must be below 2**32 (numpy's limit), got {self.seed}")
-        if self.mem_batch > max(self.mem_size, self.batch_size):
-            raise ValueError(f"--mem-batch {self.mem_batch} is more than the memory holds (--mem-size "
-                             f"{self.mem_size}) and than a stream batch (--batch-size {self.batch_size})")
-        if self.experiences is not None and self.experiences < 1:
-            raise ValueError(f"--experiences must be at least 1, got {self.experiences}")
-        for name in ("train_per_class", "test_per_class"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.mem_batch == 0 and MEMORIES.get(self.memory).value.kind in ("device", "avalanche") \
-                and not STRATEGIES.get(self.strategy).value.memory_alone:
-            raise ValueError("--mem-batch 0 would fill a memory that is never replayed; use --memory none")
-        if self.model not in LEARNERS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(LEARNERS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if self.mem_dtype not in MEM_DTYPES:
-            raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPES)}")
-        if self.stream_augment not in STREAM_AUGMENTS:
-            raise ValueError(f"unknown stream-augment {self.stream_augment!r}; choose one of: "
-                             f"{', '.join(STREAM_AUGMENTS)}")
-        if self.mem_augment not in MEM_AUGMENTS:
-            raise ValueError(f"unknown mem-augment {self.mem_augment!r}; choose one of: {', '.join(MEM_AUGMENTS)}")
-
-
-MAX_LR = 10.0  # SGD beyond this diverges on every learner ccl has: a typo, not a setting
-# --protocol is the older name of two strategies' choice: replay beside the stream (any
-# strategy) or GDumb's fresh learner on the memory alone (--strategy gdumb).
-PROTOCOLS = {"replay": None, "gdumb": "gdumb"}
+# the torch dtype of each --mem-dtype (ccl.run_config.MEM_DTYPE_NAMES)
 MEM_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
-MEM_AUGMENTS = ("auto", "none", "dsa", "crop-flip")
-STREAM_AUGMENTS = ("none", "crop-flip")
-
-
-def given_config(**values: Any) -> RunConfig:
-    """RunConfig from keyword values over the scenario's defaults over RunConfig's own,
-    as given: `auto` and None still stand for what each run will resolve them to."""
-    defaults = get_scenario(values.get("scenario", RunConfig.scenario)).defaults
-    return cfgmod.from_dict(RunConfig, {**defaults, **values}, "run")
 
 
 def make_config(**values: Any) -> RunConfig:
@@ -140,6 +42,8 @@ def make_config(**values: Any) -> RunConfig:
     config.json records). CclError (not ValueError) for bad values."""
     cfg = given_config(**values)
     entry, spec = STRATEGIES.get(cfg.strategy).value, MEMORIES.get(cfg.memory).value
+    if cfg.mem_batch == 0 and spec.kind in ("device", "avalanche") and not entry.memory_alone:
+        raise CclError("run: --mem-batch 0 would fill a memory that is never replayed; use --memory none")
     alone = PROTOCOLS[cfg.protocol]  # the strategy --protocol names, if it names one
     if entry.memory_alone and values.get("protocol") == "replay":
         raise CclError(f"--strategy {cfg.strategy} trains on the memory alone; it cannot be --protocol replay")

@@ -11,13 +11,15 @@ from ccl.resources import resource_dir
 
 MEMORIES = ("none", "joint", "reservoir", "avalanche-reservoir", "random", "herding", "herding-soft", "dm", "datadam", "mtt", "pad")
 STRATEGIES = ("er", "a-gem", "bic", "der", "der++", "er-ace", "gdumb", "icarl")
+LEARNERS = ("convnet", "resnet18")  # what ccl.models.build_learner builds
+NORMS = ("instance", "batch", "none")  # the ConvNet's normalisations
 
 
 def scenarios() -> list[str]:
     return sorted(p.stem for p in resource_dir("scenarios").glob("*.toml"))
 
 
-def _known(kind: str, name: Any, names: list[str] | tuple[str, ...]) -> None:
+def check_name(kind: str, name: Any, names: list[str] | tuple[str, ...]) -> None:
     if name is not None and name not in names:
         raise CclError(f"unknown {kind} {name!r}; choose one of: {', '.join(names)}")
 
@@ -25,11 +27,11 @@ def _known(kind: str, name: Any, names: list[str] | tuple[str, ...]) -> None:
 def check(values: dict[str, Any]) -> None:
     """The names and paths among run `values` that can be checked in milliseconds; the
     runner checks everything again, with the data, before any folder exists."""
-    _known("scenario", values.get("scenario"), scenarios())
+    check_name("scenario", values.get("scenario"), scenarios())
     for name in str(values.get("memory") or "").split(","):
-        _known("memory", name.strip() or None, MEMORIES)
+        check_name("memory", name.strip() or None, MEMORIES)
     for name in str(values.get("strategy") or "").split(","):
-        _known("strategy", name.strip() or None, STRATEGIES)
+        check_name("strategy", name.strip() or None, STRATEGIES)
     data_dir = values.get("data_dir")
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise CclError(f"--data-dir {data_dir}: no such folder (to download a data set into it, create it first)")

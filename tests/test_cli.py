@@ -87,6 +87,16 @@ def test_list_and_help():
         assert runner.invoke(main, cmd).exit_code == 0
 
 
+def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
+    """`--mem-size -5` is answered as fast as a misspelt name: neither loads torch."""
+    probe = ("import sys\nfrom ccl.cli import main\n"
+             "try:\n    main(['run', '--mem-size', '-5', '--runs-dir', sys.argv[1]])\n"
+             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'avalanche' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "runs")], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    assert "--mem-size must be at least 1, got -5" in out.stderr and not (tmp_path / "runs").exists()
+
+
 def test_installed_package_finds_its_scenarios(tmp_path):
     """After a plain `pip install .`, scenarios/ and configs/ come from the package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -49,7 +49,9 @@ def test_the_command_line_offers_every_choice_the_runner_takes():
     from click import Choice
 
     from ccl.cli import main
+    from ccl.run_config import MEM_DTYPE_NAMES
     from ccl.runner import MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS
+    assert tuple(MEM_DTYPES) == MEM_DTYPE_NAMES
     runner_choices = {"mem_augment": MEM_AUGMENTS, "mem_dtype": MEM_DTYPES, "protocol": PROTOCOLS,
                       "stream_augment": STREAM_AUGMENTS}
     options = {p.name: p for p in main.commands["run"].params}

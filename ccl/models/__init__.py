@@ -6,8 +6,7 @@ from torch import nn
 from ccl.errors import CclError
 from ccl.models.convnet import NORMS, ConvNet
 from ccl.models.resnet import ResNet18
-
-LEARNERS = ("convnet", "resnet18")
+from ccl.names import LEARNERS
 
 
 def build_learner(name: str, num_classes: int, shape: tuple[int, int, int],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NORMS = ("instance", "batch", "none")
+from ccl.names import NORMS
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
