@@ -121,7 +121,8 @@ def _dataset_options(fn):
         click.option("--dataset", "--scenario", "dataset", default="cifar10", show_default=True,
                      help="data set (digits, cifar10, cifar100, folder) or a scenario naming one (split-cifar10)"),
         click.option("--data-dir", type=click.Path(path_type=str), help="data folder [$CCL_DATA_DIR]"),
-        click.option("--no-download", is_flag=True, help="never try to download a data set"),
+        click.option("--download/--no-download", default=False,
+                     help="download the data set with torchvision when it is not in --data-dir [off]"),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--seed", type=int, default=0, show_default=True),
     ]):
@@ -142,7 +143,7 @@ def _dataset_options(fn):
 @_dataset_options
 @friendly_errors
 def condense(method, ipc, classes, train_per_class, preset, overrides, out, quiet, dataset, data_dir,
-             no_download, device, seed):
+             download, device, seed):
     """Condense a data set's training images into IPC synthetic images per class."""
     import math
     import time
@@ -172,7 +173,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     settings = dataclasses.replace(settings, **{k: 0.0 for k in learner_only})
     dev = pick_device(device)
     dataset = _dataset_name(dataset)
-    data = load_dataset(dataset, data_dir, not no_download)
+    data = load_dataset(dataset, data_dir, download)
     if train_per_class:
         data = data.first_per_class(train_per_class)
     wanted = int_list(classes) or list(range(data.num_classes))
@@ -212,11 +213,12 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override one evaluation setting")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--data-dir", type=click.Path(path_type=str), help="data folder [$CCL_DATA_DIR]")
-@click.option("--no-download", is_flag=True, help="never try to download a data set")
+@click.option("--download/--no-download", default=False,
+              help="download the data set with torchvision when it is not in --data-dir [off]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly_errors
-def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download, device, seed):
+def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, device, seed):
     """Train fresh ConvNets on a synthetic set alone; print test accuracy (mean and std)."""
     import torch
 
@@ -239,7 +241,7 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, no_download
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
     dataset = _dataset_name(dataset)
-    data = load_dataset(dataset, data_dir, not no_download)
+    data = load_dataset(dataset, data_dir, download)
     if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape) or \
             (soft is not None and soft.shape[1] != data.num_classes):
         raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "

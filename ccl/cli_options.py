@@ -100,7 +100,9 @@ def run_options(fn):
         click.option("--device", help="auto | cpu | cuda | cuda:N [auto]"),
         click.option("--data-dir", type=click.Path(path_type=str),
                      help="data folder [$CCL_DATA_DIR, else ~/.cache/ccl/data]"),
-        click.option("--no-download", is_flag=True, help="never try to download a data set"),
+        click.option("--download", is_flag=True,
+                     help="download the data set with torchvision when it is not in --data-dir [off]"),
+        click.option("--no-download", is_flag=True, help="never download (the default; kept for older scripts)"),
         click.option("--experiences", type=int, help="number of experiences [the scenario's]"),
         click.option("--class-order", help="comma-separated class indices [drawn from the seed]"),
         click.option("--train-per-class", type=int, help="keep the first N training images per class"),
@@ -127,7 +129,11 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     from ccl.config import parse_override, read_toml
     values = dict(read_toml(config_file)) if config_file else {}
     values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
-    if no_download:
+    if flags.get("download") and no_download:
+        raise CclError("--download and --no-download contradict each other: give one")
+    if flags.get("download"):
+        values["download"] = True
+    elif no_download:
         values["download"] = False
     if class_order is not None:
         values["class_order"] = int_list(class_order)

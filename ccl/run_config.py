@@ -45,7 +45,7 @@ class RunConfig:
     norm: str = "instance"
     device: str = "auto"           # auto = cuda when available
     data_dir: str | None = None    # default: $CCL_DATA_DIR, else the user cache folder
-    download: bool = True          # allow torchvision to download when no local copy exists
+    download: bool = False         # --download: fetch through torchvision when no local copy exists
     experiences: int | None = None  # default: the scenario's
     class_order: list[int] | None = None  # default: a permutation drawn from the seed
     train_per_class: int | None = None    # keep the first N training images of each class

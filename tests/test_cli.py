@@ -43,6 +43,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
+def test_missing_cifar_says_what_to_pass_and_downloads_only_when_asked(tmp_path, monkeypatch):
+    import ccl.data.cifar as cifar
+    asked = []
+    monkeypatch.setattr(cifar, "_download", lambda spec, folder: asked.append(folder) or (None, "no network"))
+    monkeypatch.setenv("CCL_DATA_DIR", str(tmp_path / "empty"))
+    result = invoke(tmp_path, "run", "--scenario", "split-cifar10")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and not asked
+    assert f"cifar10 not found in {tmp_path / 'empty'}" in result.output
+    assert "--data-dir DIR" in result.output and "tar -xzf cifar10-jpeg.tar.gz" in result.output
+    assert "--download" in result.output and not (tmp_path / "runs").exists()
+    assert invoke(tmp_path, "run", "--scenario", "split-cifar10", "--no-download").exit_code == 2 and not asked
+    result = invoke(tmp_path, "run", "--scenario", "split-cifar10", "--download")
+    assert result.exit_code == 2 and asked == [tmp_path / "empty"] and "no network" in result.output
+    result = invoke(tmp_path, "run", "--download", "--no-download")
+    assert result.exit_code == 2 and "contradict" in result.output
+
+
 def test_unreadable_config_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = [unclosed")

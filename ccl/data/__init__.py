@@ -44,7 +44,7 @@ def _folder(data_dir: Path | None, download: bool) -> ImageSet:
     return load_folder(data_dir)
 
 
-def load_dataset(name: str, data_dir: Path | None = None, download: bool = True) -> ImageSet:
+def load_dataset(name: str, data_dir: Path | None = None, download: bool = False) -> ImageSet:
     return DATASETS.get(name).value(Path(data_dir) if data_dir else None, download)
 
 

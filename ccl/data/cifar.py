@@ -4,7 +4,8 @@
   `<dir>/cifar10/` or `<dir>/cifar100/`), as `../shared/data/cifar10-jpeg.tar.gz` unpacks;
 - torchvision's pickles: `<dir>/cifar-10-batches-py/` or `<dir>/cifar-100-python/`.
 
-Only when neither is there does it ask torchvision to download.
+Only when neither is there, and only when asked (`--download`), does it ask torchvision
+to download.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def _find(data_dir: Path, spec: CifarSpec) -> tuple[str, Path] | None:
     return None
 
 
-def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = True) -> ImageSet:
+def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = False) -> ImageSet:
     """Load CIFAR from `data_dir` (either layout), downloading only when neither is there."""
     data_dir = Path(data_dir).expanduser()
     found = _find(data_dir, spec)
@@ -111,10 +112,11 @@ def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = True) -> ImageS
         found, tried = _download(spec, data_dir)
     if found is None:
         raise CclError(
-            f"{spec.name} not found in {data_dir}: expected class folders "
-            f"{data_dir}/train/<class>/ and {data_dir}/test/<class>/ (or under {data_dir}/{spec.name}/), "
-            f"or torchvision's {data_dir}/{spec.pickle_dir}/; {tried or 'download not tried (--no-download)'}; "
-            "extract a copy there, or point --data-dir or $CCL_DATA_DIR at one")
+            f"{spec.name} not found in {data_dir}: looked for class folders {data_dir}/train/<class>/ and "
+            f"{data_dir}/test/<class>/ (or under {data_dir}/{spec.name}/) and torchvision's "
+            f"{data_dir}/{spec.pickle_dir}/; {tried or 'nothing downloaded'}; pass --data-dir DIR "
+            f"holding either (`mkdir -p DIR && tar -xzf {spec.name}-jpeg.tar.gz -C DIR` makes the class "
+            "folders), or --download to fetch it there with torchvision")
     layout, root = found
     if layout == "folders":
         files = [f for s in ("train", "test") for f, _ in list_images(root / s, [p.name for p in class_folders(root / s)])]
