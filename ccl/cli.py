@@ -88,7 +88,10 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
                        "\ninterrupted before the run started: nothing to resume", err=True)
             sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
         run_dir = folder  # the signal came during the run's final write: it finished, so it is reported
-    click.echo(summary_table(run_dir))
+    table = summary_table(run_dir)
+    # On a terminal the experience lines were progress and the table sums them up; in a log
+    # file they are the record, and the table would print each experience a second time.
+    click.echo(table if sys.stdout.isatty() else table.splitlines()[-1])
     from ccl.report import write_memory_picture
     write_memory_picture(run_dir)  # a picture of what the learner replays, class by class
     click.echo(f"run folder: {run_dir}")

@@ -61,6 +61,34 @@ BWT = "StreamBWT/eval_phase/test_stream"
 
 
 CSV_LOGS = {"training_results.csv": 0, "eval_results.csv": 1}  # file: column of training_exp
+TRAINING_HEADER = "training_exp,epoch,training_accuracy,training_loss"
+
+
+def csv_logger(folder: Path):
+    """Avalanche's CSVLogger without the training log's val_accuracy and val_loss columns:
+    a run validates on nothing while it trains, and Avalanche wrote 0 there. The metrics it
+    reads (epoch accuracy and loss, experience loss) come from `csv_metrics`."""
+    from avalanche.logging import CSVLogger
+
+    class TrainingCSVLogger(CSVLogger):
+        def __init__(self):
+            super().__init__(log_folder=str(folder))
+            self.training_file.seek(0)  # Avalanche has just written its six-column header
+            self.training_file.truncate()
+            print(TRAINING_HEADER, file=self.training_file, flush=True)
+
+        def print_train_metrics(self, training_exp, epoch, train_acc, val_acc, train_loss, val_loss):
+            print(training_exp, epoch, self._val_to_str(train_acc), self._val_to_str(train_loss), sep=",",
+                  file=self.training_file, flush=True)
+
+    return TrainingCSVLogger()
+
+
+def csv_metrics() -> list:
+    """The metrics the CSV logs' columns read, beyond the accuracy, forgetting and BWT
+    the results use: per training epoch accuracy and loss, per test experience loss."""
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    return [accuracy_metrics(epoch=True), loss_metrics(epoch=True, experience=True)]
 
 
 def _kept(folder: Path, name: str) -> Path:

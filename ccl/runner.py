@@ -26,7 +26,7 @@ from ccl.experiment import (MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS
                             make_config, memory_settings, new_run_dir, prepare, resolved_config)
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
 from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
-                      csv_rows, optional_loggers)
+                      csv_logger, csv_metrics, csv_rows, optional_loggers)
 from ccl.models import build_learner
 from ccl.strategies import FinetunePlugin
 from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted
@@ -63,7 +63,6 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-    from avalanche.logging import CSVLogger
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -86,7 +85,8 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
         accuracy_metrics(experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
         bwt_metrics(experience=True, stream=True),
-        loggers=[CSVLogger(log_folder=str(run_dir / "logs")), *optional_loggers(cfg, run_dir)])
+        *csv_metrics(),
+        loggers=[csv_logger(run_dir / "logs"), *optional_loggers(cfg, run_dir)])
 
     black = (-torch.tensor(data.mean) / torch.tensor(data.std)).to(p.device)  # (C,) crop-flip's padding, normalised
     augments = {"none": None, "dsa": dsa.augmenter(dsa.DSASettings()),

@@ -96,6 +96,26 @@ def test_run_prints_summary_and_config_file_applies(tmp_path):
     assert run_dir.name.endswith("split-digits-herding-s4")
 
 
+def test_a_logged_run_prints_each_experience_once_and_its_csv_logs_hold_values(tmp_path):
+    import csv
+
+    result = invoke(tmp_path, "run", *TINY)  # CliRunner's stdout is not a terminal: as in a log file
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("experience ")] == \
+        [f"experience {i}" for i in range(5)]
+    assert not any(line.startswith("exp  classes") for line in lines) and "final average accuracy" in result.output
+    (logs,) = (tmp_path / "runs").glob("*/logs")
+    with open(logs / "training_results.csv") as f:
+        training = list(csv.DictReader(f))
+    assert list(training[0]) == ["training_exp", "epoch", "training_accuracy", "training_loss"]
+    assert len(training) == 5 and all(float(r["training_loss"]) > 0 for r in training)
+    assert any(float(r["training_accuracy"]) > 0 for r in training)
+    with open(logs / "eval_results.csv") as f:
+        evaluated = list(csv.DictReader(f))
+    assert len(evaluated) == 25 and all(float(r["eval_loss"]) > 0 for r in evaluated)
+
+
 def test_list_and_help():
     runner = CliRunner()
     out = runner.invoke(main, ["list"]).output
@@ -162,7 +182,7 @@ def test_quick_run_options_and_memory_picture(tmp_path):
     result = invoke(tmp_path, "run", *TINY, "--test-per-class", "5")
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / "memory.png").exists() and "eval s" in result.output
+    assert (run_dir / "memory.png").exists() and " s, eval " in result.output  # the experience lines time each part
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run"]["test_per_class"] == 5 and config["data"]["test_images"] == 50  # 10 classes x 5
     result = invoke(tmp_path, "run", *TINY, "--mem-batch", "0")
