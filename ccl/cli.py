@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -99,9 +100,10 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
 
 @main.command(name="list")
 def list_cmd():
-    """List scenarios, memories and replay strategies."""
+    """List scenarios, memories, replay strategies and the shipped presets."""
     from ccl.data.scenarios import scenarios
     from ccl.memory import MEMORIES
+    from ccl.resources import resource_dir
     from ccl.strategies import STRATEGIES
     click.echo("scenarios:")
     for s in scenarios().values():
@@ -110,6 +112,22 @@ def list_cmd():
         click.echo(f"{title}:")
         for e in registry.entries():
             click.echo(f"  {e.name:<16} {e.description}")
+    configs = resource_dir("configs")
+    for title, folder in (("memory presets (--memory-config NAME)", configs),
+                          ("run presets (--config configs/runs/NAME.toml)", configs / "runs")):
+        click.echo(f"{title}:")
+        for path in sorted(folder.glob("*.toml")):
+            click.echo(f"  {path.stem:<20} {_preset_summary(path)}")
+
+
+def _preset_summary(path: Path) -> str:
+    """A preset's first comment line, up to its first sentence's end or colon (the line
+    usually breaks mid-sentence)."""
+    first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+    if not first.startswith("#"):
+        return ""
+    text = first.lstrip("# ").rstrip()
+    return re.split(r"(?<!\bal)\. |: ", text, maxsplit=1)[0].rstrip(".")  # "et al. " ends no sentence
 
 
 def _dataset_name(name: str) -> str:

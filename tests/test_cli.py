@@ -134,6 +134,15 @@ def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
     assert "--mem-size must be at least 1, got -5" in out.stderr and not (tmp_path / "runs").exists()
 
 
+def test_list_names_every_shipped_preset_with_its_first_comment():
+    out = CliRunner().invoke(main, ["list"]).output
+    presets = out.split("memory presets", 1)[1]
+    assert "  pad-learner          PAD against the replay learner's own trajectory (issue 30)\n" in presets
+    assert "  mtt                  MTT (Cazenavette et al. 2022) = PAD with both filters off\n" in presets
+    runs = presets.split("run presets (--config configs/runs/NAME.toml):", 1)[1]
+    assert all(f"  {name} " in runs for name in ("cpu-quick", "cpu-protocol", "cpu-long", "mammoth-seq-cifar10"))
+
+
 def test_installed_package_finds_its_scenarios(tmp_path):
     """After a plain `pip install .`, scenarios/ and configs/ come from the package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

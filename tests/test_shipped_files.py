@@ -64,7 +64,7 @@ def _table_flags(section: str) -> set[str]:
     text = (ROOT / "README.md").read_text()
     body = text.split(section, 1)[1].split("\n## ", 1)[0]
     rows = [line for line in body.splitlines() if line.startswith("| `")]
-    return {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)`", row.split("|")[1])}
+    return {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)(?: [A-Z]+)?`", row.split("|")[1])}
 
 
 def _command_flags(command) -> set[str]:
@@ -103,3 +103,10 @@ def test_every_method_preset_loads_into_its_settings():
     for path in presets:
         settings = method_settings(path.stem.split("-")[0], path.stem, {})
         assert type(settings).__name__.endswith("Settings"), path
+
+
+def test_the_readme_creates_the_folder_it_extracts_into():
+    text = (ROOT / "README.md").read_text()
+    for line in (line for line in text.splitlines() if "tar -x" in line):
+        folder = re.search(r"tar -x\w* \S+ -C (\S+)", line).group(1)
+        assert f"mkdir -p {folder} && tar" in line, line
