@@ -59,6 +59,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         given_config(**values)  # the values' own checks, before torch loads: one line at once
     from ccl.report import summary_table
     from ccl.guards import Interrupted
+    from ccl.experiment import cpu_advice, device_description
     from ccl.runner import make_config, new_run_dir, prepare, resume_run, run as run_experiment
 
     try:
@@ -80,7 +81,9 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
             run_dir = new_run_dir(runs_dir, cfg)
             click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
                        f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images), strategy {cfg.strategy}, "
-                       f"on {prepared.device}; run folder {run_dir}")
+                       f"on {device_description(prepared.device)}; run folder {run_dir}")
+            if advice := cpu_advice(prepared):
+                click.echo(advice)
             run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)

@@ -172,6 +172,22 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# The most training images a class of the CPU run presets (configs/runs/cpu-protocol.toml);
+# split-cifar10's own 5,000 at width 128 took 45 minutes or more on 2 CPU cores (issue 38).
+CPU_IMAGES_PER_CLASS = 1000
+
+
+def cpu_advice(p: Prepared) -> str | None:
+    """One line when a run on a CPU trains on a GPU-sized share of its data (a scenario's
+    own defaults), naming the presets made for a CPU; else None."""
+    per_class = len(p.data.train_y) // p.data.num_classes
+    if p.device.type != "cpu" or per_class <= CPU_IMAGES_PER_CLASS:
+        return None
+    return (f"note: no GPU, and {per_class:,} training images a class at width {p.config.width} are sized for "
+            "one (45 min or more on 2 CPU cores); on a CPU use --config configs/runs/cpu-protocol.toml "
+            "(1,000 a class, a few minutes) or configs/runs/cpu-quick.toml (under a minute)")
+
+
 def new_run_dir(runs_dir: Path, cfg: RunConfig) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(runs_dir) / f"{stamp}-{cfg.scenario}-{cfg.memory}-s{cfg.seed}"

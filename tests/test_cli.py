@@ -116,6 +116,26 @@ def test_a_logged_run_prints_each_experience_once_and_its_csv_logs_hold_values(t
     assert len(evaluated) == 25 and all(float(r["eval_loss"]) > 0 for r in evaluated)
 
 
+def test_the_header_names_the_device_and_a_gpu_sized_run_on_a_cpu_names_the_cpu_presets(tmp_path, tiny_run):
+    import dataclasses
+
+    import numpy as np
+
+    from ccl.data import ImageSet
+    from ccl.experiment import cpu_advice, make_config, prepare
+    result = invoke(tmp_path, "run", *TINY, "--device", "cpu")
+    assert ", strategy er, on cpu (" in result.output.splitlines()[0]  # with its processor and threads
+    assert "note: no GPU" not in result.output
+    small = prepare(make_config(**tiny_run, device="cpu"))
+    assert cpu_advice(small) is None
+    labels = np.repeat(np.arange(10), 1001)  # one image a class more than the largest CPU preset's
+    large = ImageSet("large", [str(c) for c in range(10)], np.zeros((len(labels), 8, 8, 1), np.uint8), labels,
+                     small.data.test_x, small.data.test_y, small.data.mean, small.data.std)
+    advice = cpu_advice(dataclasses.replace(small, data=large))
+    assert "1,001 training images a class at width 16" in advice and "\n" not in advice
+    assert "--config configs/runs/cpu-protocol.toml" in advice and "cpu-quick.toml" in advice
+
+
 def test_list_and_help():
     runner = CliRunner()
     out = runner.invoke(main, ["list"]).output
