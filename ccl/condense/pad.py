@@ -49,7 +49,6 @@ import warnings
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +67,6 @@ from ccl.training import now
 
 INITS = ("real", "correct", "noise", "herding")
 EXPERTS = ("trained", "learner")
-GUARDS = ("features", "teach")
 
 # PAD's alpha for CIFAR-10 by IPC (reference configs, `depth_ratio`). CIFAR-100 uses
 # 0.5 / 0.5 / 0.0; pass alpha explicitly for other data sets.
@@ -146,17 +144,6 @@ class PADSettings:
     # matched images only where they represent the held-out ones better than the real
     # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
     holdout: float = 0.0
-    # `ccl run` only, with holdout: how the guard judges a class's matched images.
-    # "features": their class-mean embeddings against the held-out images' (above);
-    # "teach": a copy of the learner as the experience found it, trained `guard_steps`
-    # steps at `guard_lr` on the memory with them, classifies the held-out images better
-    # than with their start (`ccl.memory.fillers.Teacher`).
-    guard: str = "features"
-    guard_steps: int = 30
-    guard_lr: float = 0.01
-    # `ccl run` only, with the teaching guard: judge the images also after this fraction
-    # of the iterations and stop matching the classes refused there (0: only at the end).
-    review_at: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
@@ -201,11 +188,6 @@ class PADSettings:
             raise ValueError(f"PADSettings.init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"PADSettings.holdout must be in [0, 1), got {self.holdout}")
-        if self.guard not in GUARDS:
-            raise ValueError(f"PADSettings.guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
-        if self.guard_steps < 1 or not self.guard_lr > 0 or not 0 <= self.review_at < 1:
-            raise ValueError("PADSettings needs guard_steps >= 1, guard_lr > 0 and review_at in [0, 1), got "
-                             f"{self.guard_steps}, {self.guard_lr} and {self.review_at}")
         self.schedule  # noqa: B018 -- builds (and so validates) the schedule fractions
 
     @property
@@ -480,15 +462,12 @@ def match_once(student: FunctionalStudent, trajectories: list[Trajectory], image
     return trajectory_matching_loss(student_end, start, target, keep_from)
 
 
-Review = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-
-
 def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.Tensor,
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
             stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
             bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD",
-            network: nn.Module | None = None, soft: torch.Tensor | None = None,
-            review: tuple[int, Review] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            network: nn.Module | None = None,
+            soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Optimise synthetic images (and soft labels) by trajectory matching; never returns
     non-finite values.
 
@@ -508,19 +487,13 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
-            "recoveries", "stopped" (recoveries ran out) and, with a review, "reviewed"
-            (rows still optimised after it) and "refused_early" (none was).
+            "recoveries" and "stopped" (recoveries ran out).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
         desc: the progress bar's label.
         network: the student's architecture (copied; default: `make_network(settings)`).
         soft: optional (S, num_classes) initial logits, learned with the images (soft labels).
-        review: optional (iteration, fn): after that many iterations fn(images, soft) gives
-            an (S,) bool of the rows worth matching further; the others go back to their
-            initial values and stay there (they still train the student, as context
-            does), and when none is left the matching stops there: a refused match
-            costs only the iterations before its review.
 
     Returns:
         (S, C, H, W) optimised images and (S, num_classes) soft labels (None without), detached.
@@ -529,16 +502,13 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     network = (copy.deepcopy(network).to(device) if network is not None
                else make_network(settings, num_classes, tuple(images.shape[1:]), device))
     student = FunctionalStudent(network.train())
-    initial = images.detach().clone()  # (S, C, H, W)
-    images = initial.clone().requires_grad_(True)
+    images = images.detach().clone().requires_grad_(True)  # (S, C, H, W)
     learned = [images]
     if soft is not None:
-        initial_soft = soft.detach().clone().float()  # (S, K)
-        soft = initial_soft.clone().requires_grad_(True)
+        soft = soft.detach().clone().float().requires_grad_(True)  # (S, K)
         learned.append(soft)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
     lr_floor = settings.lr_init / 100
-    frozen = None  # (S,) bool: rows a review refused
 
     def optimisers(scale: float) -> list[torch.optim.SGD]:
         # MTT: plain SGD with momentum 0.5 on the pixels and the student lr; the labels
@@ -559,39 +529,19 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         for opt in steppers:
             opt.zero_grad(set_to_none=True)
         loss.backward()  # frees the unrolled graph
-        if frozen is not None:
-            for t in learned:
-                t.grad[frozen] = 0
         for opt in steppers:
             opt.step()
         with torch.no_grad():
             lr.clamp_(min=lr_floor)
-            if frozen is not None:  # momentum would still move them
-                images[frozen] = initial[frozen]
-                if soft is not None:
-                    soft[frozen] = initial_soft[frozen]
         if bounds is not None:
             project_(images, bounds)  # a no-op on NaN, which the check below catches
-        at_review = review is not None and it + 1 == review[0]
-        if (it + 1) % settings.progress_every and it + 1 < settings.iterations and not at_review:
+        if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
             continue
         value = float(loss.detach())
         if all(torch.isfinite(t).all() for t in learned) and torch.isfinite(lr) and math.isfinite(value):
             last_finite, last_lr = [t.detach().clone() for t in learned], float(lr.detach())
             info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
-            if at_review:
-                keep = review[1](images.detach(), None if soft is None else soft.detach()).to(device)  # (S,)
-                info["reviewed"] = int(keep.sum())
-                if not keep.any():
-                    info["refused_early"] = True
-                    last_finite = [initial] + ([initial_soft] if soft is not None else [])
-                    break
-                frozen = ~keep
-                with torch.no_grad():
-                    images[frozen] = initial[frozen]
-                    if soft is not None:
-                        soft[frozen] = initial_soft[frozen]
             continue
         if info["recoveries"] == settings.max_recoveries:
             warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} after "
@@ -703,8 +653,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None,
              context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             trajectory: LearnerTrajectory | None = None,
-             review: tuple[float, Callable[[Condensed], torch.Tensor]] | None = None) -> Condensed:
+             trajectory: LearnerTrajectory | None = None) -> Condensed:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -728,9 +677,6 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             optimised or returned.
         trajectory: with `settings.expert == "learner"`, the learner's trajectory to match
             instead of trained experts (`match_learner`).
-        review: optional (fraction, fn): after that fraction of the iterations, fn(the set
-            so far, as a `Condensed`) gives an (S,) bool of the images worth matching
-            further; the others return to their start (`distill`).
 
     Returns:
         a `Condensed`: images (sum(budget), C, H, W) float32 on `device`, grouped by class
@@ -755,7 +701,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
                              "(ccl run); pass trajectory=, or use expert = 'trained'")
         return match_learner(real, labels, budget, device, settings, trajectory, init=init,
-                             progress=progress, stats=stats, context=context, review=review)
+                             progress=progress, stats=stats, context=context)
     class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
     # Context classes follow the budget's in the networks' outputs: K .. K+K'-1.
     all_ids = class_ids if context is None else torch.cat([class_ids, context_y.unique().to(device)])
@@ -814,8 +760,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     network = make_network(settings, num_classes, tuple(real.shape[1:]), device)
     soft = initial_soft_labels(network, trajectories[0][-1], images) if settings.soft_labels else None
     images, soft = distill(trajectories, images, syn_labels, num_classes, settings, keep_from, progress, info,
-                           fixed, bounds, desc=f"PAD classes {classes}", network=network, soft=soft,
-                           review=_in_local_terms(review, settings, out_labels, all_ids))
+                           fixed, bounds, desc=f"PAD classes {classes}", network=network, soft=soft)
     timings["match_s"] = now(device) - began
 
     if stats is not None:
@@ -834,21 +779,11 @@ def initial_soft_labels(network: nn.Module, theta: torch.Tensor, images: torch.T
     return torch.cat([student(theta, x) for x in images.split(batch)]).float()
 
 
-def _in_local_terms(review, settings: PADSettings, labels: torch.Tensor, columns: torch.Tensor):
-    """`distill`'s (iteration, fn(images, soft)) for `condense`'s (fraction, fn(Condensed))."""
-    if review is None:
-        return None
-    fraction, decide = review
-    at = max(1, round(fraction * settings.iterations))
-    return at, lambda images, soft: decide(Condensed(images, labels, soft, columns if soft is not None else None))
-
-
 def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                   device: torch.device | str, settings: PADSettings, trajectory: LearnerTrajectory, *,
                   init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
                   stats: dict | None = None,
-                  context: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  review: tuple[float, Callable[[Condensed], torch.Tensor]] | None = None) -> Condensed:
+                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> Condensed:
     """PAD against the learner's own trajectory (`settings.expert == "learner"`), called by
     `condense` once it has checked the inputs and kept the budget classes' finite real
     images (on `device`).
@@ -891,7 +826,7 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
     columns = torch.arange(num_classes, device=device)
     images, soft = distill([snapshots], images, syn_labels, num_classes, run, keep_from, progress, info, fixed,
                            bounds, desc=f"PAD (learner) classes {list(budget)}", network=trajectory.network,
-                           soft=soft, review=_in_local_terms(review, run, syn_labels, columns))
+                           soft=soft)
     if stats is not None:
         stats.update(score_s=0.0, experts_s=0.0, match_s=now(device) - began, alpha=alpha, keep_from=keep_from,
                      context_images=0 if fixed is None else len(fixed[1]), expert="learner",

@@ -19,7 +19,7 @@ from torch import nn
 from ccl.condense import Condensed
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
-from ccl.training import reinitialise, soft_cross_entropy
+from ccl.training import reinitialise
 
 
 @torch.no_grad()
@@ -119,13 +119,9 @@ class CondenseFiller(Filler):
     ranked by herding on the learner. `guide_weight > 0` hands the learner over as the
     guide network; `memory_context` hands over the old classes' memory. `holdout > 0`
     keeps that share of each class's real images out of condensation and, class by class,
-    keeps the condensed images only where they beat the real images they started from
-    on those held-out images (`guard`: "features", their class-mean embeddings are
-    closer, `keep_if_better`; "teach", a copy of the learner trained on the memory with
-    them teaches the held-out images better, `Teacher`); `stats["kept"]` records
-    the decision. With `review_at` in (0, 1) the teaching guard also judges the images
-    after that fraction of the iterations, and a class it refuses is not matched
-    further. `lasting_only` (with `nested` and the herding start) condenses only the images the
+    keeps the condensed images only where they represent those held-out images better
+    than the real images they started from (`stats["kept"]` records the decision).
+    `lasting_only` (with `nested` and the herding start) condenses only the images the
     next cut keeps and appends the rest of the herding start as real images: those are
     replayed for one experience only. `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
     records while the experience trains and hands over as `trajectory`.
@@ -146,13 +142,8 @@ class CondenseFiller(Filler):
         return getattr(self.settings, "expert", None) == "learner"
 
     @property
-    def teaches(self) -> bool:
-        """The teaching guard is on: it starts from the learner at the experience's start."""
-        return getattr(self.settings, "holdout", 0.0) > 0 and getattr(self.settings, "guard", None) == "teach"
-
-    @property
     def wants_trajectory(self) -> bool:
-        return self.matches_learner or self.teaches
+        return self.matches_learner
 
     def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         stats: dict = {}
@@ -184,22 +175,6 @@ class CondenseFiller(Filler):
             budget, extra["init"], tail = _lasting(budget, extra["init"], later)
             stats["condensed_sizes"] = {str(c): n for c, n in budget.items()}
         outputs = learner_features(learner, real[:1], logits=True).shape[1]
-        teacher = None
-        if self.teaches:
-            # the learner as the experience found it: the trajectory's first snapshot, or,
-            # without one (GDumb fills the memory before the learner trains), as it stands
-            teacher = Teacher(learner, trajectory.snapshots[0] if trajectory is not None else None,
-                              context, held, option("guard_steps", 30), option("guard_lr", 0.01))
-            review_at = option("review_at", 0.0)
-            if 0 < review_at < 1:
-                start = extra["init"]
-                reviews = stats.setdefault("review", {})
-
-                def review(partial: Condensed) -> torch.Tensor:
-                    _, decision, _ = teacher.keep(partial[0], start[0], partial[1], partial.soft_targets(outputs))
-                    reviews.update(decision)
-                    return torch.tensor([decision[str(c)] == "condensed" for c in partial[1].tolist()])
-                extra["review"] = (review_at, review)
         result = self.method(real, labels, budget, self.device, self.settings,
                              progress=self.progress, stats=stats, **extra)
         images, image_labels = result
@@ -207,12 +182,8 @@ class CondenseFiller(Filler):
         if soft is None and option("soft_labels", False):  # a method that learns none: the learner's logits
             soft = learner_features(learner, images, logits=True).float()
         if holdout > 0:
-            start = extra["init"][0]
-            if teacher is not None:
-                images, stats["kept"], stats["heldout_accuracy"] = teacher.keep(images, start, image_labels, soft)
-            else:
-                images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
-                    images, start, image_labels, held, learner, later or {})
+            images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
+                images, extra["init"][0], image_labels, held, learner, later or {})
             if soft is not None:  # a refused class holds real images: no soft label
                 refused = torch.tensor([stats["kept"][str(c)] == "real" for c in image_labels.tolist()],
                                        device=soft.device)
@@ -229,69 +200,6 @@ class CondenseFiller(Filler):
         if soft is None:
             return rows[0], rows[1]
         return Condensed(rows[0], rows[1], rows[2], torch.arange(outputs, device=rows[2].device))
-
-
-class Teacher:
-    """The teaching guard: does a class's condensed images teach better than the real
-    images they started from? A copy of the learner as the experience found it (`start`,
-    a flat parameter vector; None: as it stands) is trained `steps` SGD steps (momentum
-    0.9, batches of 32) on a candidate memory (the old classes' memory `context` and the
-    new classes' images, with their soft labels where they have them) and scored on
-    held-out real images of the new classes: the mean per-class accuracy over all the
-    learner's outputs, ties broken by the held-out cross-entropy. Every candidate sees the
-    same minibatch order, drawn once from the global generator.
-
-    A new class is kept condensed when the memory with its condensed images (the other
-    new classes at their start) scores above the memory of the starts alone: K + 1 short
-    trainings for K new classes.
-    """
-
-    def __init__(self, learner: nn.Module, start: torch.Tensor | None, context, held, steps: int, lr: float):
-        self.net = copy.deepcopy(learner)
-        if start is not None:
-            nn.utils.vector_to_parameters(start.to(next(self.net.parameters()).device), self.net.parameters())
-        self.initial = copy.deepcopy(self.net.state_dict())
-        self.context, self.held, self.steps, self.lr = context, held, steps, lr
-        self.seed = int(torch.randint(2**31 - 1, (1,)))
-
-    def keep(self, condensed: torch.Tensor, start: torch.Tensor, labels: torch.Tensor,
-             soft: torch.Tensor | None):
-        """(the chosen images, {class: "condensed" | "real"}, {class: [score kept, score of the start]})."""
-        base = self.score(start, labels, None)
-        chosen, kept, scores = condensed.clone(), {}, {}
-        for c in labels.unique().tolist():
-            mine = labels == c
-            images = torch.where(mine[:, None, None, None], condensed, start)
-            rows_soft = None if soft is None else torch.where(mine[:, None], soft, float("nan"))
-            score = self.score(images, labels, rows_soft)
-            kept[str(c)] = "condensed" if score > base else "real"
-            scores[str(c)] = [round(score[0], 4), round(base[0], 4)]
-            if kept[str(c)] == "real":
-                chosen[mine] = start[mine]
-        return chosen, kept, scores
-
-    def score(self, images: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None) -> tuple[float, float]:
-        """(held-out mean per-class accuracy, minus held-out cross-entropy) after training."""
-        x, y = images, labels
-        if self.context is not None and len(self.context[1]):
-            x, y = torch.cat([self.context[0].to(x.device), x]), torch.cat([self.context[1].to(y.device), y])
-            if soft is not None:
-                soft = torch.cat([soft.new_full((len(self.context[1]), soft.shape[1]), float("nan")), soft])
-        self.net.load_state_dict(self.initial)
-        self.net.train()
-        optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        for _ in range(self.steps):
-            idx = torch.randint(len(y), (min(32, len(y)),), device=x.device, generator=generator)
-            loss = soft_cross_entropy(self.net(x[idx]), y[idx], None if soft is None else soft[idx]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        held_x, held_y = self.held
-        logits = learner_features(self.net, held_x, logits=True)
-        right = (logits.argmax(1) == held_y).float()
-        accuracy = sum(float(right[held_y == c].mean()) for c in held_y.unique().tolist()) / len(held_y.unique())
-        return accuracy, -float(nn.functional.cross_entropy(logits, held_y))
 
 
 def _lasting(budget: dict[int, int], start: tuple[torch.Tensor, torch.Tensor], later: dict[int, list[int]]):

@@ -120,7 +120,7 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         self.stream_slots = stream_slots
         self._reservoir: StreamReservoir | None = None  # the new classes' slots while they stream
         # The learner's training on each experience, for a filler that matches it (PAD on
-        # the learner) or starts its teaching guard from it; None for the others.
+        # the learner); None for the others.
         self.recorder = TrajectoryRecorder() if filler is not None and filler.wants_trajectory else None
 
     def before_training_exp(self, strategy, **kwargs):

@@ -1,6 +1,5 @@
 """`TrajectoryRecorder`: the learner's training on each experience, for a filler that
-matches it (PAD with expert = "learner") or starts its teaching guard from the learner as
-the experience found it. Its own plugin: the memory owns one only when its filler asks
+matches it (PAD with expert = "learner"). Its own plugin: the memory owns one only when its filler asks
 (`Filler.wants_trajectory`) and forwards the hooks it needs."""
 from __future__ import annotations
 
