@@ -394,8 +394,41 @@ def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(range(1, steps + 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy on all classes")
-    fig.suptitle("Accuracy after each experience (mean over seeds; band: min–max)", fontsize=10)
+    several = any(len(g["seeds"]["finished"]) > 1 for g in groups)  # one seed draws no band
+    fig.suptitle("Accuracy after each experience" + (" (mean over seeds; band: min–max)" if several else ""),
+                 fontsize=10)
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
+    """The table's answer at a glance: final accuracy on all classes per group, a bar at
+    the mean with each seed's value as a dot, sorted as comparison.md (best on top, drawn
+    darker and starred); average forgetting beside it, in the same rows."""
+    done = sorted((g for g in groups if g["final_average_accuracy"]), key=lambda g: -g["final_average_accuracy"]["mean"])
+    if not done:
+        return
+    labels = [plain_text(g["label"]) for g in done]
+    labels[0] = f"★ {labels[0]}"
+    rows = range(len(done))
+    fig = _figure(8.0, 1.4 + 0.38 * len(done))
+    accuracy_ax, forgetting_ax = fig.subplots(1, 2, sharey=True)
+    for ax, key, title in ((accuracy_ax, "final_average_accuracy", "final accuracy on all classes"),
+                           (forgetting_ax, "average_forgetting", "average forgetting (lower is better)")):
+        for row, g in zip(rows, done):
+            s = g[key]
+            if s is None:
+                continue
+            ax.barh(row, s["mean"], color="C0", alpha=0.85 if row == 0 else 0.4, height=0.6)
+            ax.plot(s["values"], [row] * len(s["values"]), "k.", markersize=5)  # each seed
+            ax.text(max(s["values"]) + 0.02, row, _fmt(s, 3), va="center", fontsize=8)  # right of every dot
+        ax.set(title=title, xlim=(min(0.0, *(v for g in done if g[key] for v in g[key]["values"])), 1.3))
+        ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])  # the room beyond 1 holds the labels
+        ax.grid(axis="x", alpha=0.3)
+    accuracy_ax.set_yticks(list(rows), labels)
+    accuracy_ax.invert_yaxis()  # the best first, as in the table
+    fig.suptitle("After the last experience (bar: mean over seeds, labelled mean ± std; dots: each seed)",
+                 fontsize=10)
     save_figure(fig, path)
 
 
@@ -521,12 +554,13 @@ def _load_memory(path: Path) -> dict[str, Any]:
 
 
 def write_figures(summary: dict[str, Any], by_label: dict[str, list[RunRecord]], out: Path) -> None:
-    """accuracy.png, matrix-<memory>.png and memory-<memory>.png; a memory that cannot be
+    """final.png, accuracy.png, matrix-<memory>.png and memory-<memory>.png; a memory that cannot be
     drawn becomes a note, not a failed report."""
     groups = [g for g in summary["memories"] if g["average_accuracy"]]
     if groups:
+        plot_final(groups, out / "final.png")
         plot_accuracy(groups, out / "accuracy.png")
-        summary["figures"].append("accuracy.png")
+        summary["figures"] += ["final.png", "accuracy.png"]
     for g in groups:
         name = f"matrix-{slug(g['label'])}.png"
         plot_matrix(g, out / name)

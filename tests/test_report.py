@@ -77,9 +77,9 @@ def test_report_tables_hold_means_and_stds_of_the_fixtures(comparison):
 
 def test_report_draws_every_figure(comparison):
     summary = write_report([comparison])
-    expected = {"accuracy.png", "matrix-random.png", "matrix-dm.png", "matrix-joint.png",
+    expected = {"final.png", "accuracy.png", "matrix-random.png", "matrix-dm.png", "matrix-joint.png",
                 "memory-random.png", "memory-dm.png"}  # joint keeps no memory
-    assert set(summary["figures"]) == expected
+    assert set(summary["figures"]) == expected and summary["figures"][0] == "final.png"  # the answer first
     for name in expected:
         data = (comparison / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 2000
