@@ -367,7 +367,7 @@ def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
     stream accuracy): a line per memory with its min–max band over seeds, one panel per
     strategy when there are several; joint training (no stream) as a dashed line."""
     panels: dict[str, list[dict[str, Any]]] = {}
-    for g in groups:
+    for g in _as_the_table_sorts(groups):  # panels left to right as their best rows come in comparison.md
         panels.setdefault(str((g.get("axes") or {}).get("strategy", "")), []).append(g)
     memories = list(dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in groups))
     colors = {m: f"C{i % 10}" for i, m in enumerate(memories)}  # a memory keeps its colour in every panel
@@ -401,11 +401,17 @@ def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _as_the_table_sorts(groups) -> list[dict[str, Any]]:
+    """`groups` in comparison.md's order: by mean final accuracy, best first, groups
+    without one last."""
+    return sorted(groups, key=lambda g: -g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else 1.0)
+
+
 def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
     """The table's answer at a glance: final accuracy on all classes per group, a bar at
     the mean with each seed's value as a dot, sorted as comparison.md (best on top, drawn
     darker and starred); average forgetting beside it, in the same rows."""
-    done = sorted((g for g in groups if g["final_average_accuracy"]), key=lambda g: -g["final_average_accuracy"]["mean"])
+    done = _as_the_table_sorts(g for g in groups if g["final_average_accuracy"])
     if not done:
         return
     labels = [plain_text(g["label"]) for g in done]
@@ -421,7 +427,7 @@ def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
                 continue
             ax.barh(row, s["mean"], color="C0", alpha=0.85 if row == 0 else 0.4, height=0.6)
             ax.plot(s["values"], [row] * len(s["values"]), "k.", markersize=5)  # each seed
-            ax.text(max(s["values"]) + 0.02, row, _fmt(s, 3), va="center", fontsize=8)  # right of every dot
+            ax.text(max(s["mean"], *s["values"]) + 0.02, row, _fmt(s, 3), va="center", fontsize=8)  # right of all
         ax.set(title=title, xlim=(min(0.0, *(v for g in done if g[key] for v in g[key]["values"])), 1.3))
         ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])  # the room beyond 1 holds the labels
         ax.grid(axis="x", alpha=0.3)

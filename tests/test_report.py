@@ -75,6 +75,14 @@ def test_report_tables_hold_means_and_stds_of_the_fixtures(comparison):
     assert groups["joint"]["joint"] and groups["joint"]["final_average_accuracy"]["std"] is None
 
 
+def test_the_figures_order_groups_as_the_table_does(comparison):
+    from ccl.report import _as_the_table_sorts
+    summary = write_report([comparison])
+    md = (comparison / "comparison.md").read_text()
+    rows = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")][1:]  # no header
+    assert [g["label"] for g in _as_the_table_sorts(summary["memories"])] == rows == ["joint", "dm", "random"]
+
+
 def test_report_draws_every_figure(comparison):
     summary = write_report([comparison])
     expected = {"final.png", "accuracy.png", "matrix-random.png", "matrix-dm.png", "matrix-joint.png",
