@@ -20,7 +20,7 @@ from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
-from ccl.memory import MEMORIES, DeviceMemoryPlugin, ReplayMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.strategies import STRATEGIES
 
@@ -125,13 +125,14 @@ class CondensedReplay(SupervisedPlugin):
         self._each("before_training", strategy, **kwargs)
 
     def _build(self, device: torch.device) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
+        needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
-            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment)
+            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
             memory = _FeatureMemory(self.mem_size, self.mem_batch,
                                     self.spec.make_filler(device, self.settings, self.progress), self._real_images,
-                                    device, augment=self.augment, stream_slots=stream_slots)
+                                    device, augment=self.augment, stream_slots=stream_slots, needs=needs)
         loss = self.entry.plugin(memory, self.strategy_settings) if self.entry is not None else None
         return memory, loss
 

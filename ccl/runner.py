@@ -98,7 +98,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     memory = p.spec.make_plugin(cfg.mem_size, cfg.mem_batch, p.device,
                                 MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                                 augments[cfg.mem_augment], p.settings, progress, real_images, p.experience_classes,
-                                cfg.stream_slots, cfg.batch_size)
+                                cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings))
 
     plugins = [Progress(progress, cfg.memory), DivergenceGuard()]
     if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.memory import ReservoirMemoryPlugin
+from ccl.memory import MemoryNeeds, ReservoirMemoryPlugin
 from ccl.memory.plugin import last_wins, reservoir_slots
 from ccl.models import build_learner
 from ccl.runner import make_config, prepare, resume_run, run
@@ -47,8 +47,8 @@ def _step(memory, model, x, y):
 def test_a_sample_enters_with_its_logits_of_that_moment_and_replay_draws_distinct_samples():
     torch.manual_seed(0)
     model = build_learner("convnet", 4, (1, 8, 8), width=8, depth=2)
-    memory = ReservoirMemoryPlugin(6, 4, torch.device("cpu"))
-    DERPlugin(memory)  # asks the memory to record logits
+    memory = ReservoirMemoryPlugin(6, 4, torch.device("cpu"), needs=MemoryNeeds(logits=True))  # DER's
+    DERPlugin(memory)
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     out = _step(memory, model, x, y).mb_output
     assert memory.last_draw is None  # nothing to replay before the first sample

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from ccl.condense import Condensed, pad
-from ccl.memory import DeviceMemoryPlugin
+from ccl.memory import DeviceMemoryPlugin, MemoryNeeds
 from ccl.memory.fillers import Filler
 from ccl.runner import make_config, prepare, resume_run, run
 from ccl.strategies import DERPlugin, DERSettings, ERPlugin, SoftTargetSettings
@@ -115,9 +115,10 @@ def test_the_memory_keeps_soft_targets_per_row_and_er_and_der_replay_them():
     labels = torch.arange(4).repeat_interleave(4)
     memory = DeviceMemoryPlugin(6, 2, _SoftFiller(torch.device("cpu")),
                                 lambda cs: (real[torch.isin(labels, torch.tensor(cs))],
-                                            labels[torch.isin(labels, torch.tensor(cs))]), torch.device("cpu"))
+                                            labels[torch.isin(labels, torch.tensor(cs))]), torch.device("cpu"),
+                                needs=MemoryNeeds(logits=True))  # records logits for DER
     learner = _Linear()
-    der = DERPlugin(memory, DERSettings(alpha=1.0, beta=0.0))  # the memory records logits for it
+    der = DERPlugin(memory, DERSettings(alpha=1.0, beta=0.0))
     memory.update([0, 1], learner)
     assert memory.soft.shape == (6, 4) and not memory.soft.isnan().any()
     memory.update([2], learner)  # shrinks the old classes: rows and targets stay together

@@ -7,15 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.memory import DeviceMemoryPlugin
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds
 from ccl.memory.fillers import RandomFiller
 from ccl.runner import make_config, prepare, resume_run, run
 from ccl.strategies import ACEPlugin, DERPlugin, DERSettings, STRATEGIES
 from ccl.errors import CclError
 
 
-def memory_with(images, labels, logits, mem_batch):
-    memory = DeviceMemoryPlugin(len(labels), mem_batch, RandomFiller(torch.device("cpu")), None, torch.device("cpu"))
+def memory_with(images, labels, logits, mem_batch, needs=MemoryNeeds()):
+    memory = DeviceMemoryPlugin(len(labels), mem_batch, RandomFiller(torch.device("cpu")), None, torch.device("cpu"),
+                                needs=needs)
     memory.images, memory.labels, memory.logits = images, labels, logits
     return memory
 
@@ -45,9 +46,11 @@ def test_ace_hides_old_classes_absent_from_the_stream_batch_and_sums_the_terms_a
 def test_der_adds_the_mse_to_the_stored_logits(beta):
     torch.manual_seed(0)
     stored = torch.randn(6, 4)
-    memory = memory_with(torch.zeros(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 0, 1]), stored, mem_batch=2)
-    plugin = DERPlugin(memory, DERSettings(alpha=0.3, beta=beta))
-    assert memory.draws == (2 if beta else 1) and memory.record_logits
+    settings = DERSettings(alpha=0.3, beta=beta)
+    needs = STRATEGIES.get("der").value.memory_needs(settings)
+    assert needs == MemoryNeeds(draws=2 if beta else 1, logits=True)
+    memory = memory_with(torch.zeros(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 0, 1]), stored, mem_batch=2, needs=needs)
+    plugin = DERPlugin(memory, settings)
     memory.last_draw = torch.tensor([4, 1, 0, 3])[: 2 * memory.draws]
     n = 3 + 2 * memory.draws
     out, y = torch.randn(n, 4), torch.tensor([2, 3, 3, 0, 1, 0, 1])[:n]
@@ -55,6 +58,57 @@ def test_der_adds_the_mse_to_the_stored_logits(beta):
     if beta:
         expected = expected + beta * F.cross_entropy(out[5:], y[5:])
     assert plugin(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["random", "reservoir"])
+def test_the_memory_is_built_with_what_the_strategy_declares_and_no_strategy_changes_it(kind):
+    """Each strategy's registry entry declares what it needs of the memory (memory batches
+    per minibatch, the learner's logits per row); the memory takes it when it is built,
+    and building the strategy's plugin leaves every attribute of the memory as it was
+    (issue 37: the method asks, the memory never learns who asked)."""
+    declared = {"der": MemoryNeeds(draws=1, logits=True), "der++": MemoryNeeds(draws=2, logits=True)}
+    for name in STRATEGIES.names():
+        entry = STRATEGIES.get(name).value
+        settings = entry.settings()
+        needs = entry.memory_needs(settings)
+        assert needs == declared.get(name, MemoryNeeds()), name
+        memory = MEMORIES.get(kind).value.make_plugin(20, 4, torch.device("cpu"), None, None, progress=False,
+                                                      needs=needs)
+        assert (memory.draws, memory.record_logits) == (needs.draws, needs.logits), name
+        before = dict(vars(memory))
+        if entry.plugin is not None:
+            entry.plugin(memory, settings)
+        assert vars(memory).keys() == before.keys(), name
+        assert [k for k, v in vars(memory).items() if v is not before[k]] == [], name
+
+
+def test_no_strategy_assigns_an_attribute_of_the_memory():
+    """In the source too: no `memory.x = ...` or `self.memory.x = ...` under ccl/strategies."""
+    import ast
+    from pathlib import Path
+    import ccl.strategies
+
+    def is_memory(node):
+        return (isinstance(node, ast.Name) and node.id == "memory") or (
+            isinstance(node, ast.Attribute) and node.attr == "memory")
+
+    found = []
+    for path in Path(ccl.strategies.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:  # memory.x, memory.x[i], self.memory.x.y: down the target's own chain
+                while isinstance(t, (ast.Attribute, ast.Subscript)):
+                    if isinstance(t, ast.Attribute) and is_memory(t.value):
+                        found.append(f"{path.name}:{node.lineno}")
+                    t = t.value
+    assert found == []
+
+
+def test_der_refuses_a_memory_built_without_its_needs():
+    memory = memory_with(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), torch.empty(0), mem_batch=2)
+    with pytest.raises(ValueError, match="needs a memory built with"):
+        DERPlugin(memory, DERSettings(beta=0.5))
 
 
 def test_stored_logits_survive_shrinking_and_resume(tmp_path, tiny_run, interrupted_run):

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
-from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, ReplayMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
 
@@ -57,17 +57,18 @@ class MemorySpec:
 
     def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
-                    batch_size: int = 32):
-        """The memory's Avalanche plugin, or None (no memory, joint training)."""
+                    batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds()):
+        """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
+        the replay strategy asks of an on-device memory (its entry's `memory_needs`)."""
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
         if not self.on_device:
             return None
         if self.policy == "stream":
-            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment)
+            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs)
         return DeviceMemoryPlugin(mem_size, mem_batch, self.make_filler(device, settings, progress), real_images,
-                                  device, codec, augment, schedule=schedule, stream_slots=stream_slots)
+                                  device, codec, augment, schedule=schedule, stream_slots=stream_slots, needs=needs)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")
@@ -94,5 +95,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
-__all__ = ["MEMORIES", "MemorySpec", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+__all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
            "Filler", "slots_per_class"]

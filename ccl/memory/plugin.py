@@ -10,6 +10,7 @@ minibatch after the minibatch has been moved there, so replay costs one gather.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,6 +22,25 @@ from ccl.memory.slots import future_shares, slots_per_class
 from ccl.memory.trajectory import TrajectoryRecorder
 
 RealImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class MemoryNeeds:
+    """What a replay strategy asks of an on-device memory, given when the memory is built
+    (as mammoth's `Buffer` declares its per-row fields): the memory never learns which
+    strategy asked, and no strategy sets its attributes afterwards.
+
+    Args:
+        draws: independent memory batches of `mem_batch` appended to every minibatch
+            (DER++: 2, one for its MSE, one for its cross-entropy).
+        logits: every row keeps the learner's logits of its image as it enters (DER).
+    """
+    draws: int = 1
+    logits: bool = False
+
+    def __post_init__(self):
+        if self.draws < 1:
+            raise ValueError(f"draws must be >= 1, got {self.draws}")
 
 
 class ReplayMemoryPlugin(SupervisedPlugin):
@@ -39,18 +59,19 @@ class ReplayMemoryPlugin(SupervisedPlugin):
             flip), or None. Condensed images are made to be trained on under DSA; without it a learner
             fits trajectory-matched ones to a quarter of real images' loss within a few
             steps, and they hold their classes less.
+        needs: what the replay strategy asks of the memory (draws per minibatch, logits
+            per row), the strategy entry's `memory_needs`; plain replay by default.
     """
 
     def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds()):
         super().__init__()
         self.mem_size, self.mem_batch, self.device = mem_size, mem_batch, torch.device(device)
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
         self._stream: tuple[torch.Tensor, torch.Tensor] | None = None  # this minibatch's stream samples
-        # Set by a replay strategy (ccl.strategies) before training:
-        self.draws = 1              # independent memory batches appended per minibatch (DER++: 2)
-        self.record_logits = False  # keep the learner's logits of every image as it enters (DER)
+        self.draws = needs.draws  # independent memory batches appended per minibatch (DER++: 2)
+        self.record_logits = needs.logits  # keep the learner's logits of every image as it enters (DER)
         self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
         # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
         # soft labels), NaN rows for the others; empty while no row has one.
@@ -113,8 +134,8 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
     def __init__(self, mem_size: int, mem_batch: int, filler: Filler, real_images: RealImages,
                  device: torch.device, codec: MemoryCodec | None = None,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None, schedule: list[list[int]] | None = None,
-                 stream_slots: bool = False):
-        super().__init__(mem_size, mem_batch, device, codec, augment)
+                 stream_slots: bool = False, needs: MemoryNeeds = MemoryNeeds()):
+        super().__init__(mem_size, mem_batch, device, codec, augment, needs)
         self.filler, self.real_images = filler, real_images
         self.schedule = [list(g) for g in schedule or []]
         self.stream_slots = stream_slots
@@ -271,8 +292,8 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """
 
     def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        super().__init__(mem_size, mem_batch, device, codec, augment)
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds()):
+        super().__init__(mem_size, mem_batch, device, codec, augment, needs)
         self.seen = 0  # stream samples offered so far
         self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
 

@@ -8,6 +8,10 @@ the device: the minibatch is the stream's B samples followed by `draws` memory b
 strategy swaps the Avalanche strategy's criterion for a loss over that split while
 training, through Avalanche's public `before_backward` hook (evaluation keeps the plain
 criterion).
+
+What a strategy needs of the memory (`draws`, the learner's logits per row) its registry
+entry declares (`memory_needs`), and the memory is built with it: the strategy reads the
+memory and never sets its attributes.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ccl.memory import ReplayMemoryPlugin
+from ccl.memory import MemoryNeeds, ReplayMemoryPlugin
 from ccl.registry import Registry
 from ccl.training import soft_cross_entropy
 
@@ -40,6 +44,11 @@ class SoftTargetSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
+def plain_replay(settings: Any) -> MemoryNeeds:
+    """One memory batch per minibatch, no per-row field beside images and labels."""
+    return MemoryNeeds()
+
+
 @dataclass(frozen=True)
 class Strategy:
     """A registry entry: how a strategy is built and what it needs.
@@ -53,12 +62,16 @@ class Strategy:
     needs_replay: it reads the on-device memory's samples while training on the stream.
     memory_alone: it trains a fresh learner on the memory alone at each step (GDumb) and
         replays nothing beside the stream.
+    memory_needs: settings -> what it needs of an on-device memory (`MemoryNeeds`: memory
+        batches per minibatch, the learner's logits per row), passed to the memory when it
+        is built.
     """
     plugin: Callable[[ReplayMemoryPlugin, Any], SupervisedPlugin] | None = None
     settings: type = NoSettings
     stream_slots: bool = False
     needs_replay: bool = True
     memory_alone: bool = False
+    memory_needs: Callable[[Any], MemoryNeeds] = plain_replay
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -73,13 +86,9 @@ class ReplayLoss(SupervisedPlugin):
     add theirs.
     """
 
-    draws = 1
-    record_logits = False
-
     def __init__(self, memory: ReplayMemoryPlugin, settings: Any = None):
         super().__init__()
         self.memory, self.settings = memory, settings
-        memory.draws, memory.record_logits = self.draws, self.record_logits
 
     def before_backward(self, strategy, **kwargs):
         strategy.loss = self(strategy.mb_output, strategy.mb_y)

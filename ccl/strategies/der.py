@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ccl.memory import MemoryNeeds
 from ccl.strategies.base import STRATEGIES, ReplayLoss, Strategy
 
 
@@ -23,6 +24,12 @@ class DERSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
+def der_memory(settings: DERSettings) -> MemoryNeeds:
+    """Every memory row keeps the learner's logits as it enters; DER++ (beta > 0) draws a
+    second, independent memory batch for its cross-entropy."""
+    return MemoryNeeds(draws=2 if settings.beta > 0 else 1, logits=True)
+
+
 class DERPlugin(ReplayLoss):
     """Cross-entropy on the stream plus alpha times the MSE between the logits of memory
     samples now and the logits recorded when they entered the memory; DER++ adds beta
@@ -34,16 +41,18 @@ class DERPlugin(ReplayLoss):
     row with a soft target (PAD's learned labels) has its MSE taken to that target's
     logits instead of the learner's, and DER++'s cross-entropy to its softmax."""
 
-    record_logits = True
-
     def __init__(self, memory, settings: DERSettings = DERSettings()):
-        self.draws = 2 if settings.beta > 0 else 1
+        needs = der_memory(settings)
+        if (memory.draws, memory.record_logits) != (needs.draws, needs.logits):
+            raise ValueError(f"DER with beta={settings.beta} needs a memory built with {needs} "
+                             f"(its strategy entry's memory_needs), not draws={memory.draws}, "
+                             f"logits={memory.record_logits}")
         super().__init__(memory, settings)
         self.alpha, self.beta = settings.alpha, settings.beta
 
     def loss(self, output, y, stream):
         drawn = self.memory.last_draw  # (draws * n,) memory indices
-        n = len(drawn) // self.draws  # mem_batch, or fewer while a reservoir holds fewer
+        n = len(drawn) // self.memory.draws  # mem_batch, or fewer while a reservoir holds fewer
         loss = F.cross_entropy(output[:stream], y[:stream])
         target = self.memory.logits[drawn[:n]]  # (n, classes)
         soft = self.memory.soft_targets(drawn[:n])
@@ -62,6 +71,6 @@ class DERPPSettings(DERSettings):
 
 
 STRATEGIES.register("der", "dark experience replay: MSE to the logits stored with memory images (2020)")(
-    Strategy(DERPlugin, DERSettings))
+    Strategy(DERPlugin, DERSettings, memory_needs=der_memory))
 STRATEGIES.register("der++", "DER plus cross-entropy on a second memory batch (2020)")(
-    Strategy(DERPlugin, DERPPSettings))
+    Strategy(DERPlugin, DERPPSettings, memory_needs=der_memory))
