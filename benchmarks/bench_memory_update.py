@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 
 from ccl.config import parse_override, read_toml
-from ccl.runner import make_config, prepare, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import run
 
 DIGITS = {"scenario": "split-digits", "mem_size": 20}
 CONDENSING = ("dm", "datadam", "mtt", "pad")

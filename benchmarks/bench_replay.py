@@ -21,7 +21,8 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 from avalanche.core import SupervisedPlugin  # noqa: E402
 
-from ccl.runner import _build, make_config, prepare  # noqa: E402
+from ccl.experiment import make_config, prepare  # noqa: E402
+from ccl.runner import _build  # noqa: E402
 from ccl.training import seed_everything  # noqa: E402
 
 

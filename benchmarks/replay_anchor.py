@@ -24,7 +24,7 @@ from ccl.condense import dsa
 from ccl.condense.evaluate import accuracy
 from ccl.data import load_dataset
 from ccl.models import build_learner
-from ccl.runner import RunConfig
+from ccl.experiment import RunConfig
 
 RUN = RunConfig()  # `ccl run`'s learner optimiser and batch sizes
 

@@ -59,8 +59,8 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         given_config(**values)  # the values' own checks, before torch loads: one line at once
     from ccl.report import summary_table
     from ccl.guards import Interrupted
-    from ccl.experiment import cpu_advice, device_description
-    from ccl.runner import make_config, new_run_dir, prepare, resume_run, run as run_experiment
+    from ccl.experiment import cpu_advice, device_description, make_config, new_run_dir, prepare
+    from ccl.runner import resume_run, run as run_experiment
 
     try:
         if resume_dir is not None:

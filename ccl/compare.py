@@ -32,8 +32,8 @@ from ccl.errors import CclError
 from ccl.executors import Executor, sequential
 from ccl.io import GRID_SHAPE, LOCK_FILE, folder_holder, read_json, read_results, refuse_links, write_json
 from ccl.memory import MEMORIES
-from ccl.experiment import RunConfig, given_config
-from ccl.runner import make_config, prepare, run as run_experiment, status
+from ccl.experiment import RunConfig, given_config, make_config, prepare
+from ccl.runner import run as run_experiment, status
 
 GRID_FILE = "grid.json"
 CELLS_DIR = "cells"

@@ -26,7 +26,7 @@ from ccl.cells import ERROR_FILE
 from ccl.errors import CclError
 from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json, read_results,
                     write_json, write_text)
-from ccl.runner import RunConfig
+from ccl.experiment import RunConfig
 
 
 def summary_table(run_dir: Path) -> str:

@@ -22,8 +22,7 @@ from ccl.checkpoint import (CHECKPOINT, RunShape, load_checkpoint, metric_states
 from ccl.condense import dsa
 from ccl.data.augment import crop_flip
 from ccl.errors import CclError
-from ccl.experiment import (MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS, Prepared, RunConfig,  # noqa: F401
-                            make_config, memory_settings, new_run_dir, prepare, resolved_config)
+from ccl.experiment import MEM_DTYPES, Prepared, RunConfig, new_run_dir, prepare, resolved_config
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
 from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
                       csv_logger, csv_metrics, csv_rows, optional_loggers)

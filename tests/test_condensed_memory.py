@@ -7,7 +7,8 @@ import torch
 
 from ccl.memory.fillers import keep_if_better
 from ccl.models.convnet import ConvNet
-from ccl.runner import make_config, prepare, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import run
 
 TINY_DATADAM = {"iterations": 3, "width": 8, "progress_every": 1, "init": "herding", "nested": True,
                 "guide_weight": 1.0, "holdout": 0.25}

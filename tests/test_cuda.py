@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ccl.condense.methods import METHODS
-from ccl.runner import _build, make_config, prepare, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import _build, run
 from ccl.training import seed_everything
 from test_run import TINY_METHOD  # the CPU run tests' tiny condensation settings
 

@@ -81,3 +81,23 @@ def test_the_memory_does_not_know_pad():
     nothing under ccl/memory imports ccl.condense.pad (issue 37)."""
     graph = _imports()
     assert not sorted(m for m, deps in graph.items() if m.startswith("ccl.memory") and "ccl.condense.pad" in deps)
+
+
+def test_the_runner_re_exports_nothing():
+    """Every name ccl.runner imports it uses itself, and no module takes from ccl.runner a
+    name it did not define (experiment's names come from ccl.experiment; issue 37)."""
+    runner = ast.parse((PACKAGE / "runner.py").read_text())
+    imported = {a.asname or a.name for node in runner.body if isinstance(node, ast.ImportFrom)
+                for a in node.names}
+    used = {n.id for n in ast.walk(runner) if isinstance(n, ast.Name)}
+    assert sorted(imported - used - {"annotations"}) == []
+    defined = {node.name for node in runner.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {t.id for node in runner.body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+    taken = []
+    for folder in ("ccl", "tests", "benchmarks"):
+        for path in (PACKAGE.parent / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "ccl.runner":
+                    taken += [f"{path.name}: {a.name}" for a in node.names if a.name not in defined]
+    assert taken == []

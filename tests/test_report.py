@@ -175,7 +175,8 @@ def test_memory_settings_given_beyond_the_preset_are_reported(tmp_path):
 
 def test_a_report_never_writes_into_a_run_folder_unasked(tmp_path, tiny_run):
     from ccl.errors import CclError
-    from ccl.runner import make_config, prepare, run
+    from ccl.experiment import make_config, prepare
+    from ccl.runner import run
     run_dir = run(prepare(make_config(**tiny_run)), tmp_path / "runs", progress=False)
     before = sorted(p.name for p in run_dir.iterdir())
     with pytest.raises(CclError, match="is a run folder; give --out"):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ccl.memory import MemoryNeeds, ReservoirMemoryPlugin
 from ccl.memory.plugin import last_wins, reservoir_slots
 from ccl.models import build_learner
-from ccl.runner import make_config, prepare, resume_run, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import resume_run, run
 from ccl.strategies import AGEMPlugin, DERPlugin
 
 

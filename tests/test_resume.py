@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from ccl.cli import main
-from ccl.runner import make_config, prepare, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import run
 
 ARGS = ["--scenario", "split-digits", "--memory", "herding", "--epochs", "4", "--train-per-class", "40",
         "--mem-size", "20", "--width", "16", "--seed", "2", "--quiet"]

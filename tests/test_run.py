@@ -6,7 +6,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ccl.errors import CclError
-from ccl.runner import _build, make_config, prepare, resume_run, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import _build, resume_run, run
 from ccl.training import seed_everything
 
 
@@ -222,7 +223,7 @@ def test_finetuning_needs_replay_from_a_device_memory(tiny_run, settings):
 
 
 def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
-    from ccl.runner import make_config
+    from ccl.experiment import make_config
     assert make_config(memory="random").mem_augment == "dsa"
     assert make_config(memory="datadam").mem_augment == "dsa"
     assert make_config(memory="avalanche-reservoir").mem_augment == "none"  # Avalanche's own buffer: no hook for it
@@ -232,7 +233,7 @@ def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
 
 def test_a_variant_keeps_its_defining_settings_whatever_the_preset():
     from ccl.memory import MEMORIES
-    from ccl.runner import memory_settings
+    from ccl.experiment import memory_settings
     dm = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
     assert dm.sam_weight == 0.0  # the preset's attention weight (1.0) does not make dm DataDAM
     mtt = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))

@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from ccl.cli import main
-from ccl.runner import make_config, prepare, resume_run, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import resume_run, run
 
 
 class _Payload:
@@ -211,7 +212,8 @@ def test_wandb_is_not_imported_without_wandb(tmp_path):
     import sys
     # a run in a fresh process, ended as kill -9 would (no exit handlers): nothing in TMPDIR
     code = ("import os, sys\n"
-            "from ccl.runner import make_config, prepare, run\n"
+            "from ccl.experiment import make_config, prepare\n"
+            "from ccl.runner import run\n"
             "run(prepare(make_config(scenario='split-digits', epochs=1, train_per_class=10, mem_size=20,"
             " width=8)), sys.argv[1], progress=False)\n"
             "print(type(sys.modules.get('wandb')).__name__, flush=True)\n"

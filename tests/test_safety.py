@@ -11,7 +11,8 @@ from ccl.cli import main
 from ccl.errors import CclError
 from ccl.io import folder_lock
 from ccl.guards import Interrupted, signals_deferred, signals_raise_interrupted
-from ccl.runner import make_config, prepare, resume_run
+from ccl.experiment import make_config, prepare
+from ccl.runner import resume_run
 
 
 def _stopped_run(tmp_path, tiny_run, interrupted_run):

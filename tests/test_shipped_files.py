@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 
-from ccl.runner import make_config
+from ccl.experiment import make_config
 
 ROOT = Path(__file__).parent.parent
 NAMED = re.compile(r"(?<![\w/.-])((?:configs|scenarios|benchmarks|docs)/[\w./-]+\.(?:toml|py|sh|md))")
@@ -50,7 +50,7 @@ def test_the_command_line_offers_every_choice_the_runner_takes():
 
     from ccl.cli import main
     from ccl.run_config import MEM_DTYPE_NAMES
-    from ccl.runner import MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS
+    from ccl.experiment import MEM_AUGMENTS, MEM_DTYPES, PROTOCOLS, STREAM_AUGMENTS
     assert tuple(MEM_DTYPES) == MEM_DTYPE_NAMES
     runner_choices = {"mem_augment": MEM_AUGMENTS, "mem_dtype": MEM_DTYPES, "protocol": PROTOCOLS,
                       "stream_augment": STREAM_AUGMENTS}

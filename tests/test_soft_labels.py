@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from ccl.condense import Condensed, pad
 from ccl.memory import DeviceMemoryPlugin, MemoryNeeds
 from ccl.memory.fillers import Filler
-from ccl.runner import make_config, prepare, resume_run, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import resume_run, run
 from ccl.strategies import DERPlugin, DERSettings, ERPlugin, SoftTargetSettings
 from ccl.training import soft_cross_entropy
 

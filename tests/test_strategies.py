@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds
 from ccl.memory.fillers import RandomFiller
-from ccl.runner import make_config, prepare, resume_run, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import resume_run, run
 from ccl.strategies import ACEPlugin, DERPlugin, DERSettings, STRATEGIES
 from ccl.errors import CclError
 

@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from ccl.cli import main
-from ccl.runner import make_config, prepare, run
+from ccl.experiment import make_config, prepare
+from ccl.runner import run
 
 
 @pytest.fixture
