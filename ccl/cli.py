@@ -174,6 +174,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 
     import torch
 
+    from ccl.condense import Condensed
     from ccl.condense.methods import METHODS, method_settings
     from ccl.config import parse_override, to_dict
     from ccl.data import load_dataset
@@ -219,7 +220,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     images, image_labels = result
     seconds = time.perf_counter() - start
     out = out or Path("sets") / f"{dataset}-{method}-ipc{ipc}-s{seed}.pt"
-    soft = getattr(result, "soft_targets", lambda n: None)(data.num_classes)  # (S, classes) learned logits
+    soft = result.soft_targets(data.num_classes) if isinstance(result, Condensed) else None  # learned logits
     save_torch(out, {"images": images.cpu(), "labels": image_labels.cpu(),
                      **({"soft_labels": soft.cpu()} if soft is not None else {}), "dataset": dataset, "method": method,
                      "ipc": ipc, "seed": seed, "settings": to_dict(settings), "stats": stats, "seconds": seconds,

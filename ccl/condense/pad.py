@@ -63,7 +63,7 @@ from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, flat_parameters, make_network,
                                 train_experts)
 from ccl.models.convnet import NORMS
-from ccl.training import now
+from ccl.training import now, soft_cross_entropy
 
 INITS = ("real", "correct", "noise", "herding")
 EXPERTS = ("trained", "learner")
@@ -334,10 +334,9 @@ def step_loss(output: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor,
     """
     if soft is None:
         return F.cross_entropy(output, labels[idx])
-    hard = F.cross_entropy(output, labels[idx], reduction="none")  # (B,)
-    target = soft[idx.clamp(max=len(soft) - 1)].softmax(1)  # (B, K); context rows' are unused
-    soft_ce = -(target * output.log_softmax(1)).sum(1)  # (B,)
-    return torch.where(idx < len(soft), soft_ce, hard).mean()
+    # (B, K): the synthetic rows' logits, NaN (no soft target) for the context rows
+    rows = torch.where((idx < len(soft))[:, None], soft[idx.clamp(max=len(soft) - 1)], float("nan"))
+    return soft_cross_entropy(output, labels[idx], rows).mean()
 
 
 def _step_gradient(student: FunctionalStudent, params: torch.Tensor, x: torch.Tensor, idx: torch.Tensor,

@@ -174,12 +174,13 @@ class CondenseFiller(Filler):
         if nested and option("lasting_only", False) and option("init", None) == "herding":
             budget, extra["init"], tail = _lasting(budget, extra["init"], later)
             stats["condensed_sizes"] = {str(c): n for c, n in budget.items()}
-        outputs = learner_features(learner, real[:1], logits=True).shape[1]
         result = self.method(real, labels, budget, self.device, self.settings,
                              progress=self.progress, stats=stats, **extra)
         images, image_labels = result
-        soft = result.soft_targets(outputs) if isinstance(result, Condensed) else None  # (S, outputs)
-        if soft is None and option("soft_labels", False):  # a method that learns none: the learner's logits
+        soft = None  # (S, outputs) over the learner's outputs
+        if isinstance(result, Condensed) and result.soft_labels is not None:
+            soft = result.soft_targets(learner_features(learner, images[:1], logits=True).shape[1])
+        elif option("soft_labels", False):  # a method that learns none: the learner's logits
             soft = learner_features(learner, images, logits=True).float()
         if holdout > 0:
             images, stats["kept"], stats["heldout_ratio"] = keep_if_better(
@@ -190,7 +191,7 @@ class CondenseFiller(Filler):
                 soft[refused] = float("nan")
         rows = [images, image_labels] + ([soft] if soft is not None else [])
         if tail is not None:
-            tail = [*tail] + ([torch.full((len(tail[1]), outputs), float("nan"), device=soft.device)]
+            tail = [*tail] + ([soft.new_full((len(tail[1]), soft.shape[1]), float("nan"))]
                               if soft is not None else [])
             rows = _after_each_class(rows, tail)
         self.stats = stats
@@ -199,7 +200,7 @@ class CondenseFiller(Filler):
             rows = [r[order] for r in rows]
         if soft is None:
             return rows[0], rows[1]
-        return Condensed(rows[0], rows[1], rows[2], torch.arange(outputs, device=rows[2].device))
+        return Condensed(rows[0], rows[1], rows[2], torch.arange(soft.shape[1], device=soft.device))
 
 
 def _lasting(budget: dict[int, int], start: tuple[torch.Tensor, torch.Tensor], later: dict[int, list[int]]):
