@@ -23,8 +23,13 @@ class _ImportedOnUse(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
-if "wandb" not in sys.modules and importlib.util.find_spec("wandb") is not None:
+_wandb_spec = importlib.util.find_spec("wandb") if "wandb" not in sys.modules else None
+if _wandb_spec is not None:
     sys.modules["wandb"] = _ImportedOnUse("wandb")
+    # Others ask importlib.util.find_spec("wandb") (accelerate, which torchmetrics imports
+    # through transformers where both are installed): a module without a spec makes that
+    # raise ValueError, so the stand-in carries the real one.
+    sys.modules["wandb"].__spec__ = _wandb_spec
 
 
 __all__ = ["CondensedReplay"]

@@ -225,3 +225,19 @@ def test_wandb_is_not_imported_without_wandb(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] in ("_ImportedOnUse", "NoneType")  # not the real module
     assert not [p.name for p in tmp.iterdir() if "wandb" in p.name]
+
+
+def test_wandb_stand_in_answers_find_spec():
+    """accelerate (imported by torchmetrics through transformers, where installed) asks
+    importlib.util.find_spec("wandb"): the stand-in must answer it, not raise ValueError."""
+    import subprocess
+    import sys
+    code = ("import importlib.util, sys, ccl\n"
+            "stand_in = sys.modules.get('wandb')\n"
+            "spec = importlib.util.find_spec('wandb') if stand_in is not None else None\n"
+            "print(type(stand_in).__name__, spec is not None and spec.name)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    kind, name = out.stdout.split()
+    assert (kind, name) in (("_ImportedOnUse", "wandb"), ("NoneType", "False"))  # NoneType: wandb not installed
