@@ -54,7 +54,8 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
                        "wait for it to finish or stop it")
     if resume_dir is None:
         writable_folder(runs_dir, "--runs-dir")
-        values = config_values(flags, config_file, overrides, no_download, class_order)
+        # one strategy runs: the preset's table for it ([strategies.NAME]) is in the values already
+        values, _ = config_values(flags, config_file, overrides, no_download, class_order)
         known.check(values)
         given_config(**values)  # the values' own checks, before torch loads: one line at once
     from ccl.report import summary_table
@@ -119,8 +120,10 @@ def list_cmd():
     for title, folder in (("memory presets (--memory-config NAME)", configs),
                           ("run presets (--config configs/runs/NAME.toml)", configs / "runs")):
         click.echo(f"{title}:")
-        for path in sorted(folder.glob("*.toml")):
-            click.echo(f"  {path.stem:<20} {_preset_summary(path)}")
+        paths = sorted(folder.glob("*.toml"))
+        width = max([20, *(len(p.stem) for p in paths)])  # the summaries in one column
+        for path in paths:
+            click.echo(f"  {path.stem:<{width}} {_preset_summary(path)}")
 
 
 def _preset_summary(path: Path) -> str:

@@ -79,7 +79,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise CclError(f"{', '.join(given)}: only with --executor ray")
-    values = config_values(flags, config_file, overrides, no_download, class_order)
+    values, strategy_tables = config_values(flags, config_file, overrides, no_download, class_order)
     known.check({**values, "memory": memories})  # names, paths and a busy folder: before loading torch
     if out is not None and (holder := folder_holder(Path(out))):
         raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
@@ -102,7 +102,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
     # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
     strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
-    grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies)
+    grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables)
     settings = validate(grid)
     if out is None:
         out = find_previous(COMPARISONS_DIR, grid, settings) or \

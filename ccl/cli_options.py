@@ -124,10 +124,18 @@ def run_options(fn):
 
 
 def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, ...],
-                  no_download: bool, class_order: str | None) -> dict:
-    """Run settings: config file, then flags given on the command line."""
+                  no_download: bool, class_order: str | None) -> tuple[dict, dict[str, dict]]:
+    """Run settings: config file, then flags given on the command line; and the preset's
+    per-strategy tables (`[strategies.NAME]`) under them, the command line first.
+
+    With one strategy its table is laid over the settings returned, and the tables are
+    empty; with `--strategy a,b` (ccl compare's axis) the tables of a and b come back, each
+    for that strategy's cells. A flag that replaces a table's value says so in one line.
+    """
     from ccl.config import parse_override, read_toml
+    from ccl.run_config import STRATEGY_RUN_KEYS, strategy_tables
     values = dict(read_toml(config_file)) if config_file else {}
+    tables = strategy_tables(values.pop("strategies", {}), str(config_file))
     values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
     if flags.get("download") and no_download:
         raise CclError("--download and --no-download contradict each other: give one")
@@ -145,6 +153,35 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     settings.update(dict(parse_override(o) for o in overrides))
     values["memory_settings"] = settings
     hyper = dict(values.pop("strategy_settings", {}))
-    hyper.update(dict(parse_override(o) for o in flags.get("strategy_overrides") or ()))
+    given_hyper = dict(parse_override(o) for o in flags.get("strategy_overrides") or ())
+    hyper.update(given_hyper)
     values["strategy_settings"] = hyper
-    return values
+    # what the command line set, by key, with the flag that set it: it wins over the preset's tables
+    given = {k: (f"--{k.replace('_', '-')} {flags[k]}", flags[k])
+             for k in STRATEGY_RUN_KEYS if flags.get(k) is not None}
+    given.update({k: (f"--strategy-set {k}={v}", v) for k, v in given_hyper.items()})
+    return _with_strategy_tables(values, tables, given, config_file)
+
+
+def _with_strategy_tables(values: dict, tables: dict[str, dict], given: dict[str, tuple[str, object]],
+                          config_file: Path | None) -> tuple[dict, dict[str, dict]]:
+    """`config_values`' answer: the tables of the strategies `values` run, less the keys
+    the command line gave (`given`: key -> its flag and value), each checked as the run's
+    own values now, before torch loads; a single strategy's laid over `values`."""
+    from ccl.run_config import chosen_strategies, given_config, strategy_table_name, with_strategy_table
+    running = chosen_strategies(values)
+    tables = {s: tables[s] for s in running if s in tables}  # a preset may name more strategies than run
+    for key, (flag, value) in given.items():
+        replaced = [f"{t[key]} for {s}" for s, t in tables.items() if key in t and t[key] != value]
+        if replaced:
+            click.echo(f"note: {flag} overrides the preset's {key} {', '.join(replaced)}", err=True)
+    tables = {s: {k: v for k, v in t.items() if k not in given} for s, t in tables.items()}
+    for strategy, table in tables.items():
+        try:
+            given_config(**{**with_strategy_table(values, table), "strategy": strategy})
+        except CclError as e:
+            given_config(**{**values, "strategy": strategy})  # fails on its own first when the table is not to blame
+            raise CclError(f"{config_file}: {strategy_table_name(strategy)}: {str(e).removeprefix('run: ')}") from None
+    if len(running) == 1:
+        return with_strategy_table(values, tables.get(running[0], {})), {}
+    return values, tables

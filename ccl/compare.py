@@ -23,7 +23,7 @@ import datetime as dt
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +33,9 @@ from ccl.executors import Executor, sequential
 from ccl.io import GRID_SHAPE, LOCK_FILE, folder_holder, read_json, read_results, refuse_links, write_json
 from ccl.memory import MEMORIES
 from ccl.experiment import RunConfig, given_config, make_config, prepare
+from ccl.run_config import with_strategy_table
 from ccl.runner import run as run_experiment, status
+from ccl.strategies import STRATEGIES
 
 GRID_FILE = "grid.json"
 CELLS_DIR = "cells"
@@ -49,16 +51,24 @@ class Grid:
     seed; `memory_settings` in it are `--set` overrides, sent only to the memories whose
     settings have that key. With `strategies` (from `--strategy a,b`) the grid gains that
     axis and cells are named <strategy>-<memory>-s<seed>; without, every cell runs the
-    strategy in `values` and keeps the older <memory>-s<seed> names.
+    strategy in `values` and keeps the older <memory>-s<seed> names. On that axis the
+    `strategy_settings` in `values` (`--strategy-set`) go only to the strategies that
+    have the key, and `strategy_tables` (a run preset's `[strategies.NAME]`, without what
+    the command line set) each to its strategy's cells.
     """
     memories: tuple[str, ...]
     seeds: tuple[int, ...]
     values: dict[str, Any]
     out: Path
     strategies: tuple[str, ...] = ()
+    strategy_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cell_values(self, memory: str, seed: int, strategy: str | None = None) -> dict[str, Any]:
-        return {**memory_values(self.values, memory), "seed": seed, **({"strategy": strategy} if strategy else {})}
+        values = {**memory_values(self.values, memory), "seed": seed}
+        if strategy is None:
+            return values
+        return with_strategy_table({**strategy_values(values, strategy), "strategy": strategy},
+                                   self.strategy_tables.get(strategy, {}))
 
     def cells(self, progress: bool = False) -> list[CellSpec]:
         """Seed-major order: after the first len(memories) cells, one full comparison exists."""
@@ -82,8 +92,17 @@ def memory_values(values: dict[str, Any], memory: str) -> dict[str, Any]:
     return out
 
 
+def strategy_values(values: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """Run values for one strategy of a grid's axis: of the `--strategy-set` overrides only
+    the keys its settings have (`alpha` is meant for der and der++, not er)."""
+    known = {f.name for f in dataclasses.fields(STRATEGIES.get(strategy).value.settings)}
+    return {**values, "strategy_settings": {k: v for k, v in (values.get("strategy_settings") or {}).items()
+                                            if k in known}}
+
+
 def check_overrides(grid: Grid) -> None:
-    """Every `--set` key must reach at least one memory, or it is a typo."""
+    """Every `--set` key must reach at least one memory, and on a strategy axis every
+    `--strategy-set` key at least one strategy, or it is a typo."""
     known: set[str] = set()
     for memory in grid.memories:
         settings_cls = MEMORIES.get(memory).value.settings
@@ -92,6 +111,12 @@ def check_overrides(grid: Grid) -> None:
     for key in grid.values.get("memory_settings") or {}:
         if key not in known:
             raise CclError(f"--set {key}: none of the memories {', '.join(grid.memories)} has a setting {key!r}")
+    if grid.strategies:
+        known = {f.name for s in grid.strategies for f in dataclasses.fields(STRATEGIES.get(s).value.settings)}
+        for key in grid.values.get("strategy_settings") or {}:
+            if key not in known:
+                raise CclError(f"--strategy-set {key}: none of the strategies {', '.join(grid.strategies)} "
+                               f"has a setting {key!r}")
 
 
 def validate(grid: Grid) -> dict[str, Any]:
@@ -128,6 +153,8 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
         cfg.pop("strategy", None)
     cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})
     cfg["memory_config"] = grid.values.get("memory_config")
+    if grid.strategy_tables:  # only then: a comparison made before the tables existed continues
+        cfg["strategy_tables"] = {s: dict(t) for s, t in grid.strategy_tables.items()}
     return cfg
 
 

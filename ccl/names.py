@@ -11,6 +11,10 @@ from ccl.resources import resource_dir
 
 MEMORIES = ("none", "joint", "reservoir", "avalanche-reservoir", "random", "herding", "herding-soft", "dm", "datadam", "mtt", "pad")
 STRATEGIES = ("er", "a-gem", "bic", "der", "der++", "er-ace", "gdumb", "icarl")
+# each strategy's own settings (its registry entry's dataclass fields, `--strategy-set` keys)
+STRATEGY_SETTINGS = {"er": ("temperature",), "a-gem": (), "bic": ("temperature", "bias_steps", "bias_lr"),
+                     "der": ("alpha", "beta", "temperature"), "der++": ("alpha", "beta", "temperature"),
+                     "er-ace": ("temperature",), "gdumb": (), "icarl": ()}
 LEARNERS = ("convnet", "resnet18")  # what ccl.models.build_learner builds
 NORMS = ("instance", "batch", "none")  # the ConvNet's normalisations
 

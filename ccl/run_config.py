@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccl.config import from_dict, read_toml
-from ccl.names import LEARNERS, NORMS, check_name, scenarios
+from ccl.errors import CclError
+from ccl.names import LEARNERS, NORMS, STRATEGIES, STRATEGY_SETTINGS, check_name, scenarios
 from ccl.resources import resource_dir
 
 
@@ -113,3 +114,50 @@ def given_config(**values: Any) -> RunConfig:
     check_name("scenario", scenario, scenarios())
     defaults = read_toml(resource_dir("scenarios") / f"{scenario}.toml").get("defaults", {})
     return from_dict(RunConfig, {**defaults, **values}, "run")
+
+
+# What a run preset's table for one strategy (`[strategies.NAME]`) may set beside that
+# strategy's own settings: the optimiser and the batches, which papers tune method by method
+# (mammoth's best_args). The protocol (data, model, epochs, augmentation, memory) stays one
+# for every strategy, so that a comparison measures them alike.
+STRATEGY_RUN_KEYS = ("lr", "momentum", "weight_decay", "batch_size", "mem_batch")
+
+
+def strategy_table_name(strategy: str) -> str:
+    """The TOML header of a strategy's table: `[strategies.er]`, `[strategies."der++"]`."""
+    bare = strategy.replace("-", "").replace("_", "").isalnum()
+    return f"[strategies.{strategy}]" if bare else f'[strategies."{strategy}"]'
+
+
+def strategy_tables(tables: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A run preset's per-strategy tables, checked by strategy name and key (their values
+    are checked as the run's own, once a table is laid over them)."""
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise CclError(f"{where}: strategies should hold one table a strategy, e.g. [strategies.er] lr = 0.1")
+    for name, table in tables.items():
+        if name not in STRATEGIES:
+            raise CclError(f"{where}: {strategy_table_name(name)} names no strategy; "
+                           f"choose one of: {', '.join(STRATEGIES)}")
+        known = (*STRATEGY_RUN_KEYS, *STRATEGY_SETTINGS[name])
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise CclError(f"{where}: {strategy_table_name(name)} has an unknown key {unknown[0]!r}; "
+                           f"known keys: {', '.join(known)}")
+    return {name: dict(table) for name, table in tables.items()}
+
+
+def with_strategy_table(values: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """Run `values` with one strategy's preset table laid over them: its run keys replace
+    theirs, and its settings join their `strategy_settings`, over them."""
+    run = {k: v for k, v in table.items() if k in STRATEGY_RUN_KEYS}
+    own = {k: v for k, v in table.items() if k not in STRATEGY_RUN_KEYS}
+    if not own:
+        return {**values, **run}
+    return {**values, **run, "strategy_settings": {**(values.get("strategy_settings") or {}), **own}}
+
+
+def chosen_strategies(values: dict[str, Any]) -> tuple[str, ...]:
+    """The strategies run `values` name: `strategy` (a comma list is `ccl compare`'s axis),
+    else the one `--protocol` names, else RunConfig's default."""
+    named = tuple(s.strip() for s in str(values.get("strategy") or "").split(",") if s.strip())
+    return named or (PROTOCOLS.get(str(values.get("protocol"))) or RunConfig.strategy,)

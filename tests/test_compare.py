@@ -89,6 +89,8 @@ def test_grid_resumes_skipping_finished_cells_and_survives_a_failing_cell(tmp_pa
     (["--memory", "random", "--seed-list", "0,x"], "expected comma-separated integers"),
     (["--memory", "random", "--seed-list", "-1"], "seed must not be negative"),
     (["--memory", "none,random", "--set", "iterations=3"], "none of the memories none, random has a setting"),
+    (["--memory", "random", "--strategy", "er,er-ace", "--strategy-set", "alpha=0.2"],
+     "--strategy-set alpha: none of the strategies er, er-ace has a setting 'alpha'"),
     (["--memory", "random", "--runs-dir", "runs"], "--runs-dir is for `ccl run`"),
     (["--memory", "none,random", "--mem-size", "5"], "--mem-size 5 is smaller than the number of classes"),
 ])

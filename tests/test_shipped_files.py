@@ -2,6 +2,7 @@
 shipped run preset is a valid configuration (a clean clone has the same files as this one)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -37,12 +38,28 @@ def test_every_file_the_documents_name_is_in_the_tree():
 
 
 def test_every_shipped_run_preset_is_a_valid_configuration():
+    """With every strategy its [strategies.NAME] table names, and with none (the default's)."""
     from ccl.cli_options import config_values
+    from ccl.config import read_toml
     presets = sorted((ROOT / "configs" / "runs").glob("*.toml"))
-    assert {"cpu-protocol.toml", "mammoth-seq-cifar10.toml"} <= {p.name for p in presets}
+    assert {"cpu-protocol.toml", "mammoth-seq-cifar10.toml", "mammoth-seq-cifar10-500.toml"} <= \
+        {p.name for p in presets}
     for path in presets:
-        cfg = make_config(**config_values({}, path, (), False, None))
-        assert cfg.scenario == "split-cifar10", path.name
+        for strategy in (None, *read_toml(path).get("strategies", {})):
+            values, _ = config_values({"strategy": strategy}, path, (), False, None)
+            cfg = make_config(**values)
+            assert cfg.scenario == "split-cifar10", path.name
+
+
+def test_the_mammoth_presets_differ_in_the_buffer_and_its_published_settings_alone():
+    from ccl.config import read_toml
+    runs = ROOT / "configs" / "runs"
+    at_200, at_500 = read_toml(runs / "mammoth-seq-cifar10.toml"), read_toml(runs / "mammoth-seq-cifar10-500.toml")
+    tables_200, tables_500 = at_200.pop("strategies"), at_500.pop("strategies")
+    assert (at_200.pop("mem_size"), at_500.pop("mem_size")) == (200, 500) and at_200 == at_500
+    # mammoth lists ER-ACE on seq-cifar10 at buffer 200 only; DER++'s alpha is 0.2 at 500
+    assert tables_200.pop("er-ace") == {"lr": 0.1} and tables_500.pop("der++")["alpha"] == 0.2
+    assert {s: t for s, t in tables_200.items() if s != "der++"} == tables_500
 
 
 def test_the_command_line_offers_every_choice_the_runner_takes():
@@ -87,6 +104,8 @@ def test_the_light_name_lists_match_the_registries():
     from ccl.strategies import STRATEGIES
     assert set(names.MEMORIES) == set(MEMORIES.names())
     assert set(names.STRATEGIES) == set(STRATEGIES.names())
+    assert names.STRATEGY_SETTINGS == {e.name: tuple(f.name for f in dataclasses.fields(e.value.settings))
+                                       for e in STRATEGIES.entries()}
     assert names.scenarios() == sorted(scenarios())
 
 
