@@ -246,6 +246,8 @@ def _strategy_problem(state) -> str | None:
 
 
 PHASES = ("training", "condensing")  # where inside an experience a checkpoint was taken
+CLOCK_COUNTERS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
+                  "train_epoch_iterations", "total_iterations")  # Avalanche's Clock, saved inside an experience
 
 
 def _position_problem(ckpt: dict, model: torch.nn.Module, run: RunShape) -> str | None:
@@ -257,12 +259,15 @@ def _position_problem(ckpt: dict, model: torch.nn.Module, run: RunShape) -> str 
     if not isinstance(position, dict) or position.get("phase") not in PHASES:
         return f"position should be a dictionary with a phase in {', '.join(PHASES)}"
     epoch, iteration = position.get("epoch"), position.get("iteration")
-    if not (type(epoch) is int and 0 <= epoch <= run.epochs and type(iteration) is int and iteration >= 0):
-        return f"position's epoch should be in 0..{run.epochs} and its iteration a count"
+    epochs = range(run.epochs) if position["phase"] == "training" else [run.epochs]  # condensing: all done
+    if not (type(epoch) is int and epoch in epochs and type(iteration) is int and iteration >= 0):
+        return (f"position's epoch should be {'in 0..' if len(epochs) > 1 else ''}{epochs[-1]} "
+                f"and its iteration a count")
     if not isinstance(position.get("saved"), NUMBER):
         return "position.saved should be a time"
     clock = position.get("clock")
-    if not (isinstance(clock, dict) and all(type(k) is str and type(v) is int and v >= 0 for k, v in clock.items())):
+    if not (isinstance(clock, dict) and set(clock) == set(CLOCK_COUNTERS)
+            and all(type(v) is int and v >= 0 for v in clock.values())):
         return "position.clock should map Avalanche's counters to counts"
     fetches = position.get("fetch_rng", {})
     if not (isinstance(fetches, dict) and all(type(k) is int and k >= 0 for k in fetches)):

@@ -31,12 +31,10 @@ import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ccl.checkpoint import (metric_states, restore_metric_states, restore_running_metric_states, rng_state,
-                            running_metric_states, set_rng_state)
+from ccl.checkpoint import (CLOCK_COUNTERS, metric_states, restore_metric_states, restore_running_metric_states,
+                            rng_state, running_metric_states, set_rng_state)
 from ccl.condense import LoopCheckpoint
-
-CLOCK_COUNTERS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
-                  "train_epoch_iterations", "total_iterations")  # Avalanche's Clock
+from ccl.errors import CclError
 
 
 class CheckpointClock:
@@ -168,7 +166,6 @@ class CheckpointsWithin(SupervisedPlugin):
         self.memory, self.strategy_plugin = memory, strategy_plugin
         if condensation is not None:
             condensation.on_save = self._save_condensation
-        self.strategy = None
         self.start_model: dict | None = None  # the learner's weights at the experience's start
         self.fetches: dict[int, dict] = {}  # this epoch's `RecordedOrder.drawn`
         self.at_update: dict | None = None  # the state when the memory's update began
@@ -182,7 +179,6 @@ class CheckpointsWithin(SupervisedPlugin):
     # --- training ---------------------------------------------------------------------
 
     def before_training_exp(self, strategy, **kwargs):
-        self.strategy = strategy
         if self.resuming is not None:  # Avalanche's loop runs the epochs left
             self.epochs = strategy.train_epochs
             phase = self.resuming["position"]["phase"]
@@ -196,6 +192,9 @@ class CheckpointsWithin(SupervisedPlugin):
         if self.resuming is not None and self.resuming["position"]["phase"] == "training":
             self.fetches = dict(self.resuming["position"]["fetch_rng"])
             skip = self.resuming["position"]["iteration"]
+            if skip >= len(strategy.dataloader):
+                raise CclError(f"the checkpoint stopped at minibatch {skip} of an epoch of {len(strategy.dataloader)}:"
+                               " not one of this run; delete it to restart the run from the beginning")
         strategy.dataloader = RecordedOrder(strategy.dataloader, self.fetches, skip)
 
     def after_training_epoch(self, strategy, **kwargs):
@@ -215,7 +214,7 @@ class CheckpointsWithin(SupervisedPlugin):
     def after_training_exp(self, strategy, **kwargs):
         if self.epochs is not None:
             strategy.train_epochs, self.epochs = self.epochs, None
-        if self.resuming is not None:  # a checkpoint inside the memory's update
+        if self.resuming is not None and self.resuming["position"]["phase"] == "condensing":
             progress = self.resuming["position"]["condensation"]
             self._restore(strategy, self.resuming)
             self.condensation.pending = progress

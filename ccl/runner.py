@@ -197,6 +197,9 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         results, first = ckpt["results"], ckpt["experience"] + 1
         set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
         if position:
+            if position["phase"] == "condensing" and within.condensation is None:
+                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (it stopped inside a "
+                               f"condensation, and memory {p.config.memory!r} condenses nothing)")
             within.resume_from(ckpt)
             epochs_done = position["epoch"]
     if earlier_rows is not None:

@@ -3,6 +3,7 @@ checkpoint it wrote there to the accuracy matrix and logs of an uninterrupted ru
 38). The stop is a real SIGINT to the process (what Ctrl-C sends) right after such a
 checkpoint is written, or a kill -9 of a `ccl run` subprocess; the checkpoints come every
 few iterations (`CheckpointClock(iterations=...)`, or `--checkpoint-every` a microsecond)."""
+import copy
 import json
 import os
 import re
@@ -17,8 +18,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ccl.checkpoint import rng_state, set_rng_state
 from ccl.cli import main
-from ccl.condense import datadam
+from ccl.condense import Condensed, LoopCheckpoint, datadam, pad
 from ccl.experiment import make_config, prepare
 from ccl.resume import CheckpointClock, RecordedOrder
 from ccl.runner import run
@@ -200,7 +202,7 @@ def _tamper(ckpt: dict, how: str) -> None:
 
 
 @pytest.mark.parametrize("how, problem", [
-    ("epoch", "position's epoch should be in 0..3"),
+    ("epoch", "position's epoch should be in 0..2 and its iteration a count"),
     ("fetch", "position.fetch_rng: rng is not a generator state"),
     ("start weights", "model holds other weights than this run's learner"),
     ("reservoir", "memory.stream_reservoir should count the samples offered to each class"),
@@ -216,3 +218,73 @@ def test_a_tampered_checkpoint_inside_an_experience_is_one_line(tmp_path_factory
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert f"{run_dir / 'checkpoint.pt'}: not what ccl wrote there ({problem}" in lines[0], lines[0]
     shutil.rmtree(run_dir)
+
+
+# The methods' side of it, without a run: a loop resumed from the progress it saved at
+# iteration 3 ends where the uninterrupted loop ends, bit for bit.
+class SaveAt(LoopCheckpoint):
+    """Keeps (a copy of) the progress saved at iteration `at`, with the generators' state;
+    resumes from `pending` when given one."""
+
+    def __init__(self, at: int, pending: dict | None = None):
+        self.at, self.kept, self.pending = at, None, pending
+
+    def resume(self):
+        if self.pending is not None:
+            set_rng_state(self.pending["rng"])
+        return self.pending
+
+    def due(self):
+        return True
+
+    def save(self, progress):
+        if progress["iteration"] == self.at:
+            self.kept = copy.deepcopy({**progress, "rng": rng_state()})  # its tensors are the loop's own
+
+
+def _datadam(checkpoint):
+    real = torch.randn(24, 3, 8, 8)
+    labels = torch.arange(24) % 2
+    settings = datadam.DataDAMSettings(iterations=6, real_batch=4, width=8, depth=2, progress_every=2)
+    return datadam.condense(real, labels, {0: 2, 1: 2}, "cpu", settings, progress=False, checkpoint=checkpoint)
+
+
+def _pad(checkpoint):
+    from ccl.condense.pad import PADSettings, condense
+    real = torch.randn(24, 3, 8, 8)
+    labels = torch.tensor([3] * 12 + [7] * 12)
+    settings = PADSettings(iterations=6, syn_steps=2, expert_epochs=1, max_start_epoch=1, expert_train_epochs=3,
+                           num_experts=2, expert_batch=16, lr_img=1.0, lr_lr=1e-7, width=8, depth=2,
+                           score_networks=1, score_epochs=1, progress_every=2, soft_labels=True, lr_labels=0.5)
+    return condense(real, labels, {3: 2, 7: 2}, "cpu", settings, progress=False, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("method, module, loss", [(_datadam, datadam, "_iteration_loss"), (_pad, pad, "match_once")])
+def test_a_condensation_resumed_from_its_saved_progress_ends_as_an_uninterrupted_one(monkeypatch, method, module,
+                                                                                      loss):
+    iterations = []
+    one = getattr(module, loss)
+    monkeypatch.setattr(module, loss, lambda *a, **k: iterations.append(1) or one(*a, **k))
+    torch.manual_seed(0)
+    whole = method(None)
+    torch.manual_seed(0)
+    saving = SaveAt(3)
+    saved = method(saving)
+    assert saving.kept is not None and saving.kept["iteration"] == 3
+    torch.manual_seed(0)
+    iterations.clear()
+    resumed = method(SaveAt(99, pending=saving.kept))
+    assert len(iterations) == 3  # the three after the save
+    for a, b, c in zip(whole, saved, resumed):
+        assert torch.equal(a, b) and torch.equal(a, c)  # saving changes nothing; resuming neither
+    if isinstance(whole, Condensed):
+        assert torch.equal(whole.soft_labels, resumed.soft_labels)
+
+
+def test_progress_of_another_condensation_is_refused():
+    torch.manual_seed(0)
+    saving = SaveAt(3)
+    _datadam(saving)
+    with pytest.raises(ValueError, match="DataDAM progress does not fit this condensation: its images"):
+        torch.manual_seed(0)
+        _datadam(SaveAt(99, pending={**saving.kept, "images": torch.zeros(3, 3, 8, 8)}))
