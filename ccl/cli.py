@@ -37,11 +37,20 @@ def _experience_line(i: int, results: dict) -> None:
                f"eval {results['eval_seconds'][-1]:.0f} s)")
 
 
+def _ago(saved: float) -> str:
+    """How long ago the time `saved` (seconds since the epoch) was, in words."""
+    import time
+    seconds = max(0.0, time.time() - saved)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    return f"{seconds / 60:.0f} min ago" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h ago"
+
+
 @main.command()
 @click.option("--memory", help="replay memory (see `ccl list`) [random]")
 @click.option("--seed", type=int, help="seed of everything random [0]")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="continue an interrupted run folder from its last completed experience")
+              help="continue an interrupted run folder from its last checkpoint")
 @run_options
 @friendly_errors
 def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resume_dir, **flags):
@@ -65,9 +74,15 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
 
     try:
         if resume_dir is not None:
-            def header(run_dir, first, total):
-                click.echo(f"resuming {run_dir} at experience {first} of {total} (experiences 0-{first - 1} "
-                           "were done)" if first else f"resuming {run_dir} from its start (no experience was done)")
+            def header(run_dir, first, total, position=None):
+                if position is not None:
+                    where = (f"epoch {position['epoch']}, iteration {position['iteration']}"
+                             if position["phase"] == "training" else
+                             f"condensing its memory, iteration {position['condensation']['iteration']}")
+                    click.echo(f"resuming {run_dir} at experience {first}, {where} (saved {_ago(position['saved'])})")
+                else:
+                    click.echo(f"resuming {run_dir} at experience {first} of {total} (experiences 0-{first - 1} "
+                               "were done)" if first else f"resuming {run_dir} from its start (no experience was done)")
             run_dir, ran = resume_run(resume_dir, progress=not quiet, on_experience=_experience_line, on_start=header)
             if not ran:
                 click.echo(f"{run_dir}: this run has already finished")

@@ -61,7 +61,7 @@ def int_list(text: str | None) -> list[int] | None:
 
 RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "stream_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class", "test_per_class",
-             "memory_config")
+             "memory_config", "checkpoint_every")
 
 
 def run_options(fn):
@@ -114,6 +114,9 @@ def run_options(fn):
                      help="override one memory setting, e.g. --set iterations=200 (repeatable)"),
         click.option("--strategy-set", "strategy_overrides", multiple=True, metavar="KEY=VALUE",
                      help="override one strategy hyperparameter, e.g. --strategy-set alpha=0.2 (repeatable)"),
+        click.option("--checkpoint-every", type=float, metavar="SECONDS",
+                     help="checkpoint inside an experience or a condensation this often, for --resume; "
+                          "0: only at each experience's end [300]"),
         click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
                      help="where run folders are created"),
         click.option("--quiet", is_flag=True, help="no progress bars"),

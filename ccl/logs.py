@@ -35,7 +35,8 @@ class Progress:
                     self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}")
 
             def after_training_exp(self, strategy, **kw):
-                self.bar.close()
+                if self.bar is not None:  # None: a run resumed inside the memory's update trains no epoch
+                    self.bar.close()
                 self.bar = None
 
             # Evaluation: one bar over every test experience's minibatches.
@@ -138,16 +139,31 @@ def _logged_rows(path: Path, column: int) -> list[str]:
     return rows
 
 
-def carry_csv_rows(logger, rows: dict[str, list[str]], first: int, folder: Path) -> None:
-    """Put back an interrupted run's CSV rows of the experiences before `first` (the rest
-    are logged again as the run repeats them, and would be duplicates), then drop the
-    hidden copies `csv_rows` kept."""
+def carry_csv_rows(logger, rows: dict[str, list[str]], first: int, folder: Path, epochs_done: int = 0) -> None:
+    """Put back an interrupted run's CSV rows of the experiences before `first`, and of
+    the `epochs_done` first epochs of experience `first` (a run resumed inside it; the
+    rest are logged again as the run repeats them, and would be duplicates), then drop
+    the hidden copies `csv_rows` kept."""
+    def kept(row: str, name: str, column: int) -> bool:
+        cells = row.split(",")
+        experience = int(cells[column])
+        return experience < first or (name == "training_results.csv" and experience == first
+                                      and _epoch(cells) < epochs_done)
+
     for handle, (name, column) in zip((logger.training_file, logger.eval_file), CSV_LOGS.items()):
-        handle.writelines(r for r in rows[name] if int(r.split(",")[column]) < first)
+        handle.writelines(r for r in rows[name] if kept(r, name, column))
         handle.flush()
         os.fsync(handle.fileno())
     for name in CSV_LOGS:
         _kept(folder, name).unlink(missing_ok=True)
+
+
+def _epoch(cells: list[str]) -> int:
+    """A training log row's epoch (its second column); a row without one counts as not done."""
+    try:
+        return int(cells[1])
+    except (IndexError, ValueError):
+        return 1 << 62
 
 
 def optional_loggers(cfg, run_dir: Path) -> list:

@@ -58,6 +58,10 @@ class RunConfig:
     memory_config: str | None = None      # preset name in configs/ or a TOML file
     memory_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
     strategy_settings: dict[str, Any] = field(default_factory=dict)  # overrides of the strategy's defaults
+    # Seconds between checkpoints inside an experience or a memory's condensation, which
+    # `--resume` continues from; 0: only at each experience's end. A save takes well under
+    # a second for the learners and memories ccl builds.
+    checkpoint_every: float = 300.0
 
     def __post_init__(self):
         positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
@@ -73,6 +77,8 @@ class RunConfig:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.weight_decay <= 1:
             raise ValueError(f"--weight-decay must be in [0, 1], got {self.weight_decay}")
+        if not 0 <= self.checkpoint_every < float("inf"):  # also refuses nan
+            raise ValueError(f"--checkpoint-every must be a number of seconds >= 0, got {self.checkpoint_every}")
         if self.seed >= 2**32:
             raise ValueError(f"--seed must be below 2**32 (numpy's limit), got {self.seed}")
         if self.mem_batch > max(self.mem_size, self.batch_size):

@@ -1,6 +1,7 @@
 """One experiment, top to bottom: build the benchmark, learner, memory and plugins from a
 prepared configuration (`ccl.experiment`), then train experience by experience,
-evaluating and checkpointing after each, into a run folder written atomically.
+evaluating and checkpointing after each (and inside each, every `checkpoint_every`
+seconds: `ccl.resume`), into a run folder written atomically.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ccl.io import folder_lock, refuse_links, save_torch, write_json
 from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
                       csv_logger, csv_metrics, csv_rows, optional_loggers)
 from ccl.models import build_learner
+from ccl.resume import CheckpointClock, CheckpointsWithin, CondensationCheckpoint
 from ccl.strategies import FinetunePlugin
 from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted
 from ccl.training import seed_everything
@@ -54,12 +56,15 @@ def _refuse_linked_logs(run_dir: Path) -> None:
 def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
     """The run's checkpoint, checked against this run: its learner, stream and class order."""
     n = len(p.experience_classes)
-    run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size)
+    run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size,
+                   p.config.epochs)
     return load_checkpoint(run_dir / CHECKPOINT, model, run)
 
 
-def _build(p: Prepared, run_dir: Path, progress: bool):
-    """The Avalanche benchmark, strategy and memory plugin of a prepared run."""
+def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | None = None, save_within=None):
+    """The Avalanche benchmark, strategy and memory plugin of a prepared run. Its first
+    plugin saves checkpoints inside an experience when `clock` says (by `save_within`;
+    default: never) and resumes one (`CheckpointsWithin`)."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
     from avalanche.training import JointTraining, Naive
@@ -94,10 +99,13 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     def real_images(classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         mask = torch.isin(train_y, torch.tensor(classes))
         return train_x[mask], train_y[mask]
+    clock = clock or CheckpointClock()
+    condensation = CondensationCheckpoint(clock) if p.spec.method is not None else None
     memory = p.spec.make_plugin(cfg.mem_size, cfg.mem_batch, p.device,
                                 MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                                 augments[cfg.mem_augment], p.settings, progress, real_images, p.experience_classes,
-                                cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings))
+                                cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings),
+                                checkpoint=condensation)
 
     plugins = [Progress(progress, cfg.memory), DivergenceGuard()]
     if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples
@@ -107,6 +115,8 @@ def _build(p: Prepared, run_dir: Path, progress: bool):
     loss = p.strategy.plugin(memory, p.strategy_settings) if p.strategy.plugin is not None else None
     if loss is not None:
         plugins.append(loss)  # after the memory: it reads what was replayed
+    # First: it saves at a minibatch's start, before any other plugin has seen it.
+    plugins.insert(0, CheckpointsWithin(clock, save_within or (lambda state: None), memory, loss, condensation))
     if cfg.finetune_epochs:
         plugins.append(FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
                                       cfg.batch_size))
@@ -133,13 +143,17 @@ def _memory_accuracy(model: torch.nn.Module, memory) -> float | None:
 
 
 def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_experience=None,
-                       resume: bool = False) -> tuple[dict[str, Any], dict | None]:
+                       resume: bool = False,
+                       checkpoint_clock: CheckpointClock | None = None) -> tuple[dict[str, Any], dict | None]:
     """Train on the stream (or all at once for `joint`), evaluating after every experience
-    and checkpointing after each one into `run_dir`.
+    and checkpointing after each one into `run_dir`, and inside one every
+    `checkpoint_every` seconds.
 
     Args:
         on_experience: optional callback(i, results so far) after experience i.
         resume: continue from `run_dir`'s checkpoint, if it has one.
+        checkpoint_clock: when to checkpoint inside an experience (default: every
+            `checkpoint_every` seconds of the run's settings).
 
     Returns:
         The results and the final memory state (None without a memory).
@@ -147,30 +161,49 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
     seed_everything(p.config.seed)
     _refuse_linked_logs(run_dir)
     earlier_rows = csv_rows(run_dir / "logs") if resume else None
-    bench, strategy, memory = _build(p, run_dir, progress)
+    clock = checkpoint_clock or CheckpointClock(p.config.checkpoint_every)
+
+    def save_within(state: dict) -> None:  # inside experience i, with the results of those before it
+        with signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
+            save_torch(run_dir / CHECKPOINT, {"experience": i - 1, "results": results, "class_order": p.order,
+                                              **state})
+
+    bench, strategy, memory = _build(p, run_dir, progress, clock, save_within)
+    within = strategy.plugins[0]  # `_build` puts `CheckpointsWithin` first
     n = len(p.experience_classes)
     steps = [bench.train_stream] if p.spec.joint else list(bench.train_stream)
     results: dict[str, Any] = {key: [] for key in RESULT_SERIES}
-    first = 0
+    first, epochs_done = 0, 0
     if resume and (run_dir / CHECKPOINT).exists():
         ckpt = _load_checkpoint(p, run_dir, strategy.model)
-        strategy.model.load_state_dict(ckpt["model"])
+        position = ckpt.get("position")
+        # Inside an experience: from its start's weights, which plugins copy as it starts
+        # (a teacher, a trajectory's first snapshot); `within` loads the later ones.
+        strategy.model.load_state_dict(ckpt["experience_start_model"] if position else ckpt["model"])
         strategy.optimizer.load_state_dict(ckpt["optimizer"])
         # Avalanche resets the optimizer (momentum included) on its first train() call,
         # recognised by optimized_param_id being None; after the first experience it keeps
         # the state. Marking the parameters as already optimised keeps the loaded momentum.
         strategy.optimized_param_id = dict(strategy.model.named_parameters())
         restore_metric_states(strategy.evaluator.metrics, ckpt["metric_states"])
-        if memory is not None:
+        for plugin, what in ((memory, "memory"), (within.strategy_plugin, "strategy")):
+            if plugin is None or not hasattr(plugin, "restore") or (what == "strategy" and ckpt.get(what) is None):
+                continue  # a strategy that carries nothing between experiences; one of an older ccl
             try:
-                memory.restore(ckpt["memory"])
+                plugin.restore(ckpt[what])
             except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (its memory cannot be "
+                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (its {what} cannot be "
                                f"restored: {type(e).__name__})") from None
         results, first = ckpt["results"], ckpt["experience"] + 1
         set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
+        if position:
+            if position["phase"] == "condensing" and within.condensation is None:
+                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (it stopped inside a "
+                               f"condensation, and memory {p.config.memory!r} condenses nothing)")
+            within.resume_from(ckpt)
+            epochs_done = position["epoch"]
     if earlier_rows is not None:
-        carry_csv_rows(strategy.evaluator.loggers[0], earlier_rows, first, run_dir / "logs")
+        carry_csv_rows(strategy.evaluator.loggers[0], earlier_rows, first, run_dir / "logs", epochs_done)
     if p.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(p.device)
     for i in range(first, len(steps)):
@@ -195,7 +228,8 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
             save_torch(run_dir / CHECKPOINT, {
                 "experience": i, "model": strategy.model.state_dict(), "optimizer": strategy.optimizer.state_dict(),
                 "metric_states": metric_states(strategy.evaluator.metrics), "memory": memory.checkpoint() if memory else None,
-                "results": results, "rng": rng_state(), "class_order": p.order})
+                "results": results, "rng": rng_state(), "class_order": p.order, "strategy": within.strategy_state()})
+        clock.restart()
         if on_experience:
             on_experience(i, results)
     results = dict(results)
@@ -231,22 +265,24 @@ def _set_status(run_dir: Path, state: str, **extra) -> None:
 
 
 def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True, run_dir: Path | None = None,
-        on_experience=None) -> Path:
+        on_experience=None, checkpoint_clock: CheckpointClock | None = None) -> Path:
     """Run a prepared experiment into a new folder under `runs_dir` (or `run_dir`, which must
-    not exist yet, or be empty); returns the folder. `resume_run` continues one."""
+    not exist yet, or be empty); returns the folder. `resume_run` continues one.
+    `checkpoint_clock`: see `train_and_evaluate`."""
     if run_dir is None:
         run_dir = new_run_dir(runs_dir, p.config)
     with folder_lock(run_dir, "a run"):
         write_json(run_dir / "config.json", resolved_config(p))
-        return _run_locked(p, run_dir, progress, on_experience, resume=False)
+        return _run_locked(p, run_dir, progress, on_experience, resume=False, checkpoint_clock=checkpoint_clock)
 
 
-def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resume: bool) -> Path:
+def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resume: bool,
+                checkpoint_clock: CheckpointClock | None = None) -> Path:
     _set_status(run_dir, "running")
     start = time.perf_counter()
     try:
         with signals_raise_interrupted():
-            results, mem_state = train_and_evaluate(p, run_dir, progress, on_experience, resume)
+            results, mem_state = train_and_evaluate(p, run_dir, progress, on_experience, resume, checkpoint_clock)
             results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
                        "class_order": p.order, "experience_classes": p.experience_classes,
                        **results, "total_seconds": time.perf_counter() - start}
@@ -276,9 +312,12 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
     return run_dir
 
 
-def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_start=None) -> tuple[Path, bool]:
+def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_start=None,
+               checkpoint_clock: CheckpointClock | None = None) -> tuple[Path, bool]:
     """Continue an interrupted run; returns (folder, whether anything was left to do).
-    `on_start(run_dir, first, total)` is told where it resumes, before any training."""
+    `on_start(run_dir, first, total, position)` is told where it resumes, before any
+    training: at experience `first`, and inside it at `position` (the checkpoint's: its
+    phase, epoch, iteration, the time it was saved) or from its start (None)."""
     from ccl.io import CONFIG_SHAPE, read_json, read_results
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -306,12 +345,13 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_star
     with folder_lock(run_dir, "a run"):  # before any clean-up: a second resume touches nothing
         for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
             leftover.unlink(missing_ok=True)
-        first = 0
+        first, position = 0, None
         if (run_dir / CHECKPOINT).exists():  # checked whole now, while the folder is as it was
             with torch.device("meta"):  # the learner's shapes, without allocating it
-                first = _load_checkpoint(p, run_dir, _new_learner(p))["experience"] + 1
+                ckpt = _load_checkpoint(p, run_dir, _new_learner(p))
+            first, position = ckpt["experience"] + 1, ckpt.get("position")
         _refuse_linked_logs(run_dir)
         check_csv_logs(run_dir / "logs")
         if on_start:  # the load also fails early, before anything is overwritten
-            on_start(run_dir, first, len(p.experience_classes))
-        return _run_locked(p, run_dir, progress, on_experience, resume=True), True
+            on_start(run_dir, first, len(p.experience_classes), position)
+        return _run_locked(p, run_dir, progress, on_experience, resume=True, checkpoint_clock=checkpoint_clock), True

@@ -27,6 +27,10 @@ A method that also learns soft labels (PAD with `soft_labels`) returns a `Conden
 which unpacks as the same pair and carries them.
 
 Randomness comes from torch's global generator, seeded once by the entry point.
+
+A method whose loop runs long (DataDAM, PAD) also takes `checkpoint`, a `LoopCheckpoint`
+through which its caller saves the loop's progress and resumes it; the method itself
+never writes a file.
 """
 from __future__ import annotations
 
@@ -60,3 +64,39 @@ class Condensed(tuple):
         full = soft.min(1, keepdim=True).values.repeat(1, outputs)  # (S, outputs)
         full[:, columns] = soft
         return full
+
+
+class LoopCheckpoint:
+    """How a method's optimisation loop is saved and resumed, the method doing no I/O:
+    its caller (the memory, under `ccl run`) decides when, and writes the file.
+
+    The loop asks `resume()` once, after its set-up and before its first iteration: the
+    progress of an interrupted run's loop to continue from, or None to start afresh
+    (the caller then puts the generators back as they were when that progress was
+    saved, so the iterations after it draw what they drew). After each iteration it
+    asks `due()` and, when a save is due, hands `save` its progress: tensors and plain
+    values, as they stand after that iteration, with "iteration" the next one to run.
+    This base class never saves and never resumes.
+    """
+
+    def resume(self) -> dict | None:
+        return None
+
+    def due(self) -> bool:
+        return False
+
+    def save(self, progress: dict) -> None:
+        pass
+
+
+def progress_problem(progress: dict, loop: str, images: torch.Tensor, iterations: int) -> str | None:
+    """What makes a loop's saved `progress` not a state of this loop (another method's,
+    other images, an iteration past its end), or None."""
+    if progress.get("loop") != loop:
+        return f"it was saved by {progress.get('loop')!r}, not {loop!r}"
+    if not (type(progress.get("iteration")) is int and 0 <= progress["iteration"] <= iterations):
+        return f"its iteration should be in 0..{iterations}"
+    saved = progress.get("images")
+    if not torch.is_tensor(saved) or saved.shape != images.shape:
+        return f"its images should be of shape {tuple(images.shape)}"
+    return None

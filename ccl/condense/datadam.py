@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ccl.condense import LoopCheckpoint, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
 from ccl.models.convnet import NORMS, ConvNet
@@ -457,7 +458,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: DataDAMSettings = DataDAMSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None, prefix_sizes: dict[int, list[int]] | None = None,
-             guide: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             guide: nn.Module | None = None,
+             checkpoint: LoopCheckpoint | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` synthetic images per class with DataDAM (or DM).
 
     Args:
@@ -479,6 +481,9 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         guide: with `settings.guide_weight > 0`, a network with `embed(x) -> (N, D)`
             (e.g. the replay learner) whose normalised embeddings are matched too; it is
             copied and frozen, never trained.
+        checkpoint: optional `LoopCheckpoint`: the iterations' progress (iteration,
+            images, their optimiser's momentum, the last finite snapshot, the loss
+            sums) is handed to it when a save is due, and taken back from it to resume.
 
     Returns:
         (sum(budget.values()), C, H, W) float32 images on `device`, grouped by class in the
@@ -513,7 +518,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
 
     began = now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
-                                      info["real_chunk"], info["iteration_budget"], progress)
+                                      info["real_chunk"], info["iteration_budget"], progress,
+                                      checkpoint or LoopCheckpoint())
     info.update(progress_info, match_s=now(device) - began)
     if stats is not None:
         stats.update(info)
@@ -563,8 +569,9 @@ def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
 def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
               bounds: tuple[torch.Tensor, torch.Tensor], guide: nn.Module | None,
               settings: DataDAMSettings, chunk: int, iterations: int,
-              progress: bool) -> tuple[torch.Tensor, dict]:
-    """The DataDAM iterations; returns the last finite images and what happened."""
+              progress: bool, checkpoint: LoopCheckpoint) -> tuple[torch.Tensor, dict]:
+    """The DataDAM iterations; returns the last finite images and what happened. Resumes
+    from, and saves to, `checkpoint` (see `LoopCheckpoint`)."""
     device = images.device
     k = len(groups.sizes)
     real_group = torch.arange(k, device=device).repeat_interleave(settings.real_batch)  # (K*B,)
@@ -577,11 +584,22 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     info = {"iterations": 0, "loss": float("nan"), "stopped": False, "lr_images": lr, "loss_curve": []}
     loss_sum = torch.zeros((), device=device)  # summed on the device between checks
     since_check = 0
+    start = 0
+    saved = checkpoint.resume()
+    if saved is not None:
+        problem = progress_problem(saved, "datadam", images, iterations)
+        if problem:
+            raise ValueError(f"the saved DataDAM progress does not fit this condensation: {problem}")
+        with torch.no_grad():
+            images.copy_(saved["images"])
+        optimizer.load_state_dict(saved["optimizer"])
+        snapshot, loss_sum = saved["snapshot"].to(device), saved["loss_sum"].to(device)
+        since_check, start, info = saved["since_check"], saved["iteration"], dict(saved["info"])
     name = "DataDAM" if settings.sam_weight > 0 else "DM"
     classes = ",".join(str(c) for c in groups.sizes)
-    bar = tqdm(total=iterations, disable=not progress, desc=f"{name} classes {classes}", leave=False)
+    bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"{name} classes {classes}", leave=False)
     try:
-        for it in range(iterations):
+        for it in range(start, iterations):
             reinitialise(net)
             loss = _iteration_loss(net, pool, images, real_group, groups, k, settings, chunk, guide)
             optimizer.zero_grad(set_to_none=True)
@@ -590,26 +608,29 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
             project_(images, bounds)  # projected gradient descent: back into the pixel range
             loss_sum = loss_sum + loss.detach()
             since_check += 1
-            if since_check < settings.progress_every and it < iterations - 1:
-                continue
-            # The only host synchronisation: the summed loss and a finiteness flag.
-            finite = torch.isfinite(loss_sum) & torch.isfinite(images.detach()).all()
-            total, ok = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
-            mean_loss = total / since_check
-            if not ok:
-                warnings.warn(f"{name} stopped at iteration {it + 1}: the loss or the images "
-                              f"became non-finite (mean loss {mean_loss}); returning the images "
-                              f"of iteration {info['iterations']}. Lower lr_images or the loss "
-                              "weights.", RuntimeWarning, stacklevel=3)
-                info["stopped"] = True
-                break
-            snapshot = images.detach().clone()
-            info.update(iterations=it + 1, loss=mean_loss)
-            info["loss_curve"].append(round(mean_loss, 6))
-            bar.update(since_check)
-            bar.set_postfix(loss=f"{mean_loss:.4g}")
-            loss_sum = torch.zeros((), device=device)
-            since_check = 0
+            if since_check >= settings.progress_every or it == iterations - 1:
+                # The only host synchronisation: the summed loss and a finiteness flag.
+                finite = torch.isfinite(loss_sum) & torch.isfinite(images.detach()).all()
+                total, ok = torch.stack([loss_sum, finite.to(loss_sum.dtype)]).tolist()
+                mean_loss = total / since_check
+                if not ok:
+                    warnings.warn(f"{name} stopped at iteration {it + 1}: the loss or the images "
+                                  f"became non-finite (mean loss {mean_loss}); returning the images "
+                                  f"of iteration {info['iterations']}. Lower lr_images or the loss "
+                                  "weights.", RuntimeWarning, stacklevel=3)
+                    info["stopped"] = True
+                    break
+                snapshot = images.detach().clone()
+                info.update(iterations=it + 1, loss=mean_loss)
+                info["loss_curve"].append(round(mean_loss, 6))
+                bar.update(since_check)
+                bar.set_postfix(loss=f"{mean_loss:.4g}")
+                loss_sum = torch.zeros((), device=device)
+                since_check = 0
+            if it < iterations - 1 and checkpoint.due():
+                checkpoint.save({"loop": "datadam", "iteration": it + 1, "images": images.detach(),
+                                 "optimizer": optimizer.state_dict(), "snapshot": snapshot, "loss_sum": loss_sum,
+                                 "since_check": since_check, "info": info})
     finally:
         bar.close()
     return snapshot, info

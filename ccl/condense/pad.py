@@ -56,7 +56,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ccl.condense import Condensed
+from ccl.condense import Condensed, LoopCheckpoint, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
@@ -465,8 +465,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             num_classes: int, settings: PADSettings, keep_from: int, progress: bool = True,
             stats: dict | None = None, fixed: tuple[torch.Tensor, torch.Tensor] | None = None,
             bounds: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str = "PAD",
-            network: nn.Module | None = None,
-            soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            network: nn.Module | None = None, soft: torch.Tensor | None = None,
+            checkpoint: LoopCheckpoint | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Optimise synthetic images (and soft labels) by trajectory matching; never returns
     non-finite values.
 
@@ -493,6 +493,9 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         desc: the progress bar's label.
         network: the student's architecture (copied; default: `make_network(settings)`).
         soft: optional (S, num_classes) initial logits, learned with the images (soft labels).
+        checkpoint: optional `LoopCheckpoint`: the iterations' progress (iteration, images,
+            soft labels, student lr, optimiser momenta, the last finite values, restarts)
+            is handed to it when a save is due, and taken back from it to resume.
 
     Returns:
         (S, C, H, W) optimised images and (S, num_classes) soft labels (None without), detached.
@@ -522,7 +525,27 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     last_finite, last_lr = [t.detach().clone() for t in learned], settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
             "stopped": False}
-    bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
+    start = 0
+    saved = checkpoint.resume() if checkpoint is not None else None
+    if saved is not None:
+        problem = progress_problem(saved, "pad", images, settings.iterations)
+        if problem is None and len(saved.get("learned", ())) != len(learned):
+            problem = "it holds other learned tensors (soft labels on or off)"
+        if problem:
+            raise ValueError(f"the saved PAD progress does not fit this condensation: {problem}")
+        info, start, last_lr = dict(saved["info"]), saved["iteration"], saved["last_lr"]
+        with torch.no_grad():
+            for t, value in zip(learned, saved["learned"]):
+                t.copy_(value)
+            lr.fill_(saved["lr"])
+        last_finite = [t.to(device) for t in saved["last_finite"]]
+        steppers = optimisers(0.5 ** info["recoveries"])  # as the last restart left them
+        for opt, state in zip(steppers, saved["optimisers"]):
+            opt.load_state_dict(state)
+        for name, buffer in student.module.named_buffers():  # BatchNorm's running statistics
+            buffer.copy_(saved["buffers"][name])
+    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc=desc,
+               disable=not progress, leave=False)
     for it in bar:
         loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed, soft)
         for opt in steppers:
@@ -534,32 +557,36 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             lr.clamp_(min=lr_floor)
         if bounds is not None:
             project_(images, bounds)  # a no-op on NaN, which the check below catches
-        if (it + 1) % settings.progress_every and it + 1 < settings.iterations:
-            continue
-        value = float(loss.detach())
-        if all(torch.isfinite(t).all() for t in learned) and torch.isfinite(lr) and math.isfinite(value):
-            last_finite, last_lr = [t.detach().clone() for t in learned], float(lr.detach())
-            info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
-            continue
-        if info["recoveries"] == settings.max_recoveries:
-            warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} after "
-                          f"{info['recoveries']} restarts; returning the images of iteration "
-                          f"{info['iterations']}. Lower lr_img or lr_lr.", RuntimeWarning, stacklevel=3)
-            info["stopped"] = True
-            break
-        info["recoveries"] += 1
-        scale = 0.5 ** info["recoveries"]
-        with torch.no_grad():
-            for t, good in zip(learned, last_finite):
-                t.copy_(good)
-            lr.fill_(last_lr)
-        steppers = optimisers(scale)  # fresh: no momentum from the diverged steps
-        warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
-                      f"restarting from iteration {info['iterations']} with lr_img "
-                      f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
-                      f"(restart {info['recoveries']} of {settings.max_recoveries})",
-                      RuntimeWarning, stacklevel=3)
+        if (it + 1) % settings.progress_every == 0 or it + 1 == settings.iterations:
+            value = float(loss.detach())
+            if all(torch.isfinite(t).all() for t in learned) and torch.isfinite(lr) and math.isfinite(value):
+                last_finite, last_lr = [t.detach().clone() for t in learned], float(lr.detach())
+                info.update(iterations=it + 1, loss=value, syn_lr=last_lr)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{last_lr:.4g}")
+            elif info["recoveries"] == settings.max_recoveries:
+                warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} after "
+                              f"{info['recoveries']} restarts; returning the images of iteration "
+                              f"{info['iterations']}. Lower lr_img or lr_lr.", RuntimeWarning, stacklevel=3)
+                info["stopped"] = True
+                break
+            else:
+                info["recoveries"] += 1
+                scale = 0.5 ** info["recoveries"]
+                with torch.no_grad():
+                    for t, good in zip(learned, last_finite):
+                        t.copy_(good)
+                    lr.fill_(last_lr)
+                steppers = optimisers(scale)  # fresh: no momentum from the diverged steps
+                warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
+                              f"restarting from iteration {info['iterations']} with lr_img "
+                              f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
+                              f"(restart {info['recoveries']} of {settings.max_recoveries})",
+                              RuntimeWarning, stacklevel=3)
+        if checkpoint is not None and it + 1 < settings.iterations and checkpoint.due():
+            checkpoint.save({"loop": "pad", "iteration": it + 1, "images": images.detach(),
+                             "learned": [t.detach() for t in learned], "lr": float(lr.detach()),
+                             "optimisers": [opt.state_dict() for opt in steppers], "last_finite": last_finite,
+                             "last_lr": last_lr, "info": info, "buffers": dict(student.module.named_buffers())})
     bar.close()
     if stats is not None:
         stats.update(info)
@@ -652,7 +679,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None,
              context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             trajectory: LearnerTrajectory | None = None) -> Condensed:
+             trajectory: LearnerTrajectory | None = None, checkpoint: LoopCheckpoint | None = None) -> Condensed:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -676,6 +703,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             optimised or returned.
         trajectory: with `settings.expert == "learner"`, the learner's trajectory to match
             instead of trained experts (`match_learner`).
+        checkpoint: optional `LoopCheckpoint` of the matching iterations (`distill`); the
+            scoring and the experts are trained again on a resume, from the same draws.
 
     Returns:
         a `Condensed`: images (sum(budget), C, H, W) float32 on `device`, grouped by class
@@ -700,7 +729,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             raise ValueError("PADSettings.expert = 'learner' matches the replay learner's trajectory "
                              "(ccl run); pass trajectory=, or use expert = 'trained'")
         return match_learner(real, labels, budget, device, settings, trajectory, init=init,
-                             progress=progress, stats=stats, context=context)
+                             progress=progress, stats=stats, context=context, checkpoint=checkpoint)
     class_ids = torch.tensor(classes, device=device)  # (K,) original ids, budget order
     # Context classes follow the budget's in the networks' outputs: K .. K+K'-1.
     all_ids = class_ids if context is None else torch.cat([class_ids, context_y.unique().to(device)])
@@ -759,7 +788,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     network = make_network(settings, num_classes, tuple(real.shape[1:]), device)
     soft = initial_soft_labels(network, trajectories[0][-1], images) if settings.soft_labels else None
     images, soft = distill(trajectories, images, syn_labels, num_classes, settings, keep_from, progress, info,
-                           fixed, bounds, desc=f"PAD classes {classes}", network=network, soft=soft)
+                           fixed, bounds, desc=f"PAD classes {classes}", network=network, soft=soft,
+                           checkpoint=checkpoint)
     timings["match_s"] = now(device) - began
 
     if stats is not None:
@@ -781,8 +811,8 @@ def initial_soft_labels(network: nn.Module, theta: torch.Tensor, images: torch.T
 def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                   device: torch.device | str, settings: PADSettings, trajectory: LearnerTrajectory, *,
                   init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-                  stats: dict | None = None,
-                  context: tuple[torch.Tensor, torch.Tensor] | None = None) -> Condensed:
+                  stats: dict | None = None, context: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  checkpoint: LoopCheckpoint | None = None) -> Condensed:
     """PAD against the learner's own trajectory (`settings.expert == "learner"`), called by
     `condense` once it has checked the inputs and kept the budget classes' finite real
     images (on `device`).
@@ -825,7 +855,7 @@ def match_learner(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, in
     columns = torch.arange(num_classes, device=device)
     images, soft = distill([snapshots], images, syn_labels, num_classes, run, keep_from, progress, info, fixed,
                            bounds, desc=f"PAD (learner) classes {list(budget)}", network=trajectory.network,
-                           soft=soft)
+                           soft=soft, checkpoint=checkpoint)
     if stats is not None:
         stats.update(score_s=0.0, experts_s=0.0, match_s=now(device) - began, alpha=alpha, keep_from=keep_from,
                      context_images=0 if fixed is None else len(fixed[1]), expert="learner",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ccl.condense import LoopCheckpoint
 from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
@@ -50,16 +51,19 @@ class MemorySpec:
         """Slots shared out among the seen classes: a budget below the class count is an error."""
         return self.kind == "avalanche" or (self.on_device and self.policy == "end")
 
-    def make_filler(self, device, settings: Any, progress: bool = True) -> Filler:
+    def make_filler(self, device, settings: Any, progress: bool = True,
+                    checkpoint: LoopCheckpoint | None = None) -> Filler:
         if self.method is not None:
-            return CondenseFiller(device, settings, self.method, progress)
+            return CondenseFiller(device, settings, self.method, progress, checkpoint)
         return self.filler(device, settings, progress)
 
     def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
-                    batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds()):
+                    batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds(),
+                    checkpoint: LoopCheckpoint | None = None):
         """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
-        the replay strategy asks of an on-device memory (its entry's `memory_needs`)."""
+        the replay strategy asks of an on-device memory (its entry's `memory_needs`);
+        `checkpoint`: how a condensing filler's iterations are saved and resumed."""
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
@@ -67,8 +71,9 @@ class MemorySpec:
             return None
         if self.policy == "stream":
             return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs)
-        return DeviceMemoryPlugin(mem_size, mem_batch, self.make_filler(device, settings, progress), real_images,
-                                  device, codec, augment, schedule=schedule, stream_slots=stream_slots, needs=needs)
+        filler = self.make_filler(device, settings, progress, checkpoint)
+        return DeviceMemoryPlugin(mem_size, mem_batch, filler, real_images, device, codec, augment,
+                                  schedule=schedule, stream_slots=stream_slots, needs=needs)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")

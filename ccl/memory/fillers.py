@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ccl.condense import Condensed
+from ccl.condense import Condensed, LoopCheckpoint
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
 from ccl.training import reinitialise
@@ -126,6 +126,9 @@ class CondenseFiller(Filler):
     replayed for one experience only. `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
     records while the experience trains and hands over as `trajectory`.
 
+    `checkpoint` (a `ccl.condense.LoopCheckpoint`) is handed to the method, which saves
+    and resumes its iterations through it (a run's checkpoints inside a condensation).
+
     A method that learns soft labels (PAD's `soft_labels`), or `soft_labels` on one that
     learns none (DataDAM: the learner's logits on the condensed images), makes `fill` return a
     `Condensed` whose `soft_labels` are (S, outputs) logits over the learner's outputs,
@@ -133,9 +136,10 @@ class CondenseFiller(Filler):
     """
     method: Callable
 
-    def __init__(self, device, settings, method: Callable, progress: bool = True):
+    def __init__(self, device, settings, method: Callable, progress: bool = True,
+                 checkpoint: LoopCheckpoint | None = None):
         super().__init__(device, settings, progress)
-        self.method = method
+        self.method, self.checkpoint = method, checkpoint
 
     @property
     def matches_learner(self) -> bool:
@@ -170,6 +174,8 @@ class CondenseFiller(Filler):
             extra["prefix_sizes"] = later
         if option("guide_weight", 0.0) > 0:
             extra["guide"] = learner
+        if self.checkpoint is not None:
+            extra["checkpoint"] = self.checkpoint
         tail = None
         if nested and option("lasting_only", False) and option("init", None) == "herding":
             budget, extra["init"], tail = _lasting(budget, extra["init"], later)

@@ -267,6 +267,16 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
             return self.logits
         return learner_features(learner, self.codec.decode(stored), logits=True).float()
 
+    def checkpoint(self) -> dict:
+        """`state()` and what is in flight inside an experience: the stream slots'
+        reservoir and the learner's trajectory recorded so far."""
+        state = self.state()
+        if self._reservoir is not None:
+            state["stream_reservoir"] = self._reservoir.state()
+        if self.recorder is not None:
+            state["trajectory"] = self.recorder.state()
+        return state
+
     def restore(self, state: dict) -> None:
         self.images = state["images"].to(self.device)
         self.labels = state["labels"].to(self.device)
@@ -275,6 +285,10 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
             self.logits = state["logits"].to(self.device)
         if "soft_targets" in state:
             self.soft = state["soft_targets"].to(self.device)
+        reservoir = state.get("stream_reservoir")
+        self._reservoir = StreamReservoir.restored(reservoir, self.device) if reservoir is not None else None
+        if self.recorder is not None and "trajectory" in state:
+            self.recorder.restore(state["trajectory"])
 
 
 class ReservoirMemoryPlugin(ReplayMemoryPlugin):
@@ -366,6 +380,7 @@ class StreamReservoir:
 
     def __init__(self, budget: dict[int, int], offset: int, device: torch.device):
         caps = torch.tensor(list(budget.values()), device=device)  # (K,)
+        self.budget = dict(budget)
         self.offset, self.size, self.offered = offset, int(caps.sum()), 0
         self.caps, self.seen = caps, torch.zeros_like(caps)  # seen: samples of each class offered so far
         self.starts = offset + caps.cumsum(0) - caps  # (K,) first row of each class
@@ -374,6 +389,17 @@ class StreamReservoir:
         self.row_class = torch.repeat_interleave(torch.arange(len(budget), device=device), caps)  # (size,)
         self.row_rank = torch.arange(self.size, device=device) - (self.starts - offset)[self.row_class]
         self.labels = torch.tensor(list(budget), device=device)[self.row_class]  # (size,)
+
+    def state(self) -> dict:
+        """What the reservoir has taken so far, as tensors and plain values."""
+        return {"budget": [[c, n] for c, n in self.budget.items()], "offset": self.offset,
+                "offered": self.offered, "seen": self.seen}
+
+    @classmethod
+    def restored(cls, state: dict, device: torch.device) -> StreamReservoir:
+        reservoir = cls({int(c): int(n) for c, n in state["budget"]}, int(state["offset"]), device)
+        reservoir.offered, reservoir.seen = int(state["offered"]), state["seen"].to(device)
+        return reservoir
 
     def filled(self) -> torch.Tensor:
         """(size,) bool: which slots hold a sample."""

@@ -36,6 +36,14 @@ class TrajectoryRecorder(SupervisedPlugin):
             epochs = len(self.snapshots) - 1
             self.epoch_step = group["lr"] * self.steps / max(epochs, 1) / (1 - group.get("momentum", 0.0))
 
+    def state(self) -> dict:
+        """What has been recorded so far in this experience (for a checkpoint inside it)."""
+        return {"snapshots": list(self.snapshots), "steps": self.steps, "epoch_step": self.epoch_step}
+
+    def restore(self, state: dict) -> None:
+        self.snapshots = list(state["snapshots"])
+        self.steps, self.epoch_step = int(state["steps"]), float(state["epoch_step"])
+
     def take(self, learner: nn.Module) -> LearnerTrajectory | None:
         """The trajectory recorded over the experience just trained (None: none), handed
         over once: the recorder lets its snapshots go."""

@@ -43,6 +43,14 @@ class BiCPlugin(ReplayLoss):
         self.bias = (1.0, 0.0, [])  # alpha, beta, the classes they correct
         self.learner: torch.nn.Module | None = None
 
+    def checkpoint(self) -> dict:
+        """The bias layer carried to the next experience's teacher and evaluation."""
+        alpha, beta, classes = self.bias
+        return {"alpha": alpha, "beta": beta, "classes": list(classes)}
+
+    def restore(self, state: dict) -> None:
+        self.bias = (float(state["alpha"]), float(state["beta"]), [int(c) for c in state["classes"]])
+
     def before_training_exp(self, strategy, **kwargs):
         self.strategy = strategy
         self.old = list(self.memory.classes)
