@@ -16,7 +16,7 @@ LAYERS = [
     {"memory"},
     {"strategies"},
     {"replay"},
-    {"experiment", "checkpoint", "logs", "guards"},
+    {"experiment", "checkpoint", "estimate", "logs", "guards"},
     {"runner"},
     {"report", "cells"},
     {"executors"},
