@@ -52,9 +52,9 @@ class Estimate:
     memory_guessed: bool  # no memory update has run yet: its time is the training-rate guess
 
     def short(self) -> str:
-        """For a progress bar, beside its own estimate of the experience: "whole run: 1 h 12
-        min left of 1 h 15 min"."""
-        return f"whole run: {duration(self.left)} left of {duration(self.total)}"
+        """For a progress bar, beside its own estimate of the experience, short enough for
+        an 80-column terminal: "run: 1h12m left of 1h15m"."""
+        return f"run: {duration(self.left, compact=True)} left of {duration(self.total, compact=True)}"
 
     def line(self) -> str:
         """For a log: one sentence with the parts."""
@@ -65,13 +65,14 @@ class Estimate:
                 f"{duration(self.testing)}{guess})")
 
 
-def duration(seconds: float) -> str:
-    """45 s, 8 min, 1 h 12 min: as precise as an estimate is."""
+def duration(seconds: float, compact: bool = False) -> str:
+    """45 s, 8 min, 1 h 12 min (compact: 45s, 8m, 1h12m): as precise as an estimate is."""
     seconds = max(0.0, seconds)
+    s, m, h = ("s", "m", "h") if compact else (" s", " min", " h ")
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.0f}{s}"
     minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes}{m}" if minutes < 60 else f"{minutes // 60}{h}{minutes % 60}{m}"
 
 
 class RunClock:

@@ -45,8 +45,9 @@ class Progress:
                 self.bar.update(1)
                 if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
                     estimate = self.clock.estimate() if self.clock else None
-                    self.bar.set_postfix_str(f"loss={strategy.loss.item():.3f}"
-                                             + (f", {estimate.short()}" if estimate else ""))
+                    # the estimate first: an 80-column terminal cuts the line's end
+                    self.bar.set_postfix_str((f"{estimate.short()}, " if estimate else "")
+                                             + f"loss={strategy.loss.item():.3f}")
                     self.print_estimate()
 
             def print_estimate(self):

@@ -55,7 +55,7 @@ def test_first_estimate_from_the_training_rate():
     assert e.total == pytest.approx(20 + e.left)  # 40 minibatches of 0.5 s spent
     assert e.training == pytest.approx(125.0) and e.memory == pytest.approx(memory)
     assert e.testing == pytest.approx(testing) and e.memory_guessed
-    assert "guessed" in e.line() and "left of" in e.short()
+    assert "guessed" in e.line() and e.short() == "run: 3m left of 4m"
 
 
 def test_refined_after_the_first_experience():
@@ -118,6 +118,7 @@ def test_a_short_experience_is_timed_at_its_end():
 def test_durations_read_as_estimates():
     assert [duration(s) for s in (-3, 45, 89, 90, 600, 3599, 3600, 4320)] == \
         ["0 s", "45 s", "89 s", "2 min", "10 min", "1 h 0 min", "1 h 0 min", "1 h 12 min"]
+    assert duration(4320, compact=True) == "1h12m" and duration(45, compact=True) == "45s"
 
 
 def test_a_run_counts_its_plan_and_prints_the_estimate_once_off_a_terminal(tmp_path, tiny_run, capsys):
