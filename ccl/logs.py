@@ -3,17 +3,21 @@ continued across a resume, and the optional TensorBoard and W&B loggers."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ccl.errors import CclError
+from ccl.estimate import RunClock, RunPlan
 from ccl.io import open_regular
 
 
 class Progress:
-    """Avalanche plugin drawing one tqdm bar per experience with the running loss, and
-    one over the test minibatches while evaluating."""
+    """Avalanche plugin drawing one tqdm bar per experience with the running loss and,
+    once the first minibatches are timed, the whole run's estimate (`ccl.estimate`); one
+    bar over the test minibatches while evaluating. When stdout is not a terminal (a log
+    file) the estimate is also printed once, as a line."""
 
-    def __new__(cls, enabled: bool, label: str):
+    def __new__(cls, enabled: bool, label: str, plan: RunPlan | None = None):
         from avalanche.core import SupervisedPlugin
         from tqdm import tqdm
 
@@ -21,6 +25,12 @@ class Progress:
             def __init__(self):
                 super().__init__()
                 self.bar = None
+                self.clock = RunClock(plan) if plan is not None else None
+                self.estimate_printed = sys.stdout.isatty()  # a terminal has the bar
+
+            def before_training_exp(self, strategy, **kw):
+                if self.clock:
+                    self.clock.start_experience(strategy.experience.current_experience)
 
             def before_training_epoch(self, strategy, **kw):
                 if self.bar is None:
@@ -30,17 +40,33 @@ class Progress:
                                     disable=not enabled, leave=False, dynamic_ncols=True)
 
             def after_training_iteration(self, strategy, **kw):
+                if self.clock:
+                    self.clock.step()
                 self.bar.update(1)
                 if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
-                    self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}")
+                    estimate = self.clock.estimate() if self.clock else None
+                    # the estimate first: an 80-column terminal cuts the line's end
+                    self.bar.set_postfix_str((f"{estimate.short()}, " if estimate else "")
+                                             + f"loss={strategy.loss.item():.3f}")
+                    self.print_estimate()
+
+            def print_estimate(self):
+                if self.clock and enabled and not self.estimate_printed and self.clock.settled:
+                    self.estimate_printed = True
+                    tqdm.write(self.clock.estimate().line(), file=sys.stdout)
 
             def after_training_exp(self, strategy, **kw):
+                if self.clock:
+                    self.clock.training_done()  # the memory update follows (a later plugin)
+                    self.print_estimate()  # an experience too short to print it yet
                 if self.bar is not None:  # None: a run resumed inside the memory's update trains no epoch
                     self.bar.close()
                 self.bar = None
 
             # Evaluation: one bar over every test experience's minibatches.
             def before_eval(self, strategy, **kw):
+                if self.clock:
+                    self.clock.testing_started()
                 size = strategy.eval_mb_size
                 total = sum(-(-len(exp.dataset) // size) for exp in strategy.current_eval_stream)
                 self.eval_bar = tqdm(total=total, desc=f"{label} testing", unit="batch", disable=not enabled,
@@ -50,6 +76,8 @@ class Progress:
                 self.eval_bar.update(1)
 
             def after_eval(self, strategy, **kw):
+                if self.clock:
+                    self.clock.testing_done()
                 self.eval_bar.close()
 
         return ProgressPlugin()

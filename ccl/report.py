@@ -353,7 +353,9 @@ def _figure(width: float, height: float):
 
 def save_figure(fig, path: Path) -> None:
     """Write a PNG atomically: render to a temporary file beside it, then rename."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))  # long tick labels stay in
+    title = {"Title": fig.get_suptitle()} if fig.get_suptitle() else {}  # a PNG text chunk: readable without pixels
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",  # long tick labels stay in
+                                               metadata=title))
 
 
 def slug(label: str) -> str:
@@ -362,42 +364,61 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "memory"
 
 
+LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")]
+
+
 def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy on all classes after each experience (the table's metric, Avalanche's
-    stream accuracy): a line per memory with its min–max band over seeds, one panel per
-    strategy when there are several; joint training (no stream) as a dashed line."""
+    """Accuracy on the classes seen so far after each experience: the curves of the table's
+    rows, ending at its final accuracy (after the last experience every class is seen).
+    Accuracy on all classes would climb by construction as classes arrive, a staircase
+    that hides the few points memories differ by; the seen classes' accuracy shows how
+    each one holds up. One panel per strategy when there are several, panels and
+    legend rows in the table's order; a memory keeps its colour, line style and marker
+    everywhere, its points a little apart from the others' so that none hides another; a
+    min–max band over seeds where a group has two or more; joint training (no stream) as
+    a horizontal line at its accuracy."""
+    ordered = _as_the_table_sorts(g for g in groups if g["seen_accuracy"])
+    if not ordered:
+        return
     panels: dict[str, list[dict[str, Any]]] = {}
-    for g in _as_the_table_sorts(groups):  # panels left to right as their best rows come in comparison.md
+    for g in ordered:  # panels left to right as their best rows come in comparison.md
         panels.setdefault(str((g.get("axes") or {}).get("strategy", "")), []).append(g)
-    memories = list(dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in groups))
-    colors = {m: f"C{i % 10}" for i, m in enumerate(memories)}  # a memory keeps its colour in every panel
-    steps = max((len(g["average_accuracy"]["mean"]) for g in groups if g["average_accuracy"] and not g["joint"]),
-                default=1)
-    fig = _figure(3.6 * len(panels) + 2.2, 4.2)
+    memories = list(dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in ordered))
+    look = {m: (f"C{i % 10}", *LINE_STYLES[i % len(LINE_STYLES)]) for i, m in enumerate(memories)}
+    dodge = {m: 0.05 * (i - (len(memories) - 1) / 2) for i, m in enumerate(memories)}  # x offsets, experiences
+    steps = max((len(g["seen_accuracy"]["mean"]) for g in ordered if not g["joint"]), default=1)
+    several = any(len(g["seeds"]["finished"]) > 1 for g in ordered)  # one seed draws no band
+    lowest = min(v for g in ordered for v in (g["seen_accuracy"]["min"] if not g["joint"]
+                                               else g["seen_accuracy"]["mean"][-1:]))
+    rows = max(len(members) for members in panels.values())
+    fig = _figure(max(5.0, 4.2 * len(panels)), 3.6 + 0.22 * rows)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (strategy, members) in zip(axes, panels.items()):
         for g in members:
-            s, n = g["average_accuracy"], len(g["seeds"]["finished"])
-            if s is None:
-                continue
+            s, n = g["seen_accuracy"], len(g["seeds"]["finished"])
             memory = (g.get("axes") or {}).get("memory", g["label"])
             label = plain_text(g["label"] if not strategy else g["label"].replace(f"{strategy} ", "", 1))
-            color = colors[memory]
+            final = f"{_fmt(g['final_average_accuracy'], 3)} ({n} seed{'s' if n > 1 else ''})"
+            color, style, marker = look[memory]
             if g["joint"]:
-                ax.axhline(s["mean"][-1], color=color, linestyle="--", label=f"{label} (all data, n={n})")
+                ax.axhline(s["mean"][-1], color=color, linestyle=style, linewidth=1.2,
+                           label=f"{label}, all data at once: {final}")
                 continue
-            x = range(1, len(s["mean"]) + 1)
-            ax.plot(x, s["mean"], color=color, marker="o", markersize=3, label=f"{label} (n={n})")
-            ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.12, linewidth=0)
-        ax.set(xlabel="experiences trained", ylim=(0, 1.02), xlim=(0.8, steps + 0.2),
+            x = [i + 1 + dodge[memory] for i in range(len(s["mean"]))]
+            ax.plot(x, s["mean"], color=color, linestyle=style, marker=marker, markersize=5, linewidth=1.6,
+                    label=f"{label}: {final}")
+            if n > 1:
+                ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.15, linewidth=0)
+        ax.set(xlabel="experiences trained", xlim=(0.7, steps + 0.3), ylim=(max(0.0, lowest - 0.04), 1.01),
                title=plain_text(strategy) if strategy else None)
         ax.set_xticks(range(1, steps + 1))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy on all classes")
-    several = any(len(g["seeds"]["finished"]) > 1 for g in groups)  # one seed draws no band
-    fig.suptitle("Accuracy after each experience" + (" (mean over seeds; band: min–max)" if several else ""),
-                 fontsize=10)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+        # below the panel, one row per line in the table's order: never over a curve
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False,
+                  title="final accuracy" + (" (mean ± std)" if several else ""), title_fontsize="small")
+    axes[0].set_ylabel("accuracy on the classes seen so far")
+    fig.suptitle("Accuracy after each experience on the classes seen so far (the last point: the table's final "
+                 "accuracy)" + ("\nmean over seeds; band: min–max over seeds" if several else ""), fontsize=10)
     save_figure(fig, path)
 
 

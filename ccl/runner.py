@@ -23,6 +23,7 @@ from ccl.checkpoint import (CHECKPOINT, RunShape, load_checkpoint, metric_states
 from ccl.condense import dsa
 from ccl.data.augment import crop_flip
 from ccl.errors import CclError
+from ccl.estimate import plan_run
 from ccl.experiment import MEM_DTYPES, Prepared, RunConfig, new_run_dir, prepare, resolved_config
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
 from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
@@ -107,7 +108,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
                                 cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings),
                                 checkpoint=condensation)
 
-    plugins = [Progress(progress, cfg.memory), DivergenceGuard()]
+    plugins = [Progress(progress, cfg.memory, plan_run(p, bench, memory)), DivergenceGuard()]
     if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples
         plugins.append(AugmentPlugin(augments[cfg.stream_augment]))
     if not p.strategy.memory_alone and memory is not None:

@@ -23,17 +23,25 @@ def write_class_folders(root, classes, per_class, size=(32, 32), suffix=".png"):
                 Image.fromarray(pixels).save(root / split / name / f"{i:04d}{suffix}")
 
 
-def test_cifar_class_folder_layout_and_cache(tmp_path, monkeypatch):
+def test_cifar_class_folder_layout_and_cache(tmp_path, monkeypatch, caplog):
     write_class_folders(tmp_path / "cifar10", CIFAR_CLASSES, 2)
-    data = load_dataset("cifar10", tmp_path, download=False)
+    with caplog.at_level("INFO", logger="ccl"):
+        data = load_dataset("cifar10", tmp_path, download=False)
+    # a first decoding says so, then where its cache went and how large it is: two lines
+    cache = next((tmp_path / "cifar10" / ".ccl-cache").glob("cifar10-*.npz"))
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"decoding the images of {tmp_path / 'cifar10'}", f"cached the decoded images in {cache}"]
+    assert caplog.records[1].getMessage().endswith("KiB)")
+    caplog.clear()
     assert data.train_x.shape == (20, 32, 32, 3) and data.train_x.dtype == np.uint8
     assert data.classes == CIFAR_CLASSES
     assert np.array_equal(np.bincount(data.train_y), [2] * 10)
     assert data.train_x[data.train_y == 3].min() >= 60  # label 3 images were filled with 60
     # the second load reads the cache and never decodes
     monkeypatch.setattr(cifar_module, "_from_class_folders", lambda *a, **k: pytest.fail("decoded twice"))
-    again = load_dataset("cifar10", tmp_path, download=False)
-    assert np.array_equal(again.train_x, data.train_x)
+    with caplog.at_level("INFO", logger="ccl"):
+        again = load_dataset("cifar10", tmp_path, download=False)
+    assert np.array_equal(again.train_x, data.train_x) and not caplog.records  # a cache hit is silent
 
 
 def test_cifar_torchvision_layout(tmp_path):

@@ -16,7 +16,7 @@ LAYERS = [
     {"memory"},
     {"strategies"},
     {"replay"},
-    {"experiment", "checkpoint", "logs", "guards", "resume"},
+    {"experiment", "checkpoint", "estimate", "logs", "guards", "resume"},
     {"runner"},
     {"report", "cells"},
     {"executors"},

@@ -97,6 +97,40 @@ def test_report_draws_every_figure(comparison):
     assert not (comparison / "memory-dm.png").exists()  # a figure of the earlier report that no longer applies
 
 
+def _strategy_copy(folder: Path, strategy: str, seeds: tuple[int, ...]) -> Path:
+    """The fixture's random and dm cells of `seeds`, every run marked as run by `strategy`."""
+    for cell in FIXTURE.glob("cells/*-s*"):
+        memory, seed = cell.name.rsplit("-s", 1)
+        if memory in ("random", "dm") and int(seed) in seeds:
+            shutil.copytree(cell, folder / "cells" / cell.name)
+    for path in folder.rglob("config.json"):
+        config = json.loads(path.read_text())
+        config["run"]["strategy"] = strategy
+        path.write_text(json.dumps(config))
+    return folder
+
+
+def _png_title(path: Path) -> str:
+    from PIL import Image
+    with Image.open(path) as image:
+        return image.text.get("Title", "")  # the figure's title, written as a PNG text chunk
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0,)])
+def test_a_two_by_two_comparison_has_its_figures_and_a_band_only_with_seeds_to_span(tmp_path, seeds):
+    """Strategies x memories (er, der++ x random, dm): final.png and accuracy.png are
+    written, one panel per strategy; the title promises a min-max band only when a group
+    has two seeds."""
+    dirs = [_strategy_copy(tmp_path / name, name, seeds) for name in ("er", "der++")]
+    summary = write_report(dirs, tmp_path / "report")
+    assert sorted(g["label"] for g in summary["memories"]) == ["der++ dm", "der++ random", "er dm", "er random"]
+    for name in ("final.png", "accuracy.png"):
+        data = (tmp_path / "report" / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 2000
+    title = _png_title(tmp_path / "report" / "accuracy.png")
+    assert "seen so far" in title and ("min–max" in title) == (len(seeds) > 1)
+
+
 def test_pixels_are_denormalised_or_decoded():
     images = torch.tensor([-1.0, 0.0, 2.0]).view(3, 1, 1, 1)  # (N, C, H, W)
     assert to_pixels(images, (0.5,), (0.25,)).flatten().tolist() == [0.25, 0.5, 1.0]  # x * std + mean, clipped

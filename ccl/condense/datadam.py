@@ -149,6 +149,16 @@ class DataDAMSettings:
         if self.guide_weight < 0:
             raise ValueError(f"DataDAMSettings.guide_weight must be >= 0, got {self.guide_weight}")
 
+    def work(self, classes: int, synthetic: int, real_per_class: float, learner_width: int) -> float:
+        """A rough cost of condensing `classes` classes of `real_per_class` real images into
+        `synthetic` images, in sample-passes of the learner (one image forward and backward
+        through it; a forward alone is about a third): every iteration passes real_batch
+        real images a class forward and every synthetic image forward and backward through
+        the random network, a ConvNet's cost growing about as its width squared, and with
+        `guide_weight` through the learner too. For a run's time estimate."""
+        per_iteration = classes * self.real_batch / 3 + synthetic
+        networks = (self.width / learner_width) ** 2 + (1 if self.guide_weight > 0 else 0)
+        return iteration_budget(self, real_per_class) * per_iteration * networks
 
 def dm_settings(**overrides) -> DataDAMSettings:
     """DM (distribution matching) = DataDAM without the SAM term.

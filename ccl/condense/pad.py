@@ -190,6 +190,18 @@ class PADSettings:
             raise ValueError(f"PADSettings.holdout must be in [0, 1), got {self.holdout}")
         self.schedule  # noqa: B018 -- builds (and so validates) the schedule fractions
 
+    def work(self, classes: int, synthetic: int, real_per_class: float, learner_width: int) -> float:
+        """A rough cost of condensing `classes` classes of `real_per_class` real images into
+        `synthetic` images, in sample-passes of the learner (one image forward and backward
+        through it): each iteration's student takes syn_steps steps on a synthetic batch,
+        and the backward through them costs about as much again; trained experts first
+        train on the real images. A ConvNet's cost grows about as its width squared; on
+        the learner's trajectory the student is the learner. For a run's time estimate."""
+        scale = 1.0 if self.expert == "learner" else (self.width / learner_width) ** 2
+        matching = self.iterations * self.syn_steps * (self.batch_syn or synthetic) * 2
+        experts = 0 if self.expert == "learner" else self.num_experts * self.expert_train_epochs * classes * real_per_class
+        return (matching + experts) * scale
+
     @property
     def schedule(self) -> ExpertSchedule:
         """The scheduler's phase fractions as an ExpertSchedule (validated there)."""

@@ -54,6 +54,10 @@ def _cache_path(root: Path, name: str, key: str) -> Path:
     return Path(tempfile.gettempdir()) / f"ccl-{name}-{key}.npz"
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.0f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:,.0f} KiB"
+
+
 def shape_problem(arrays: dict[str, np.ndarray]) -> str | None:
     """What is wrong with a data set's arrays (classes, {train,test}_{x,y}), or None."""
     missing = sorted({"classes", "train_x", "train_y", "test_x", "test_y"} - set(arrays))
@@ -90,6 +94,9 @@ def cached_arrays(root: Path, name: str, key: str,
                 log.warning("cache %s is unreadable (%s); decoding again", path, e)
                 if path.is_file() and not path.is_symlink():
                     path.unlink(missing_ok=True)
+    # Said before the silence of a first decoding (a bar counts the images on a terminal),
+    # and where the result went: a few hundred MB beside the data should not surprise.
+    log.info("decoding the images of %s (the first time only: later runs read a cache)", root)
     arrays = decode()  # may hold "warnings": messages it logged, given again on a cache hit
     path = _cache_path(root, name, key)
     tmp = None
@@ -98,6 +105,7 @@ def cached_arrays(root: Path, name: str, key: str,
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
+        log.info("cached the decoded images in %s (%s)", path, _size(path.stat().st_size))
     except OSError as e:  # a read-only disk costs speed, never the run
         log.warning("could not write cache %s (%s)", path, e)
         if tmp:

@@ -73,6 +73,14 @@ class Filler:
              later: dict[int, list[int]] | None = None, trajectory=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def work(self, classes: int, slots: int, real_per_class: float, learner_width: int) -> float:
+        """A rough cost of filling `slots` slots of `classes` new classes of `real_per_class`
+        real images each, in sample-passes (one image forward and backward through the
+        learner, of `learner_width` channels; a forward alone is about a third): the run's
+        time estimate (ccl.estimate) prices it at the training rate until a fill has been
+        timed. Random images: none."""
+        return 0.0
+
 
 class RandomFiller(Filler):
     """Class-balanced random real images."""
@@ -92,6 +100,9 @@ def herding_exemplars(real: torch.Tensor, labels: torch.Tensor, budget: dict[int
 
 class HerdingFiller(Filler):
     """iCaRL herding on the learner's features, in the order herding picks them."""
+
+    def work(self, classes, slots, real_per_class, learner_width):
+        return classes * real_per_class / 3  # the learner's features of every real image
 
     def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         return herding_exemplars(real.to(self.device), labels.to(self.device), budget, learner)
@@ -140,6 +151,11 @@ class CondenseFiller(Filler):
                  checkpoint: LoopCheckpoint | None = None):
         super().__init__(device, settings, progress)
         self.method, self.checkpoint = method, checkpoint
+
+    def work(self, classes, slots, real_per_class, learner_width):
+        condensing = getattr(self.settings, "work", None)  # a method's own cost, where it knows it
+        herding = classes * real_per_class / 3 if getattr(self.settings, "init", None) == "herding" else 0.0
+        return herding + (condensing(classes, slots, real_per_class, learner_width) if condensing else 0.0)
 
     @property
     def matches_learner(self) -> bool:
