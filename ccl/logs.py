@@ -30,6 +30,8 @@ class Progress:
                                     disable=not enabled, leave=False, dynamic_ncols=True)
 
             def after_training_iteration(self, strategy, **kw):
+                if not enabled:  # a disabled bar does not count: n % 20 would hold at every step
+                    return
                 self.bar.update(1)
                 if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
                     self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}")

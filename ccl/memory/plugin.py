@@ -114,9 +114,10 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
+        labels = self.labels[idx]  # (len(idx),)
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
-        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
-        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
+        strategy.mbatch[1] = torch.cat([y, labels])
+        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(labels)])  # class-incremental: task 0
 
     def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
         """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
@@ -347,19 +348,22 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
             self._allocate(x.shape[1:], strategy.mb_output.shape[1])
         nth = self.seen + torch.arange(1, len(y) + 1, device=y.device)  # (B,)
         self.seen += len(y)
-        rows = last_wins(reservoir_slots(nth, self.mem_size))
-        kept = rows >= 0
+        rows = last_wins(reservoir_slots(nth, self.mem_size))  # (B,) -1: not kept
+        # Every sample is written, those not kept to the spare row past the memory: a
+        # boolean selection of the kept ones would wait for the device (a host sync).
+        rows = torch.where(rows >= 0, rows, self.mem_size)
         images, labels, logits = self._rows
-        images[rows[kept]] = self.codec.encode(x[kept])
-        labels[rows[kept]] = y[kept]
+        images[rows] = self.codec.encode(x)
+        labels[rows] = y
         if self.record_logits:
-            logits[rows[kept]] = self._stream_logits[kept].float()
+            logits[rows] = self._stream_logits.float()
             self._stream_logits = None
         self._view(min(self.seen, self.mem_size))
 
     def _allocate(self, shape: torch.Size, num_classes: int) -> None:
-        """Full-size rows; `images`, `labels` and `logits` are views of the filled ones."""
-        n = self.mem_size
+        """Full-size rows and a spare one past them (where the samples the reservoir does
+        not keep are written); `images`, `labels` and `logits` are views of the filled ones."""
+        n = self.mem_size + 1
         self._rows = (self.codec.encode(torch.zeros(n, *shape, device=self.device)),
                       torch.zeros(n, dtype=torch.long, device=self.device),
                       torch.zeros(n, num_classes, device=self.device))

@@ -35,10 +35,23 @@ class ACEPlugin(ReplayLoss):
     (mammoth's ER-ACE defaults to a cosine one). Memory rows with soft targets (PAD's
     learned labels) take cross-entropy to them (`SoftTargetSettings`)."""
 
+    def __init__(self, memory, settings=None):
+        super().__init__(memory, settings)
+        self._old: tuple[tuple[int, ...], torch.Tensor] | None = None  # (classes, (num_classes,) mask of them)
+
+    def old_classes(self, output: torch.Tensor) -> torch.Tensor:
+        """(num_classes,) bool: the classes of earlier experiences, built again only when
+        an experience has added some (not a new tensor from a list at every step)."""
+        classes = tuple(self.memory.classes)
+        if self._old is None or self._old[0] != classes or self._old[1].device != output.device:
+            mask = torch.zeros(output.shape[1], dtype=torch.bool, device=output.device)
+            mask[list(classes)] = True
+            self._old = (classes, mask)
+        return self._old[1]
+
     def loss(self, output, y, stream):
-        old = torch.tensor(self.memory.classes, dtype=torch.long, device=y.device)  # of earlier experiences
-        absent = old[~torch.isin(old, y[:stream])]  # old classes this stream batch does not hold
-        stream_logits = output[:stream].index_fill(1, absent, torch.finfo(output.dtype).min)
+        hidden = self.old_classes(output).index_fill(0, y[:stream], False)  # old classes this batch does not hold
+        stream_logits = output[:stream].masked_fill(hidden, torch.finfo(output.dtype).min)
         return (F.cross_entropy(stream_logits, y[:stream])
                 + self.memory_cross_entropy(output[stream:], y[stream:], self.memory.last_draw))
 
