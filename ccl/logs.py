@@ -42,6 +42,8 @@ class Progress:
             def after_training_iteration(self, strategy, **kw):
                 if self.clock:
                     self.clock.step()
+                if not enabled:  # a disabled bar does not count: n % 20 would hold at every step
+                    return
                 self.bar.update(1)
                 if self.bar.n % 20 == 0:  # .item() syncs the device: not every step
                     estimate = self.clock.estimate() if self.clock else None

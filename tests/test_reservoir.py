@@ -35,13 +35,17 @@ def test_reservoir_slots_keep_a_uniform_sample_of_the_stream():
     assert abs(early - late) < 0.02  # neither end of the stream favoured
 
 
-def _step(memory, model, x, y):
-    """What Avalanche does around the memory's hooks for one minibatch."""
+def _step(memory, model, x, y, loss=None):
+    """What Avalanche does around the memory's hooks for one minibatch (without the
+    optimiser step itself); `loss(output, y)`, if given, is computed where Avalanche
+    computes the loss, and the strategy gets it as `.loss`."""
     strategy = SimpleNamespace(mbatch=[x, y, torch.zeros_like(y)])
     memory.before_training_iteration(strategy)
     memory.before_forward(strategy)
     strategy.mb_output = model(strategy.mbatch[0])
     memory.after_forward(strategy)
+    strategy.loss = loss(strategy.mb_output, strategy.mbatch[1]) if loss is not None else None
+    memory.after_update(strategy)
     return strategy
 
 
@@ -65,6 +69,32 @@ def test_a_sample_enters_with_its_logits_of_that_moment_and_replay_draws_distinc
         entered = out[first] if first.any() else out2[:4][(x2 == image).flatten(1).all(1)]  # stream rows first
         assert torch.equal(logits, entered.detach().squeeze(0))
     assert len(memory.labels) == 6 and memory.seen == 8 and len(out2) == 8  # 4 streamed, 4 replayed
+
+
+def test_a_replayed_row_overwritten_in_the_same_step_keeps_its_old_logits_as_target(monkeypatch):
+    """The step's stream samples enter after the optimiser step (mammoth's add_data after
+    opt.step()): DER's loss reads the logits a replayed row entered with, even when a
+    stream sample of the same step takes that row."""
+    torch.manual_seed(0)
+    model = build_learner("convnet", 4, (1, 8, 8), width=8, depth=2)
+    memory = ReservoirMemoryPlugin(2, 2, torch.device("cpu"), needs=MemoryNeeds(logits=True))
+    der = DERPlugin(memory)  # DER's alpha, no second batch
+    _step(memory, model, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))  # fills both rows: the memory is full
+    old_logits, old_images = memory.logits.clone(), memory.images.clone()
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # the learner moves on: a new forward gives other logits
+    # Force the reservoir to give row 1 to the first stream sample of the next step; with
+    # mem_batch = mem_size every row is replayed, row 1 included.
+    monkeypatch.setattr("ccl.memory.plugin.reservoir_slots", lambda nth, cap: torch.tensor([1, -1]))
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([2, 3])
+    strategy = _step(memory, model, x, y, loss=der)
+    drawn, out = memory.last_draw, strategy.mb_output.detach()
+    assert sorted(drawn.tolist()) == [0, 1]
+    assert torch.equal(memory.images[1], x[0]) and torch.equal(memory.logits[1], out[0])  # row 1 was overwritten
+    assert not torch.equal(out[0], old_logits[1])
+    expected = F.cross_entropy(out[:2], y) + der.alpha * F.mse_loss(out[2:], old_logits[drawn])
+    assert strategy.loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the target it entered with
+    assert torch.equal(strategy.mbatch[0][2:][drawn == 1][0], old_images[1])  # and its old image was replayed
 
 
 def test_a_reservoir_run_resumes_to_the_same_numbers_with_its_logits(tmp_path, tiny_run, interrupted_run):

@@ -43,6 +43,47 @@ def test_ace_hides_old_classes_absent_from_the_stream_batch_and_sums_the_terms_a
     assert plugin(out[:3], y[:3]).item() == pytest.approx(F.cross_entropy(out[:3], y[:3]).item(), rel=1e-6)
 
 
+def test_ace_replays_from_the_second_experience_on_as_mammoth():
+    """mammoth's ER-ACE neither masks nor replays while `current_task` is 0. ccl's
+    reservoir already holds the first experience's own samples then; under ER-ACE it
+    draws none of them until that experience has ended, and the loss is the stream's
+    plain cross-entropy."""
+    from types import SimpleNamespace
+
+    from ccl.memory import ReservoirMemoryPlugin
+    from ccl.strategies.er_ace import ace_memory
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4))
+    memory = ReservoirMemoryPlugin(4, 2, torch.device("cpu"), needs=ace_memory(None))
+    plugin = ACEPlugin(memory)
+
+    def step(x, y):
+        strategy = SimpleNamespace(mbatch=[x, y, torch.zeros_like(y)])
+        for hook in ("before_training_iteration", "before_forward"):
+            getattr(memory, hook)(strategy)
+        strategy.mb_output = model(strategy.mbatch[0])
+        memory.after_forward(strategy)
+        loss = plugin(strategy.mb_output, strategy.mbatch[1])
+        memory.after_update(strategy)
+        return strategy, loss
+
+    first = torch.tensor([0, 1, 0, 1])
+    for _ in range(2):  # the first experience: the memory fills, but nothing is replayed
+        x = torch.randn(4, 1, 2, 2)
+        strategy, loss = step(x, first)
+        assert memory.last_draw is None and len(strategy.mbatch[0]) == 4
+        assert loss.item() == pytest.approx(F.cross_entropy(model(x), first).item(), rel=1e-6)
+    assert len(memory.labels) == 4  # full of the first experience's samples
+    memory.after_training_exp(SimpleNamespace(experience=SimpleNamespace(classes_in_this_experience=[0, 1])))
+    x, y = torch.randn(4, 1, 2, 2), torch.tensor([2, 3, 2, 3])  # the second experience: masked stream + memory
+    strategy, loss = step(x, y)
+    drawn = memory.last_draw
+    assert len(drawn) == 2 and len(strategy.mbatch[0]) == 6
+    out = strategy.mb_output.detach()
+    expected = F.cross_entropy(out[:4, 2:], y - 2) + F.cross_entropy(out[4:], strategy.mbatch[1][4:])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_der_adds_the_mse_to_the_stored_logits(beta):
     torch.manual_seed(0)
@@ -67,7 +108,8 @@ def test_the_memory_is_built_with_what_the_strategy_declares_and_no_strategy_cha
     per minibatch, the learner's logits per row); the memory takes it when it is built,
     and building the strategy's plugin leaves every attribute of the memory as it was
     (issue 37: the method asks, the memory never learns who asked)."""
-    declared = {"der": MemoryNeeds(draws=1, logits=True), "der++": MemoryNeeds(draws=2, logits=True)}
+    declared = {"der": MemoryNeeds(draws=1, logits=True), "der++": MemoryNeeds(draws=2, logits=True),
+                "er-ace": MemoryNeeds(first_experience=False)}
     for name in STRATEGIES.names():
         entry = STRATEGIES.get(name).value
         settings = entry.settings()
@@ -75,7 +117,8 @@ def test_the_memory_is_built_with_what_the_strategy_declares_and_no_strategy_cha
         assert needs == declared.get(name, MemoryNeeds()), name
         memory = MEMORIES.get(kind).value.make_plugin(20, 4, torch.device("cpu"), None, None, progress=False,
                                                       needs=needs)
-        assert (memory.draws, memory.record_logits) == (needs.draws, needs.logits), name
+        assert (memory.draws, memory.record_logits, memory.replay_first_experience) == \
+            (needs.draws, needs.logits, needs.first_experience), name
         before = dict(vars(memory))
         if entry.plugin is not None:
             entry.plugin(memory, settings)

@@ -34,9 +34,13 @@ class MemoryNeeds:
         draws: independent memory batches of `mem_batch` appended to every minibatch
             (DER++: 2, one for its MSE, one for its cross-entropy).
         logits: every row keeps the learner's logits of its image as it enters (DER).
+        first_experience: replay during the first experience too, when the memory holds
+            only that experience's own stream samples (a reservoir, or stream slots);
+            False: from the second experience on, as mammoth's ER-ACE (`current_task > 0`).
     """
     draws: int = 1
     logits: bool = False
+    first_experience: bool = True
 
     def __post_init__(self):
         if self.draws < 1:
@@ -70,8 +74,10 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         self.codec = codec or MemoryCodec(torch.float32, (0.0,), (1.0,))
         self.augment = augment
         self._stream: tuple[torch.Tensor, torch.Tensor] | None = None  # this minibatch's stream samples
+        self._stream_logits: torch.Tensor | None = None  # (B, classes) their logits, from this step's forward
         self.draws = needs.draws  # independent memory batches appended per minibatch (DER++: 2)
         self.record_logits = needs.logits  # keep the learner's logits of every image as it enters (DER)
+        self.replay_first_experience = needs.first_experience  # draw before an experience has ended
         self.logits = torch.empty(0, device=self.device)  # (N, num_classes) when recorded
         # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
         # soft labels), NaN rows for the others; empty while no row has one.
@@ -87,6 +93,20 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         # plugin's before_forward) changes them: memory keeps the images themselves.
         self._stream = (strategy.mbatch[0], strategy.mbatch[1])
 
+    def _keep_stream_logits(self, strategy) -> None:
+        """Keep the logits this step's forward gave the stream samples (DER stores them
+        with a sample), for when the samples enter the memory after the optimiser step:
+        a detached view of the output, no copy."""
+        if self.record_logits:
+            self._stream_logits = strategy.mb_output[:len(self._stream[1])].detach()  # (B, classes)
+
+    def _replays_now(self) -> bool:
+        """Whether this minibatch gets memory samples: not before the memory has a row,
+        nor during the first experience (no class of an earlier one yet) for a strategy
+        that replays from the second on."""
+        return (len(self.labels) > 0 and self.mem_batch > 0
+                and (self.replay_first_experience or len(self.classes) > 0))
+
     def _append(self, strategy, idx: torch.Tensor) -> None:
         """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
         self.last_draw = idx
@@ -94,9 +114,10 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
+        labels = self.labels[idx]  # (len(idx),)
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
-        strategy.mbatch[1] = torch.cat([y, self.labels[idx]])
-        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(self.labels[idx])])  # class-incremental: task 0
+        strategy.mbatch[1] = torch.cat([y, labels])
+        strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(labels)])  # class-incremental: task 0
 
     def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
         """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
@@ -176,7 +197,7 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
         reservoir = self._reservoir
-        if len(self.labels) == 0 or self.mem_batch == 0:
+        if not self._replays_now():
             return
         n = self.draws * self.mem_batch
         if reservoir is None:
@@ -189,6 +210,13 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         self._append(strategy, idx)
 
     def after_forward(self, strategy, **kwargs):
+        if self._reservoir is not None:
+            self._keep_stream_logits(strategy)
+
+    def after_update(self, strategy, **kwargs):
+        """The step's stream samples enter their slots after the optimiser step, as in
+        mammoth: a row replayed in this step and overwritten by it kept its old logits
+        until the loss had read them."""
         if self._reservoir is None:
             return
         x, y = self._stream
@@ -196,11 +224,12 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         kept = rows >= 0
         self.images[rows[kept]] = self.codec.encode(x[kept])
         if self.record_logits:
-            logits = strategy.mb_output[:len(y)].detach().float()  # (B, classes) as DER records them
+            logits = self._stream_logits.float()  # (B, classes) as DER records them
             if len(self.logits) < len(self.labels):
                 self.logits = torch.cat([self.logits.view(-1, logits.shape[1]),
                                          logits.new_zeros(self._reservoir.size, logits.shape[1])])
             self.logits[rows[kept]] = logits[kept]
+        self._stream_logits = None
 
     def after_training_exp(self, strategy, **kwargs):
         new = [c for c in strategy.experience.classes_in_this_experience if c not in self.classes]
@@ -295,8 +324,8 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """The buffer of the ER, ER-ACE and DER papers (mammoth's `Buffer`), on the device:
     every stream sample is offered to one reservoir of `mem_size` slots over the whole
     stream (Vitter's algorithm R), so the memory is a uniform sample of everything seen,
-    whatever its class, and a sample enters right after the forward pass that saw it,
-    with the logits that pass gave it (DER's). Replay draws `mem_batch` distinct samples
+    whatever its class, and a sample enters after the optimiser step of the minibatch
+    that brought it, with the logits that step's forward gave it (DER's). Replay draws `mem_batch` distinct samples
     (mammoth: `np.random.choice(..., replace=False)`), `draws` times independently.
 
     Departs from mammoth: the samples of one minibatch are offered together (two that
@@ -314,30 +343,41 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     def before_forward(self, strategy, **kwargs):
         self.last_draw = None
         filled = len(self.labels)
-        if filled == 0 or self.mem_batch == 0:
+        if not self._replays_now():
             return
         k = min(self.mem_batch, filled)
         idx = torch.cat([torch.randperm(filled, device=self.device)[:k] for _ in range(self.draws)])
         self._append(strategy, idx)  # (draws * k,) rows
 
     def after_forward(self, strategy, **kwargs):
+        self._keep_stream_logits(strategy)
+
+    def after_update(self, strategy, **kwargs):
+        """The step's stream samples are offered after the optimiser step (mammoth's
+        `add_data` after `opt.step()`), with the logits of the forward that saw them: a
+        row replayed in this step and overwritten by it kept its old logits as DER's
+        target until the loss had read them."""
         x, y = self._stream
         if self._rows is None:  # allocated at the first sample, when its shape is known
             self._allocate(x.shape[1:], strategy.mb_output.shape[1])
         nth = self.seen + torch.arange(1, len(y) + 1, device=y.device)  # (B,)
         self.seen += len(y)
-        rows = last_wins(reservoir_slots(nth, self.mem_size))
-        kept = rows >= 0
+        rows = last_wins(reservoir_slots(nth, self.mem_size))  # (B,) -1: not kept
+        # Every sample is written, those not kept to the spare row past the memory: a
+        # boolean selection of the kept ones would wait for the device (a host sync).
+        rows = torch.where(rows >= 0, rows, self.mem_size)
         images, labels, logits = self._rows
-        images[rows[kept]] = self.codec.encode(x[kept])
-        labels[rows[kept]] = y[kept]
+        images[rows] = self.codec.encode(x)
+        labels[rows] = y
         if self.record_logits:
-            logits[rows[kept]] = strategy.mb_output[:len(y)][kept].detach().float()
+            logits[rows] = self._stream_logits.float()
+            self._stream_logits = None
         self._view(min(self.seen, self.mem_size))
 
     def _allocate(self, shape: torch.Size, num_classes: int) -> None:
-        """Full-size rows; `images`, `labels` and `logits` are views of the filled ones."""
-        n = self.mem_size
+        """Full-size rows and a spare one past them (where the samples the reservoir does
+        not keep are written); `images`, `labels` and `logits` are views of the filled ones."""
+        n = self.mem_size + 1
         self._rows = (self.codec.encode(torch.zeros(n, *shape, device=self.device)),
                       torch.zeros(n, dtype=torch.long, device=self.device),
                       torch.zeros(n, num_classes, device=self.device))
