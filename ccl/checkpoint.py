@@ -17,12 +17,16 @@ from ccl.io import NUMBER, SERIES_SHAPE, load_torch, series_problem, shape_probl
 CHECKPOINT = "checkpoint.pt"
 
 
+def numpy_rng_state(state: tuple | None = None) -> list:
+    """numpy's generator state (`np.random.get_state()`, or `state` taken from it) as
+    tensors and plain types, the form `set_rng_state` reads."""
+    name, keys, pos, has_gauss, cached = state if state is not None else np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]
+
+
 def rng_state() -> dict:
     """Every generator's state as tensors and plain types (a checkpoint holds no pickles)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                      has_gauss, cached],
-             "random": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "random": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -40,10 +40,9 @@ def _experience_line(i: int, results: dict) -> None:
 def _ago(saved: float) -> str:
     """How long ago the time `saved` (seconds since the epoch) was, in words."""
     import time
-    seconds = max(0.0, time.time() - saved)
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    return f"{seconds / 60:.0f} min ago" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h ago"
+
+    from ccl.estimate import duration
+    return f"{duration(time.time() - saved)} ago"
 
 
 @main.command()

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
-from ccl.checkpoint import (CLOCK_COUNTERS, metric_states, restore_metric_states, restore_running_metric_states,
-                            rng_state, running_metric_states, set_rng_state)
+from ccl.checkpoint import (CLOCK_COUNTERS, metric_states, numpy_rng_state, restore_metric_states,
+                            restore_running_metric_states, rng_state, running_metric_states, set_rng_state)
 from ccl.condense import LoopCheckpoint
 from ccl.errors import CclError
 
@@ -102,9 +102,7 @@ class RecordedOrder:
             except StopIteration:
                 return
             if not _same_cpu_rng(before, cpu_rng_state()):
-                name, keys, pos, has_gauss, cached = before[1]
-                self.drawn[k] = {"torch": before[0], "random": before[2],
-                                 "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+                self.drawn[k] = {"torch": before[0], "numpy": numpy_rng_state(before[1]), "random": before[2]}
             if k >= self.skip:
                 yield batch
             k += 1

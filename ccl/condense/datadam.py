@@ -160,6 +160,7 @@ class DataDAMSettings:
         networks = (self.width / learner_width) ** 2 + (1 if self.guide_weight > 0 else 0)
         return iteration_budget(self, real_per_class) * per_iteration * networks
 
+
 def dm_settings(**overrides) -> DataDAMSettings:
     """DM (distribution matching) = DataDAM without the SAM term.
 
