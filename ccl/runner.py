@@ -241,11 +241,29 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
     results["peak_gpu_mib"] = (torch.cuda.max_memory_allocated(p.device) / 2**20
                                if p.device.type == "cuda" else None)
     mem_state = memory.state() if memory else None
-    images = mem_state["images"] if mem_state else torch.empty(0)
-    results["memory_size"] = {"images": int(len(mem_state["labels"])) if mem_state else 0,
-                              "dtype": str(images.dtype).replace("torch.", "") if mem_state else None,
-                              "bytes": int(images.numel() * images.element_size())}
+    results["memory_size"] = memory_size(mem_state)
     return results, mem_state
+
+
+def memory_size(state: dict | None) -> dict:
+    """What the final memory holds: its rows, its images' dtype, and its bytes, every per-row
+    field at its stored dtype (images, and soft targets and DER's logits where it keeps
+    them), so that memories compare at equal bytes. Soft targets count for the rows that
+    have one (a NaN row is a real image, which needs none); labels, one class index a row
+    in every memory alike, are left out as papers' budgets leave them out."""
+    if state is None:
+        return {"images": 0, "dtype": None, "bytes": 0, "bytes_by_field": {}}
+    by_field = {"images": state["images"].numel() * state["images"].element_size()}
+    soft = state.get("soft_targets")
+    if soft is not None and len(soft):
+        has_one = ~soft.isnan().all(dim=1)  # (N,) rows with a soft target
+        by_field["soft_targets"] = int(has_one.sum()) * soft.shape[1] * soft.element_size()
+    logits = state.get("logits")
+    if logits is not None and len(logits):
+        by_field["logits"] = logits.numel() * logits.element_size()
+    by_field = {k: int(v) for k, v in by_field.items()}
+    return {"images": int(len(state["labels"])), "dtype": str(state["images"].dtype).replace("torch.", ""),
+            "bytes": sum(by_field.values()), "bytes_by_field": by_field}
 
 
 def status(run_dir: Path) -> dict:

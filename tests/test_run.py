@@ -27,7 +27,8 @@ def test_run_folder_and_results_schema(tmp_path, tiny_run):
     assert 0 <= r["final_average_accuracy"] <= 1 and -1 <= r["average_forgetting"] <= 1
     # Avalanche: forgetting averages first-minus-final accuracy, BWT final-minus-first
     assert r["final_bwt"] == pytest.approx(-r["average_forgetting"], abs=1e-6)
-    assert r["memory_size"] == {"images": 20, "dtype": "float32", "bytes": 20 * 64 * 4}
+    assert r["memory_size"] == {"images": 20, "dtype": "float32", "bytes": 20 * 64 * 4,
+                                "bytes_by_field": {"images": 20 * 64 * 4}}
     memory = torch.load(run_dir / "memory.pt")
     assert memory["images"].shape == (20, 1, 8, 8)
     assert torch.bincount(memory["labels"], minlength=10).tolist() == [2] * 10
@@ -129,7 +130,21 @@ def test_other_memories_run(tmp_path, tiny_run, memory):
 def test_uint8_memory_round_trips(tmp_path, tiny_run):
     run_dir = run(prepare(make_config(**tiny_run, memory="random", mem_dtype="uint8")), tmp_path, progress=False)
     r = json.loads((run_dir / "results.json").read_text())
-    assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 64}
+    assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 64, "bytes_by_field": {"images": 20 * 64}}
+
+
+@pytest.mark.parametrize("memory, strategy, field", [("herding-soft", "er", "soft_targets"),
+                                                     ("random", "der++", "logits")])
+def test_memory_bytes_count_soft_targets_and_logits(tmp_path, tiny_run, memory, strategy, field):
+    """A row's soft targets or DER logits (10 float32 class scores here) are memory too: the
+    bytes compared against other memories include them."""
+    run_dir = run(prepare(make_config(**tiny_run, memory=memory, strategy=strategy, mem_dtype="uint8")), tmp_path,
+                  progress=False)
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["memory_size"] == {"images": 20, "dtype": "uint8", "bytes": 20 * 64 + 20 * 10 * 4,
+                                "bytes_by_field": {"images": 20 * 64, field: 20 * 10 * 4}}
+    memory_file = torch.load(run_dir / "memory.pt")
+    assert memory_file[field].shape == (20, 10)
 
 
 # batch_syn 32 >= any experience's budget here: every synthetic image is in every student
