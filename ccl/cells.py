@@ -18,13 +18,14 @@ class CellSpec:
     memory: str
     seed: int
     values: dict[str, Any]   # keyword values for ccl.runner.make_config, memory and seed included
-    folder: Path             # DIR/cells/[<strategy>-]<memory>-s<seed>
+    folder: Path             # DIR/cells/[<strategy>-]<memory>[-m<mem_size>]-s<seed>
     progress: bool = False
     strategy: str | None = None  # set when the grid has a strategy axis
+    mem_size: int | None = None  # set when the grid has a memory-size axis
 
     @property
     def name(self) -> str:
-        return cell_name(self.memory, self.seed, self.strategy)
+        return cell_name(self.memory, self.seed, self.strategy, self.mem_size)
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,17 @@ class CellResult:
     seconds: float = 0.0
     final_average_accuracy: float | None = None
     strategy: str | None = None
+    mem_size: int | None = None
 
     @property
     def name(self) -> str:
-        return cell_name(self.memory, self.seed, self.strategy)
+        return cell_name(self.memory, self.seed, self.strategy, self.mem_size)
 
 
-def cell_name(memory: str, seed: int, strategy: str | None = None) -> str:
-    return f"{strategy}-{memory}-s{seed}" if strategy else f"{memory}-s{seed}"
+def cell_name(memory: str, seed: int, strategy: str | None = None, mem_size: int | None = None) -> str:
+    """[<strategy>-]<memory>[-m<mem_size>]-s<seed>: the axes a grid has, and no other, so that
+    a grid of one strategy and one size keeps the names it always had."""
+    return f"{strategy + '-' if strategy else ''}{memory}{f'-m{mem_size}' if mem_size else ''}-s{seed}"
 
 
 def run_dir_in(folder: Path) -> Path | None:
@@ -57,6 +61,7 @@ def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) 
     any), read back by the report; returns the result."""
     run_dir = run_dir_in(spec.folder)
     write_json(spec.folder / ERROR_FILE, {
-        "memory": spec.memory, "seed": spec.seed, "status": "failed", "error": error,
+        "memory": spec.memory, "seed": spec.seed, "mem_size": spec.mem_size, "status": "failed", "error": error,
         "run_dir": run_dir.name if run_dir else None, "traceback": details})
-    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds, strategy=spec.strategy)
+    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds, strategy=spec.strategy,
+                      mem_size=spec.mem_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -52,15 +53,17 @@ def _cell_line(done: int, total: int, result) -> None:
               help="with --executor ray: an existing cluster (auto, HOST:PORT) [start Ray on this machine]")
 @click.option("--cpus-per-run", type=float, help="with --executor ray: CPUs each cell reserves [1]")
 @click.option("--gpus-per-run", type=float, help="with --executor ray: GPUs each cell reserves, e.g. 1 or 0.5 [0]")
-@run_options
+@functools.partial(run_options, mem_size=click.option(
+    "--mem-size", "mem_sizes", metavar="N[,N...]",
+    help="images in memory, all classes together; a,b,c: a memory-size axis, and curve.png [200]"))
 @click.pass_context
 @friendly_errors
 def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_per_run, gpus_per_run, config_file,
-            overrides, no_download, class_order, runs_dir, quiet, **flags):
+            overrides, no_download, class_order, runs_dir, quiet, mem_sizes, **flags):
     """Run every memory with every seed, then write the comparison report.
 
     Each cell is an ordinary run folder in OUT/cells/<memory>-s<seed>/ (with --strategy a,b,
-    OUT/cells/<strategy>-<memory>-s<seed>/). Running the same
+    OUT/cells/<strategy>-<memory>-s<seed>/; with --mem-size a,b, <memory>-m<size>-s<seed>). Running the same
     command again skips finished cells and redoes failed or unfinished ones; a failing
     cell is reported and does not stop the others (exit code 1 when any failed).
     With --executor ray the cells run in parallel as Ray tasks that write into OUT
@@ -102,11 +105,18 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
     # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
     strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
-    grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables)
+    # So is --mem-size a,b; a single size is every cell's, as `ccl run --mem-size` (and names no cell).
+    sizes = tuple(_ints(mem_sizes, "--mem-size")) if mem_sizes is not None else ()
+    if mem_sizes is not None and not sizes:
+        raise CclError(f"--mem-size: expected comma-separated integers, got {mem_sizes!r}")
+    if len(sizes) == 1:
+        values["mem_size"] = sizes[0]
+    size_axis = sizes if len(sizes) > 1 else ()
+    grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables, size_axis)
     settings = validate(grid)
     if out is None:
         out = find_previous(COMPARISONS_DIR, grid, settings) or \
-            default_out(COMPARISONS_DIR, settings["scenario"], settings["mem_size"])
+            default_out(COMPARISONS_DIR, settings["scenario"], size_axis or (settings["mem_size"],))
     grid = dataclasses.replace(grid, out=writable_folder(Path(out), "--out"))
     verb = "continuing" if (grid.out / GRID_FILE).exists() else "into"
     run_cells, where = sequential, ""
@@ -119,7 +129,8 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     with folder_lock(grid.out, "a comparison"):  # one writer per comparison folder
         start(grid, settings)
         axis = f"{len(grid.strategies)} strategies x " if grid.strategies else ""
-        click.echo(f"{settings['scenario']}: {axis}{len(grid.memories)} memories x {len(grid.seeds)} seeds, "
+        size_text = f"{len(grid.mem_sizes)} memory sizes x " if grid.mem_sizes else ""
+        click.echo(f"{settings['scenario']}: {axis}{len(grid.memories)} memories x {size_text}{len(grid.seeds)} seeds, "
                    f"{verb} {grid.out}{where}")
         try:
             results = run_grid(grid, progress=not quiet, executor=run_cells, on_result=_cell_line)

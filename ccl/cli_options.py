@@ -64,11 +64,12 @@ RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory
              "memory_config", "checkpoint_every")
 
 
-def run_options(fn):
-    """Options shared by `run` and `compare`; None means "not given" (config file or default)."""
+def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images in memory, all classes together [200]")):
+    """Options shared by `run` and `compare`; None means "not given" (config file or default).
+    `mem_size`: the --mem-size option (compare's takes a list of sizes)."""
     opts = [
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
-        click.option("--mem-size", type=int, help="images in memory, all classes together [200]"),
+        mem_size,
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
         click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, a-gem, "
                                          "bic, gdumb (see `ccl list`) [er]"),

@@ -5,6 +5,7 @@ Layout of a comparison folder:
     DIR/grid.json                          the grid's resolved settings (written first)
     DIR/cells/<memory>-s<seed>/<run folder>  one ordinary `ccl run` folder per cell
     DIR/cells/<memory>-s<seed>/error.json  why the cell failed, when it failed
+    (with a strategy axis [<strategy>-]<memory>..., with a memory-size axis <memory>-m<size>-s<seed>)
     DIR/comparison.md, comparison.json, *.png   the report (`ccl.report.write_report`)
 
 The cell folder wraps the run folder (rather than renaming it) so the runner names and
@@ -25,7 +26,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ccl.cells import CellResult, CellSpec, cell_name, failed_cell
 from ccl.errors import CclError
@@ -45,7 +46,7 @@ MACHINE_KEYS = ("device", "data_dir", "download")
 
 @dataclass(frozen=True)
 class Grid:
-    """[Strategies x] memories x seeds over shared run values.
+    """[Strategies x] memories [x memory sizes] x seeds over shared run values.
 
     `values` are the run settings as given (config file and flags), without memory and
     seed; `memory_settings` in it are `--set` overrides, sent only to the memories whose
@@ -54,7 +55,9 @@ class Grid:
     strategy in `values` and keeps the older <memory>-s<seed> names. On that axis the
     `strategy_settings` in `values` (`--strategy-set`) go only to the strategies that
     have the key, and `strategy_tables` (a run preset's `[strategies.NAME]`, without what
-    the command line set) each to its strategy's cells.
+    the command line set) each to its strategy's cells. With `mem_sizes` (from `--mem-size
+    a,b`) likewise: cells are named <memory>-m<size>-s<seed>, and without, every cell has
+    `values`' mem_size and the names without one.
     """
     memories: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -62,18 +65,24 @@ class Grid:
     out: Path
     strategies: tuple[str, ...] = ()
     strategy_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mem_sizes: tuple[int, ...] = ()
 
-    def cell_values(self, memory: str, seed: int, strategy: str | None = None) -> dict[str, Any]:
+    def cell_values(self, memory: str, seed: int, strategy: str | None = None,
+                    mem_size: int | None = None) -> dict[str, Any]:
         values = {**memory_values(self.values, memory), "seed": seed}
+        if mem_size is not None:
+            values["mem_size"] = mem_size
         if strategy is None:
             return values
         return with_strategy_table({**strategy_values(values, strategy), "strategy": strategy},
                                    self.strategy_tables.get(strategy, {}))
 
     def cells(self, progress: bool = False) -> list[CellSpec]:
-        """Seed-major order: after the first len(memories) cells, one full comparison exists."""
-        return [CellSpec(m, s, self.cell_values(m, s, g), self.out / CELLS_DIR / cell_name(m, s, g), progress, g)
-                for s in self.seeds for g in (self.strategies or (None,)) for m in self.memories]
+        """Seed-major order: after the first len(memories) x sizes cells, one full comparison exists."""
+        return [CellSpec(m, s, self.cell_values(m, s, g, z), self.out / CELLS_DIR / cell_name(m, s, g, z), progress,
+                         g, z)
+                for s in self.seeds for g in (self.strategies or (None,)) for z in (self.mem_sizes or (None,))
+                for m in self.memories]
 
 
 def memory_values(values: dict[str, Any], memory: str) -> dict[str, Any]:
@@ -126,7 +135,8 @@ def validate(grid: Grid) -> dict[str, Any]:
         raise CclError("--memory: give at least one memory")
     if not grid.seeds:
         raise CclError("give at least one seed")
-    for name, items in (("memory", grid.memories), ("seed-list", grid.seeds), ("strategy", grid.strategies)):
+    for name, items in (("memory", grid.memories), ("seed-list", grid.seeds), ("strategy", grid.strategies),
+                        ("mem-size", grid.mem_sizes)):
         repeated = sorted({str(v) for v in items if items.count(v) > 1})
         if repeated:
             raise CclError(f"--{name}: {', '.join(repeated)} given twice")
@@ -134,10 +144,13 @@ def validate(grid: Grid) -> dict[str, Any]:
     for memory in grid.memories:
         for strategy in grid.strategies or (None,):
             for seed in grid.seeds:
-                make_config(**grid.cell_values(memory, seed, strategy))
+                for size in grid.mem_sizes or (None,):
+                    make_config(**grid.cell_values(memory, seed, strategy, size))
             # prepare() is the runner's own full check (memory settings, data present, budget
-            # against the number of classes); it loads the data, so once per memory, not per cell.
-            prepare(make_config(**grid.cell_values(memory, grid.seeds[0], strategy)))
+            # against the number of classes and the training images); it loads the data, so
+            # once per memory at each end of the size axis, not per cell.
+            for size in sorted({min(grid.mem_sizes), max(grid.mem_sizes)}) if grid.mem_sizes else [None]:
+                prepare(make_config(**grid.cell_values(memory, grid.seeds[0], strategy, size)))
     return shared_settings(grid)
 
 
@@ -151,6 +164,8 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
         cfg.pop(key, None)
     if grid.strategies:
         cfg.pop("strategy", None)
+    if grid.mem_sizes:  # an axis: a comparison continued with another size measures the same thing
+        cfg.pop("mem_size", None)
     cfg["memory_settings"] = dict(grid.values.get("memory_settings") or {})
     cfg["memory_config"] = grid.values.get("memory_config")
     if grid.strategy_tables:  # only then: a comparison made before the tables existed continues
@@ -160,20 +175,24 @@ def shared_settings(grid: Grid) -> dict[str, Any]:
 
 def grid_record(grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
     return {"memories": list(grid.memories), "seeds": list(grid.seeds), "strategies": list(grid.strategies),
-            "settings": settings,
+            "mem_sizes": list(grid.mem_sizes), "settings": settings,
             "machine": {k: grid.values.get(k) for k in MACHINE_KEYS if k in grid.values},
-            "layout": f"{CELLS_DIR}/<memory>-s<seed>/<run folder>",
+            "layout": f"{CELLS_DIR}/{'<strategy>-' if grid.strategies else ''}<memory>"
+                      f"{'-m<mem_size>' if grid.mem_sizes else ''}-s<seed>/<run folder>",
             "created": dt.datetime.now().isoformat(timespec="seconds")}
 
 
-def default_out(parent: Path, scenario: str, mem_size: int) -> Path:
+def default_out(parent: Path, scenario: str, mem_sizes: Sequence[int]) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(parent) / f"{stamp}-{scenario}-m{mem_size}"
+    sizes = f"{min(mem_sizes)}-{max(mem_sizes)}" if len(mem_sizes) > 1 else str(mem_sizes[0])
+    return Path(parent) / f"{stamp}-{scenario}-m{sizes}"
 
 
 def find_previous(parent: Path, grid: Grid, settings: dict[str, Any]) -> Path | None:
     """The newest comparison folder under `parent` made by the same command (same settings,
-    memories and seeds), so that re-running the command continues it."""
+    memories and seeds), so that re-running the command continues it. Sizes of a memory-size
+    axis may differ: the command again with another size adds that size's cells (a grid of
+    one size has its mem_size in `settings`, so it never continues one of several)."""
     for path in sorted(Path(parent).glob(f"*/{GRID_FILE}"), reverse=True):
         try:
             old = read_json(path, GRID_SHAPE)
@@ -187,11 +206,16 @@ def find_previous(parent: Path, grid: Grid, settings: dict[str, Any]) -> Path | 
 
 def start(grid: Grid, settings: dict[str, Any]) -> None:
     """Write grid.json, after checking that an existing comparison in the folder measured the
-    same thing (memories and seeds may be added; shared settings may not change)."""
+    same thing (memories, seeds and the sizes of a size axis may be added; shared settings
+    may not change)."""
     path = grid.out / GRID_FILE
     refuse_links(grid.out, path, grid.out / CELLS_DIR)
     if path.exists():
-        old = read_json(path, GRID_SHAPE)["settings"]
+        record = read_json(path, GRID_SHAPE)
+        if bool(record.get("mem_sizes")) != bool(grid.mem_sizes):  # its cells are named otherwise
+            raise CclError(f"{grid.out} holds a comparison {'of one' if grid.mem_sizes else 'over several'} memory "
+                           f"size{'' if grid.mem_sizes else 's'}; choose another --out (`ccl report` takes both)")
+        old = record["settings"]
         defaults = dataclasses.asdict(RunConfig())  # a setting newer than the folder: its default ran
         changed = sorted(k for k in set(old or {}) | set(settings)
                          if (old or {}).get(k, defaults.get(k)) != settings.get(k, defaults.get(k)))
@@ -236,17 +260,19 @@ def run_cell(spec: CellSpec) -> CellResult:
     done = finished_run(spec.folder)
     if done is not None:
         acc = read_json(done / "results.json").get("final_average_accuracy")
-        return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc, strategy=spec.strategy)
+        return CellResult(spec.memory, spec.seed, "skipped", done, final_average_accuracy=acc, strategy=spec.strategy,
+                          mem_size=spec.mem_size)
     try:  # a linked cell, or a run folder whose lock is not ccl's (folder_holder), fails this cell only
         refuse_links(spec.folder.parent, spec.folder)
         runs = [d for d in spec.folder.iterdir() if d.is_dir() and not d.is_symlink()] if spec.folder.is_dir() else []
         holder = next((h for d in runs if (h := folder_holder(d))), None)
     except CclError as e:
-        return CellResult(spec.memory, spec.seed, "failed", None, str(e), strategy=spec.strategy)
+        return CellResult(spec.memory, spec.seed, "failed", None, str(e), strategy=spec.strategy,
+                          mem_size=spec.mem_size)
     if holder is not None:  # another process (a `ccl run --resume`) is writing this cell: leave it be
         return CellResult(spec.memory, spec.seed, "failed", None,
                           f"{spec.folder}: in use by another ccl process (pid {holder}); left as it is",
-                          strategy=spec.strategy)
+                          strategy=spec.strategy, mem_size=spec.mem_size)
     if spec.folder.exists():
         shutil.rmtree(spec.folder)  # a failed or unfinished attempt: start the cell over
     start_time = time.perf_counter()
@@ -261,7 +287,7 @@ def run_cell(spec: CellSpec) -> CellResult:
     except CclError as e:  # finished but unreadable: the cell failed, the grid goes on
         return failed_cell(spec, str(e), "", time.perf_counter() - start_time)
     return CellResult(spec.memory, spec.seed, "finished", run_dir, None, time.perf_counter() - start_time, acc,
-                      spec.strategy)
+                      spec.strategy, spec.mem_size)
 
 
 def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential,

@@ -170,7 +170,8 @@ def _outcome(ray, ref, spec: CellSpec) -> CellResult:
         try:
             return failed_cell(spec, error, str(e))
         except OSError:  # the cell's folder is not writable from here either
-            return CellResult(spec.memory, spec.seed, "failed", None, error, strategy=spec.strategy)
+            return CellResult(spec.memory, spec.seed, "failed", None, error, strategy=spec.strategy,
+                              mem_size=spec.mem_size)
 
 
 def _cancel(ray, refs: list) -> None:

@@ -134,7 +134,9 @@ def group_runs(records: list[RunRecord], order: Sequence[str] = ()) -> dict[str,
     A group is a strategy (when the runs have several) and a memory, and the settings in
     which runs of the same strategy and memory differ (e.g. "random mem_size=500");
     settings that follow from the strategy or memory alone (the resolved stream slots,
-    say) never split or name a group. Over runs of several scenarios the label starts
+    say) never split or name a group. The memory size is the exception: once a scenario's
+    runs span two sizes, every group of it names its size, so that rows pair (and
+    curve.png draws them) size by size. Over runs of several scenarios the label starts
     with the scenario, and settings are compared within a scenario only.
     """
     def strategy(r: RunRecord) -> str:
@@ -146,13 +148,18 @@ def group_runs(records: list[RunRecord], order: Sequence[str] = ()) -> dict[str,
     several = len({s for s, _ in by_key}) > 1
     strategies = len({strategy(r) for r in records}) > 1
     rank = {m: i for i, m in enumerate(order)}
+    sizes: dict[str, set[str]] = {}  # scenario -> the memory sizes its runs have
+    for r in records:
+        if r.settings is not None:
+            sizes.setdefault(r.settings.get("scenario", ""), set()).add(_value_text(r.settings.get("mem_size")))
     groups: dict[str, list[RunRecord]] = {}
     for key in sorted(by_key, key=lambda k: (k[0], rank.get(k[1], len(rank)), k[1])):
         runs = by_key[key]
         configured = [r for r in runs if r.settings is not None]
         keys = sorted({k for r in configured for k in r.settings} - NOT_GROUPING - {"scenario", "strategy"})
-        varying = [k for k in keys if any(len({_value_text(r.settings.get(k)) for r in configured
-                                               if strategy(r) == s}) > 1 for s in {strategy(r) for r in configured})]
+        varying = [k for k in keys if (k == "mem_size" and len(sizes.get(key[0], ())) > 1)
+                   or any(len({_value_text(r.settings.get(k)) for r in configured if strategy(r) == s}) > 1
+                          for s in {strategy(r) for r in configured})]
         for r in runs:
             r.axes = {**({"scenario": key[0]} if several else {}), **({"strategy": strategy(r)} if strategies else {}),
                       "memory": key[1], **({k: r.settings.get(k) for k in varying} if r.settings else {})}
@@ -253,6 +260,93 @@ def shared_settings(records: list[RunRecord]) -> dict[str, Any]:
     return {k: configured[0][k] for k in keys if len({_value_text(s[k]) for s in configured}) == 1}
 
 
+# The memory whose curve a memory-size axis measures every memory against
+EQUIVALENT_REFERENCE = "herding"
+
+
+def equivalent_size(sizes: Sequence[float], accuracies: Sequence[float], accuracy: float) -> tuple[str, float]:
+    """The memory size at which a curve of accuracy against size first reaches `accuracy`.
+
+    Args:
+        sizes: the curve's sizes, ascending.
+        accuracies: its accuracy at each size.
+
+    Returns:
+        ("=", size): read off the curve by linear interpolation in log(size) between the
+        two sizes that bracket `accuracy` (a size run, exactly, when it hits one); ("<",
+        sizes[0]) when the curve starts above `accuracy`; (">", sizes[-1]) when it never
+        reaches it. Nothing is extrapolated. A curve that is not monotone is read at its
+        first upward crossing: the smallest size that does as well.
+    """
+    if not sizes or len(sizes) != len(accuracies):
+        raise ValueError(f"a curve needs one accuracy per size, got {len(sizes)} sizes and {len(accuracies)}")
+    if accuracy <= accuracies[0]:
+        return ("=" if accuracy == accuracies[0] else "<"), float(sizes[0])
+    for (s0, a0), (s1, a1) in zip(zip(sizes, accuracies), zip(sizes[1:], accuracies[1:])):
+        if accuracy == a1:
+            return "=", float(s1)
+        if a0 < accuracy < a1:  # every earlier point is below `accuracy`: the first crossing
+            t = (accuracy - a0) / (a1 - a0)
+            return "=", float(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))))
+    return ">", float(sizes[-1])
+
+
+def add_herding_equivalents(groups: list[dict[str, Any]]) -> None:
+    """Each group's herding-equivalent size, in its summary as `herding_equivalent`:
+    {"relation": "=", "<" or ">", "size": the herding size, "worth": size / the group's},
+    "one image of this memory is worth `worth` herding images" (see `equivalent_size`).
+    Only where the runs span two memory sizes or more and herding ran: herding's curve is
+    the mean final accuracy of its groups that share this group's other axes (strategy,
+    scenario, settings), by size. A group with no such curve, or with two herding groups
+    of one size to choose from (a setting only herding varies in), gets none."""
+    sized = [g for g in groups if g["final_average_accuracy"] and not g["joint"] and _mem_size(g)]
+    if len({_mem_size(g) for g in sized}) < 2:
+        return
+    reference = [g for g in sized if g["axes"].get("memory") == EQUIVALENT_REFERENCE]
+
+    def others(g: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in g["axes"].items() if k not in ("memory", "mem_size")}
+
+    for g in sized:
+        mine = others(g)
+        curve = sorted((_mem_size(h), h["final_average_accuracy"]["mean"]) for h in reference
+                       if all(mine[k] == v for k, v in others(h).items() if k in mine))
+        if not curve or len({size for size, _ in curve}) < len(curve):
+            continue
+        relation, size = equivalent_size([c[0] for c in curve], [c[1] for c in curve],
+                                         g["final_average_accuracy"]["mean"])
+        g["herding_equivalent"] = {"relation": relation, "size": size, "worth": size / _mem_size(g)}
+
+
+def _equivalents_markdown(groups: list[dict[str, Any]]) -> list[str]:
+    rows = [g for g in groups if g.get("herding_equivalent")]
+    if not rows:
+        return []
+    axes = [k for k in dict.fromkeys(k for g in rows for k in g["axes"]) if k != "mem_size"] + ["mem_size"]
+    memories = list(dict.fromkeys(g["axes"]["memory"] for g in groups))
+    rows.sort(key=lambda g: ([_value_text(v) for k, v in g["axes"].items() if k not in ("memory", "mem_size")],
+                             memories.index(g["axes"]["memory"]), _mem_size(g)))
+
+    def bound(relation: str, value: float) -> str:
+        number = f"{value:.0f}" if value >= 10 else f"{value:.2g}" if value < 1 else f"{value:.1f}"
+        return number if relation == "=" else f"{relation} {number}"
+
+    lines = ["", f"## {EQUIVALENT_REFERENCE.capitalize()}-equivalent size", "",
+             f"The {EQUIVALENT_REFERENCE} memory size (same strategy and settings) at which {EQUIVALENT_REFERENCE}'s "
+             "mean final accuracy equals the row's, read off its curve by linear interpolation in log(size) "
+             f"between the sizes run; \"< N\": {EQUIVALENT_REFERENCE} at its smallest size N does better, "
+             "\"> N\": at its largest size N it does worse (nothing extrapolated). Worth: that size over the "
+             f"row's, one image of the memory worth so many {EQUIVALENT_REFERENCE} images.", "",
+             "| " + " | ".join([*axes, "final avg accuracy", f"{EQUIVALENT_REFERENCE}-equivalent size", "worth"]) + " |",
+             "|" + "---|" * (len(axes) + 3)]
+    for g in rows:
+        e = g["herding_equivalent"]
+        lines.append("| " + " | ".join([*(_value_text(g["axes"].get(a, "–")) for a in axes),
+                                        _fmt(g["final_average_accuracy"], 4), bound(e["relation"], e["size"]),
+                                        bound(e["relation"], e["worth"])]) + " |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # Markdown
 
@@ -302,30 +396,37 @@ def comparison_markdown(summary: dict[str, Any]) -> str:
     axes = list(dict.fromkeys(k for g in groups for k in g.get("axes") or {"memory": g["memory"]}))
     values = {a: {(g.get("axes") or {}).get(a) for g in groups} for a in ("memory", "strategy")}
     diffs = [a for a in values if len(values[a]) > 1 and BASELINES[a] in values[a]]  # an axis with its baseline
+    sized = len({_mem_size(g) for g in groups}) > 1
     lines += [f"Settings shared by all runs: {settings}." if settings else "", "",
-              "Mean ± sample standard deviation over seeds (no ± with one seed), best final accuracy in bold. "
+              "Mean ± sample standard deviation over seeds (no ± with one seed), best final accuracy "
+              + ("of each memory size " if sized else "") + "in bold. "
               "Accuracy is on all classes after the last experience; "
               + "".join(f"Δ {BASELINES[a]} is the paired difference to the {BASELINES[a]} {a} "
                         "(same seeds, all else equal); " for a in diffs)
-              + "times are totals over the stream, in seconds.", "",
+              + "times are totals over the stream, in seconds; memory bytes count what the final memory keeps "
+                "of each row at its stored dtype (images, and soft targets and logits where it keeps them).", "",
               "| " + " | ".join([*axes, "seeds done / failed", "final avg accuracy",
                                  *(f"Δ {BASELINES[a]}" for a in diffs), "avg forgetting", "final BWT",
                                  "memory update s", "train s", "memory images", "memory bytes"]) + " |",
               "|" + "---|" * (len(axes) + 8 + len(diffs))]
-    accuracy = [g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else -1.0 for g in groups]
-    best = max(accuracy, default=-1.0)
-    for g, acc in sorted(zip(groups, accuracy), key=lambda pair: -pair[1]):
+    best: dict[int, float] = {}  # memory size (0: not an axis) -> its best mean final accuracy
+    for g in groups:
+        if g["final_average_accuracy"]:
+            best[_mem_size(g)] = max(best.get(_mem_size(g), -1.0), g["final_average_accuracy"]["mean"])
+    for g in _as_the_table_sorts(groups):
+        acc = g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else -1.0
         seeds = g["seeds"]
         done = f"{len(seeds['finished'])} / {len(seeds['failed'])}"
         if seeds["unfinished"]:
             done += f" (+{len(seeds['unfinished'])} unfinished)"
         final = _fmt(g["final_average_accuracy"], 4)
         cells = [_value_text((g.get("axes") or {"memory": g["memory"]}).get(a, "–")) for a in axes]
-        lines.append("| " + " | ".join([*cells, done, f"**{final}**" if acc == best and acc >= 0 else final,
+        lines.append("| " + " | ".join([*cells, done, f"**{final}**" if acc == best.get(_mem_size(g)) else final,
                                         *(_fmt_diff(paired_difference(g, groups, a)) for a in diffs),
                                         _fmt(g["average_forgetting"], 4), _fmt(g["final_bwt"], 4),
                                         _fmt(g["memory_update_seconds"], 1), _fmt(g["train_seconds"], 1),
                                         _fmt_count(g["memory_images"]), _fmt_count(g["memory_bytes"])]) + " |")
+    lines += _equivalents_markdown(groups)
     given = [f"{g['label']}: " + ", ".join(f"{k}={_value_text(v)}" for k, v in g["memory_overrides"].items())
              for g in summary["memories"] if g["memory_overrides"]]
     if given:
@@ -367,37 +468,67 @@ def slug(label: str) -> str:
 LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P")]
 
 
-def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
+def memory_looks(groups: list[dict[str, Any]]) -> dict[str, tuple[str, Any, str]]:
+    """Colour, line style and marker of each memory, by its first row in the table's order:
+    one look a memory keeps in every figure of a report."""
+    memories = dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in _as_the_table_sorts(groups))
+    return {m: (f"C{i % 10}", *LINE_STYLES[i % len(LINE_STYLES)]) for i, m in enumerate(memories)}
+
+
+def _short_label(g: dict[str, Any], left_out: Sequence[str]) -> str:
+    """A group's label without the axes its panel names (as `group_runs` writes labels)."""
+    axes = {k: v for k, v in (g.get("axes") or {"memory": g["label"]}).items() if k not in left_out}
+    named = [str(axes.pop(k)) for k in ("scenario", "strategy", "memory") if k in axes]
+    return " ".join(named + [f"{k}={_value_text(v)}" for k, v in axes.items()])
+
+
+def _panel_title(axes: dict[str, Any]) -> str:
+    return ", ".join(f"{v} images" if k == "mem_size" else str(v) if k in ("scenario", "strategy")
+                     else f"{k}={_value_text(v)}" for k, v in axes.items())
+
+
+def plot_accuracy(groups: list[dict[str, Any]], path: Path, look: dict[str, tuple] | None = None) -> None:
     """Accuracy on the classes seen so far after each experience: the curves of the table's
     rows, ending at its final accuracy (after the last experience every class is seen).
     Accuracy on all classes would climb by construction as classes arrive, a staircase
     that hides the few points memories differ by; the seen classes' accuracy shows how
-    each one holds up. One panel per strategy when there are several, panels and
-    legend rows in the table's order; a memory keeps its colour, line style and marker
-    everywhere, its points a little apart from the others' so that none hides another; a
-    min–max band over seeds where a group has two or more; joint training (no stream) as
-    a horizontal line at its accuracy."""
+    each one holds up. One panel per strategy when there are several (with a memory-size
+    axis, a row of panels per strategy, one per size), panels and legend rows in the
+    table's order; a memory keeps its colour, line style and marker (`look`, from
+    `memory_looks`) everywhere, its points a little apart from the others' so that none
+    hides another; a min–max band over seeds where a group has two or more; joint training
+    (no stream) as a horizontal line at its accuracy."""
     ordered = _as_the_table_sorts(g for g in groups if g["seen_accuracy"])
     if not ordered:
         return
-    panels: dict[str, list[dict[str, Any]]] = {}
-    for g in ordered:  # panels left to right as their best rows come in comparison.md
-        panels.setdefault(str((g.get("axes") or {}).get("strategy", "")), []).append(g)
+    look = look or memory_looks(ordered)
+    panel_keys = [k for k in ("strategy", "mem_size") if any(k in (g.get("axes") or {}) for g in ordered)]
+    panels: dict[tuple, list[dict[str, Any]]] = {}
+    for g in ordered:  # panels as their best rows come in comparison.md
+        panels.setdefault(tuple((g.get("axes") or {}).get(k) for k in panel_keys), []).append(g)
+    if "mem_size" in panel_keys:  # a row per strategy, a column per size, smallest first
+        strategies = list(dict.fromkeys(key[0] for key in panels)) if "strategy" in panel_keys else [None]
+        sizes = sorted({key[-1] for key in panels})
+        places = {key: (strategies.index(key[0]) if "strategy" in panel_keys else 0, sizes.index(key[-1]))
+                  for key in panels}
+    else:
+        places = {key: (0, i) for i, key in enumerate(panels)}
+    shape = (max(r for r, _ in places.values()) + 1, max(c for _, c in places.values()) + 1)
     memories = list(dict.fromkeys((g.get("axes") or {}).get("memory", g["label"]) for g in ordered))
-    look = {m: (f"C{i % 10}", *LINE_STYLES[i % len(LINE_STYLES)]) for i, m in enumerate(memories)}
     dodge = {m: 0.05 * (i - (len(memories) - 1) / 2) for i, m in enumerate(memories)}  # x offsets, experiences
     steps = max((len(g["seen_accuracy"]["mean"]) for g in ordered if not g["joint"]), default=1)
     several = any(len(g["seeds"]["finished"]) > 1 for g in ordered)  # one seed draws no band
     lowest = min(v for g in ordered for v in (g["seen_accuracy"]["min"] if not g["joint"]
                                                else g["seen_accuracy"]["mean"][-1:]))
     rows = max(len(members) for members in panels.values())
-    fig = _figure(max(5.0, 4.2 * len(panels)), 3.6 + 0.22 * rows)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (strategy, members) in zip(axes, panels.items()):
+    fig = _figure(max(5.0, 4.2 * shape[1]), (3.6 + 0.22 * rows) * shape[0])
+    axes = fig.subplots(*shape, sharey=True, squeeze=False)
+    for key, members in panels.items():
+        ax = axes[places[key]]
         for g in members:
             s, n = g["seen_accuracy"], len(g["seeds"]["finished"])
             memory = (g.get("axes") or {}).get("memory", g["label"])
-            label = plain_text(g["label"] if not strategy else g["label"].replace(f"{strategy} ", "", 1))
+            label = plain_text(_short_label(g, panel_keys))
             final = f"{_fmt(g['final_average_accuracy'], 3)} ({n} seed{'s' if n > 1 else ''})"
             color, style, marker = look[memory]
             if g["joint"]:
@@ -409,23 +540,78 @@ def plot_accuracy(groups: list[dict[str, Any]], path: Path) -> None:
                     label=f"{label}: {final}")
             if n > 1:
                 ax.fill_between(x, s["min"], s["max"], color=color, alpha=0.15, linewidth=0)
+        title = _panel_title({k: v for k, v in zip(panel_keys, key) if v is not None})
         ax.set(xlabel="experiences trained", xlim=(0.7, steps + 0.3), ylim=(max(0.0, lowest - 0.04), 1.01),
-               title=plain_text(strategy) if strategy else None)
+               title=plain_text(title) if title else None)
         ax.set_xticks(range(1, steps + 1))
         ax.grid(alpha=0.3)
         # below the panel, one row per line in the table's order: never over a curve
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False,
                   title="final accuracy" + (" (mean ± std)" if several else ""), title_fontsize="small")
-    axes[0].set_ylabel("accuracy on the classes seen so far")
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.set_visible(False)  # a strategy that ran no cell of this size
+    for row in axes:
+        row[0].set_ylabel("accuracy on the classes seen so far")
     fig.suptitle("Accuracy after each experience on the classes seen so far (the last point: the table's final "
                  "accuracy)" + ("\nmean over seeds; band: min–max over seeds" if several else ""), fontsize=10)
     save_figure(fig, path)
 
 
+def plot_curve(groups: list[dict[str, Any]], path: Path, look: dict[str, tuple] | None = None) -> bool:
+    """Final accuracy on all classes against memory size (log scale, a tick at each size
+    run): a line per memory, a panel per strategy (and per other setting the runs vary
+    in), mean over seeds with a min–max band where a point has two or more seeds. Drawn
+    only when the runs span two sizes or more; returns whether it was."""
+    sized = [g for g in groups if g["final_average_accuracy"] and not g["joint"]
+             and (g.get("axes") or {}).get("mem_size") is not None]
+    sizes = sorted({g["axes"]["mem_size"] for g in sized})
+    if len(sizes) < 2:
+        return False
+    look = look or memory_looks(sized)
+    panels: dict[str, dict[str, list[dict[str, Any]]]] = {}  # panel title -> memory -> its groups
+    for g in _as_the_table_sorts(sized):
+        rest = {k: v for k, v in g["axes"].items() if k not in ("memory", "mem_size")}
+        panels.setdefault(_panel_title(rest), {}).setdefault(g["axes"]["memory"], []).append(g)
+    several = any(len(g["seeds"]["finished"]) > 1 for g in sized)
+    lines = max(len(members) for members in panels.values())
+    fig = _figure(max(5.0, 4.6 * len(panels)), 3.8 + 0.22 * lines)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, members) in zip(axes, panels.items()):
+        for memory, line in members.items():
+            line = sorted(line, key=lambda g: g["axes"]["mem_size"])
+            x = [g["axes"]["mem_size"] for g in line]
+            acc = [g["final_average_accuracy"] for g in line]
+            color, style, marker = look[memory]
+            ax.plot(x, [a["mean"] for a in acc], color=color, linestyle=style, marker=marker, markersize=6,
+                    linewidth=1.6, label=plain_text(memory))
+            if any(a["n"] > 1 for a in acc):
+                ax.fill_between(x, [a["min"] for a in acc], [a["max"] for a in acc], color=color, alpha=0.15,
+                                linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_xticks([], minor=True)  # log scale's own minor ticks would crowd the sizes run
+        ax.set(xlabel="memory size (images, log scale)", title=plain_text(title) if title else None)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
+    axes[0].set_ylabel("final accuracy on all classes")
+    fig.suptitle("Final accuracy against memory size" + ("\nmean over seeds; band: min–max over seeds"
+                                                         if several else ""), fontsize=10)
+    save_figure(fig, path)
+    return True
+
+
 def _as_the_table_sorts(groups) -> list[dict[str, Any]]:
-    """`groups` in comparison.md's order: by mean final accuracy, best first, groups
-    without one last."""
-    return sorted(groups, key=lambda g: -g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else 1.0)
+    """`groups` in comparison.md's order: a block per memory size when the runs span
+    several (smallest first), and in it by mean final accuracy, best first, groups without
+    one last."""
+    return sorted(groups, key=lambda g: (_mem_size(g), -g["final_average_accuracy"]["mean"]
+                                         if g["final_average_accuracy"] else 1.0))
+
+
+def _mem_size(group: dict[str, Any]) -> int:
+    """The group's memory size where it is an axis of the report, else 0."""
+    return (group.get("axes") or {}).get("mem_size") or 0
 
 
 def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
@@ -585,9 +771,12 @@ def write_figures(summary: dict[str, Any], by_label: dict[str, list[RunRecord]],
     drawn becomes a note, not a failed report."""
     groups = [g for g in summary["memories"] if g["average_accuracy"]]
     if groups:
+        look = memory_looks(groups)
         plot_final(groups, out / "final.png")
-        plot_accuracy(groups, out / "accuracy.png")
+        plot_accuracy(groups, out / "accuracy.png", look)
         summary["figures"] += ["final.png", "accuracy.png"]
+        if plot_curve(groups, out / "curve.png", look):
+            summary["figures"].append("curve.png")
     for g in groups:
         name = f"matrix-{slug(g['label'])}.png"
         plot_matrix(g, out / name)
@@ -628,6 +817,7 @@ def build_summary(dirs: Sequence[Path], out: Path) -> tuple[dict[str, Any], dict
                "settings": shared_settings(records),
                "memories": [summarise_group(label, runs, out.resolve()) for label, runs in by_label.items()],
                "figures": [], "notes": []}
+    add_herding_equivalents(summary["memories"])
     return summary, by_label
 
 

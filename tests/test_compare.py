@@ -93,6 +93,10 @@ def test_grid_resumes_skipping_finished_cells_and_survives_a_failing_cell(tmp_pa
      "--strategy-set alpha: none of the strategies er, er-ace has a setting 'alpha'"),
     (["--memory", "random", "--runs-dir", "runs"], "--runs-dir is for `ccl run`"),
     (["--memory", "none,random", "--mem-size", "5"], "--mem-size 5 is smaller than the number of classes"),
+    (["--memory", "random", "--mem-size", "0,abc"], "--mem-size: expected comma-separated integers"),
+    (["--memory", "random", "--mem-size", "0,20"], "--mem-size must be at least 1, got 0"),
+    (["--memory", "random,herding", "--mem-size", "20,5"], "--mem-size 5 is smaller than the number of classes"),
+    (["--memory", "random", "--mem-size", "20,30,20"], "--mem-size: 20 given twice"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(tmp_path, args, message):
     result = CliRunner().invoke(compare, [*TINY, *args, "--out", str(tmp_path / "cmp")])
@@ -112,6 +116,11 @@ def test_a_folder_with_another_comparison_is_refused(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     result = CliRunner().invoke(compare, [*TINY, "--memory", "random", "--out", str(tmp_path / "other")])
     assert result.exit_code == 2 and "not a comparison folder" in result.output
+    # cells named with their size and without never share a folder
+    grid = Grid(("random",), (0,), dict(TINY_VALUES), tmp_path / "sized", mem_sizes=(10, 20))
+    start(grid, validate(grid))
+    result = CliRunner().invoke(compare, [*TINY, "--memory", "random", "--seeds", "1", "--out", str(tmp_path / "sized")])
+    assert result.exit_code == 2 and "holds a comparison over several memory sizes" in result.output
 
 
 def test_memory_overrides_go_only_to_memories_that_have_the_setting():
@@ -165,3 +174,65 @@ def test_strategy_axis_names_cells_and_report_rows(tmp_path):
     der, er = (float(r.split(" | ")[3].strip("*").split()[0]) for r in (der_row, er_row))
     assert float(der_row.split(" | ")[4]) == pytest.approx(der - er, abs=1e-4)
     assert len(list(out.glob("cells/*/*/memory.png"))) == 3  # every cell pictures its memory, as `ccl run` does
+
+
+def cell_runs(out: Path) -> dict[str, tuple[str, int]]:
+    """Each cell's run folder and the time its results were written."""
+    return {cell.name: (run.name, (run / "results.json").stat().st_mtime_ns)
+            for cell in (out / "cells").iterdir() for run in [only_run_folder(cell)]}
+
+
+def test_a_memory_size_axis_runs_each_cell_once_and_draws_the_curve(tmp_path, monkeypatch):
+    from ccl.report import equivalent_size
+    monkeypatch.chdir(tmp_path)  # the default comparison folder is ./comparisons/...
+
+    def sized(sizes: str):
+        return CliRunner().invoke(compare, [*TINY, "--memory", "random,herding", "--seeds", "1", "--mem-size", sizes])
+
+    first = sized("10,20")
+    assert first.exit_code == 0, first.output
+    assert "2 memories x 2 memory sizes x 1 seeds" in first.output
+    [out] = list((tmp_path / "comparisons").iterdir())
+    assert out.name.endswith("-split-digits-m10-20")
+    runs = cell_runs(out)
+    assert sorted(runs) == ["herding-m10-s0", "herding-m20-s0", "random-m10-s0", "random-m20-s0"]
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["mem_sizes"] == [10, 20] and "mem_size" not in grid["settings"]
+    summary = json.loads((out / "comparison.json").read_text())
+    groups = {(g["axes"]["memory"], g["axes"]["mem_size"]): g for g in summary["memories"]}
+    assert sorted(groups) == [("herding", 10), ("herding", 20), ("random", 10), ("random", 20)]
+    assert all(g["memory_images"]["mean"] == size for (_, size), g in groups.items())
+    assert "curve.png" in summary["figures"] and (out / "curve.png").read_bytes().startswith(b"\x89PNG")
+    from PIL import Image
+    with Image.open(out / "curve.png") as image:
+        assert image.text["Title"].startswith("Final accuracy against memory size")
+    # every row measured against herding's curve of the same comparison
+    final = {key: g["final_average_accuracy"]["mean"] for key, g in groups.items()}
+    for (memory, size), g in groups.items():
+        relation, herding_size = equivalent_size([10, 20], [final["herding", 10], final["herding", 20]],
+                                                 final[memory, size])
+        assert g["herding_equivalent"] == pytest.approx({"relation": relation, "size": herding_size,
+                                                         "worth": herding_size / size})
+    md = (out / "comparison.md").read_text()
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0][:3] == ["| memory", "mem_size", "seeds done / failed"] and "Δ random" in rows[0]
+    assert [row[1] for row in rows[1:5]] == ["10", "10", "20", "20"]  # a block per size
+    herding_10 = next(row for row in rows[1:5] if row[0] == "| herding" and row[1] == "10")
+    assert float(herding_10[4]) == pytest.approx(final["herding", 10] - final["random", 10], abs=1e-4)  # same size
+    assert "## Herding-equivalent size" in md
+
+    # The same command again: nothing runs. With a third size: only its cells run.
+    again = sized("10,20")
+    assert again.exit_code == 0, again.output
+    assert again.output.count("finished before") == 4 and ": finished in" not in again.output
+    assert cell_runs(out) == runs
+    more = sized("10,20,30")
+    assert more.exit_code == 0, more.output
+    assert list((tmp_path / "comparisons").iterdir()) == [out]
+    assert more.output.count("finished before") == 4 and more.output.count(": finished in") == 2
+    now = cell_runs(out)
+    assert {k: v for k, v in now.items() if k in runs} == runs
+    assert sorted(set(now) - set(runs)) == ["herding-m30-s0", "random-m30-s0"]
+    assert json.loads((out / "grid.json").read_text())["mem_sizes"] == [10, 20, 30]
+    summary = json.loads((out / "comparison.json").read_text())
+    assert len(summary["memories"]) == 6 and all("herding_equivalent" in g for g in summary["memories"])

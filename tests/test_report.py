@@ -152,11 +152,17 @@ def test_runs_differing_in_a_setting_are_not_averaged_together(tmp_path):
     shutil.copytree(FIXTURE / "cells", tmp_path / "runs")
     config_path = run_folder(tmp_path / "runs", "random-s1") / "config.json"
     config = json.loads(config_path.read_text())
+    config["run"]["epochs"] = 3
+    config_path.write_text(json.dumps(config))
+    groups = group_runs(collect_runs([tmp_path / "runs"]))
+    assert [g for g in groups if g.startswith("random")] == ["random epochs=1", "random epochs=3"]
+    assert "dm" in groups  # dm's runs agree, so its label stays plain
+    # The memory size is an axis of the whole comparison: every row names it, to pair size by size.
     config["run"]["mem_size"] = 50
     config_path.write_text(json.dumps(config))
     groups = group_runs(collect_runs([tmp_path / "runs"]))
-    assert [g for g in groups if g.startswith("random")] == ["random mem_size=20", "random mem_size=50"]
-    assert "dm" in groups  # dm's runs agree, so its label stays plain
+    assert sorted(groups) == ["dm mem_size=20", "joint mem_size=20", "random epochs=1 mem_size=20",
+                              "random epochs=3 mem_size=50"]
 
 
 def test_a_seed_run_twice_counts_once_preferring_the_finished_run(tmp_path):
