@@ -865,6 +865,10 @@ def _finite(value: Any) -> Any:
 
 
 def table(summary: dict[str, Any]) -> str:
-    """The comparison table alone (for the terminal)."""
+    """The comparison's tables alone (for the terminal), a blank line between them."""
     md = comparison_markdown({**summary, "figures": [], "notes": []})
-    return "\n".join(line for line in md.splitlines() if line.startswith("|"))
+    lines: list[str] = []
+    for line, before in zip(md.splitlines(), ["", *md.splitlines()]):
+        if line.startswith("|"):
+            lines += ([""] if lines and not before.startswith("|") else []) + [line]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ Fixture (tests/fixtures/comparison): split-digits, 3 experiences; random and dm 
 seeds 0 and 1 finished, dm seed 2 failed, joint seed 0 finished.
 """
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -238,3 +239,67 @@ def test_runs_of_several_scenarios_are_labelled_by_scenario_and_compared_within_
     assert sorted(group_runs(records)) == ["split-cifar10 random mem_size=200", "split-cifar10 random mem_size=500",
                                            "split-digits random"]
     assert list(group_runs(records[1:2])) == ["random"]  # one scenario: no prefix
+
+
+def test_equivalent_size_reads_the_curve_in_log_size_and_never_extrapolates():
+    from ccl.report import equivalent_size
+    sizes, accuracy = [20, 50, 100, 200], [0.30, 0.40, 0.45, 0.50]
+    # half way from 0.40 to 0.45 is half way from log 50 to log 100: sqrt(50 * 100)
+    assert equivalent_size(sizes, accuracy, 0.425) == ("=", pytest.approx(math.sqrt(50 * 100)))
+    assert equivalent_size(sizes, accuracy, 0.33) == ("=", pytest.approx(20 * 2.5 ** 0.3))
+    assert equivalent_size(sizes, accuracy, 0.45) == ("=", 100.0)  # a size run, exactly
+    assert equivalent_size(sizes, accuracy, 0.30) == ("=", 20.0)
+    assert equivalent_size(sizes, accuracy, 0.25) == ("<", 20.0)  # herding at its smallest does better
+    assert equivalent_size(sizes, accuracy, 0.55) == (">", 200.0)  # herding at its largest does worse
+    # not monotone: the first upward crossing, the smallest size that does as well
+    assert equivalent_size([20, 50, 100, 200], [0.30, 0.50, 0.40, 0.60], 0.45) == \
+        ("=", pytest.approx(20 * 2.5 ** 0.75))
+    assert equivalent_size([20], [0.3], 0.3) == ("=", 20.0)
+    with pytest.raises(ValueError):
+        equivalent_size([20, 50], [0.3], 0.3)
+
+
+def _sized_copy(folder: Path, mem_size: int, finals: dict[str, float]) -> Path:
+    """The fixture's random and dm cells of seeds 0 and 1 (dm renamed herding), every run
+    given `mem_size` and, for each memory, final accuracy finals[memory] +- 0.01 by seed."""
+    for memory, name in (("random", "random"), ("dm", "herding")):
+        for seed in (0, 1):
+            run = run_folder(shutil.copytree(FIXTURE / "cells" / f"{memory}-s{seed}",
+                                             folder / "cells" / f"{name}-s{seed}"), "")
+            config = json.loads((run / "config.json").read_text())
+            config["run"].update(memory=name, mem_size=mem_size)
+            (run / "config.json").write_text(json.dumps(config))
+            results = json.loads((run / "results.json").read_text())
+            results.update(memory=name, final_average_accuracy=finals[name] + (0.01 if seed else -0.01))
+            (run / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_ccl_report_over_folders_of_single_sizes_draws_the_curve_and_the_equivalents(tmp_path):
+    small = _sized_copy(tmp_path / "m20", 20, {"random": 0.40, "herding": 0.50})
+    large = _sized_copy(tmp_path / "m50", 50, {"random": 0.60, "herding": 0.70})
+    result = CliRunner().invoke(report, [str(small), str(large), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "comparison.json").read_text())
+    assert "curve.png" in summary["figures"]
+    assert _png_title(tmp_path / "report" / "curve.png").startswith("Final accuracy against memory size")
+    equivalent = {(g["axes"]["memory"], g["axes"]["mem_size"]): g["herding_equivalent"] for g in summary["memories"]}
+    assert equivalent == {
+        ("herding", 20): {"relation": "=", "size": 20.0, "worth": 1.0},
+        ("herding", 50): {"relation": "=", "size": 50.0, "worth": 1.0},
+        ("random", 20): {"relation": "<", "size": 20.0, "worth": 1.0},
+        # 0.60 is half way from herding's 0.50 at 20 to 0.70 at 50: sqrt(20 * 50) = 31.6
+        ("random", 50): {"relation": "=", "size": pytest.approx(math.sqrt(20 * 50)),
+                         "worth": pytest.approx(math.sqrt(20 * 50) / 50)}}
+    md = (tmp_path / "report" / "comparison.md").read_text()
+    assert "| random | 50 | 0.6000 ± 0.0141 | 32 | 0.63 |" in md and "| random | 20 | 0.4000 ± 0.0141 | < 20 | < 1.0 |" in md
+    # one size, or no herding: neither the curve nor the equivalents
+    summary = write_report([small], tmp_path / "one")
+    assert "curve.png" not in summary["figures"] and not any("herding_equivalent" in g for g in summary["memories"])
+    assert "Herding-equivalent" not in (tmp_path / "one" / "comparison.md").read_text()
+    for folder in (small, large):
+        for seed in (0, 1):
+            shutil.rmtree(folder / "cells" / f"herding-s{seed}")
+    summary = write_report([small, large], tmp_path / "two")
+    assert "curve.png" in summary["figures"]
+    assert [g.get("herding_equivalent") for g in summary["memories"]] == [None, None]
