@@ -83,6 +83,14 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         if given:
             raise CclError(f"{', '.join(given)}: only with --executor ray")
     values, strategy_tables = config_values(flags, config_file, overrides, no_download, class_order)
+    # --mem-size a,b is an axis of the grid; a single size is every cell's, as `ccl run
+    # --mem-size` (and names no cell).
+    sizes = tuple(_ints(mem_sizes, "--mem-size")) if mem_sizes is not None else ()
+    if mem_sizes is not None and not sizes:
+        raise CclError(f"--mem-size: expected comma-separated integers, got {mem_sizes!r}")
+    if len(sizes) == 1:
+        values["mem_size"] = sizes[0]
+    size_axis = sizes if len(sizes) > 1 else ()
     known.check({**values, "memory": memories})  # names, paths and a busy folder: before loading torch
     if out is not None and (holder := folder_holder(Path(out))):
         raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
@@ -105,13 +113,6 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
     # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
     strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
-    # So is --mem-size a,b; a single size is every cell's, as `ccl run --mem-size` (and names no cell).
-    sizes = tuple(_ints(mem_sizes, "--mem-size")) if mem_sizes is not None else ()
-    if mem_sizes is not None and not sizes:
-        raise CclError(f"--mem-size: expected comma-separated integers, got {mem_sizes!r}")
-    if len(sizes) == 1:
-        values["mem_size"] = sizes[0]
-    size_axis = sizes if len(sizes) > 1 else ()
     grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables, size_axis)
     settings = validate(grid)
     if out is None:
