@@ -94,7 +94,7 @@ def test_the_readme_option_tables_match_the_command_line():
     run_flags = _command_flags(main.commands["run"])
     assert _table_flags("## Options of `ccl run`") == run_flags
     compare_only = _command_flags(main.commands["compare"]) - run_flags
-    assert _table_flags("## Comparing") == compare_only | {"--strategy", "--memory"}
+    assert _table_flags("## Comparing") == compare_only | {"--strategy", "--memory", "--mem-size"}  # axes
 
 
 def test_the_light_name_lists_match_the_registries():
