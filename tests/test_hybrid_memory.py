@@ -118,3 +118,7 @@ def test_lasting_only_is_refused_and_the_spec_is_registered():
     assert spec.settings is HybridSettings and isinstance(spec.make_filler("cpu", HybridSettings()), HybridFiller)
     assert prepare(make_config(scenario="split-digits", memory="hybrid", memory_settings={"synthetic_share": 0.5})
                    ).settings.synthetic_share == 0.5
+    from ccl.replay import CondensedReplay  # the Python API resolves the same settings
+    assert CondensedReplay(20, "hybrid", {"synthetic_share": 0.5}).settings == \
+        settings_for_memory("hybrid", None, {"synthetic_share": 0.5})
+    assert CondensedReplay(20, "hybrid", HybridSettings(width=8)).settings.width == 8

@@ -99,8 +99,8 @@ class HybridFiller(Filler):
         base, extra = divmod(slots, classes)  # the slots shared out as slots_per_class does
         synthetic = (classes - extra) * synthetic_count(base, share) + extra * synthetic_count(base + 1, share)
         features = classes * real_per_class / 3  # the learner's features of every real image, once
-        labels = slots / 3 if self.settings.soft_labels else 0.0  # the learner's logits on every row
-        return features + labels + self.settings.work(classes, synthetic, real_per_class, learner_width)
+        soft = slots / 3 if self.settings.soft_labels else 0.0  # the learner's logits on every row
+        return features + soft + self.settings.work(classes, synthetic, real_per_class, learner_width)
 
     def fill(self, real, labels, budget, learner, context=None, later=None, trajectory=None):
         settings, share = self.settings, self.settings.synthetic_share
