@@ -35,6 +35,9 @@ CASES = {
     "bic": dict(memory="random", strategy="bic"),  # a teacher copied at the start, a bias layer carried over
     "datadam": dict(memory="datadam", memory_settings={"iterations": 6, "width": 16, "real_batch": 8,
                                                        "progress_every": 2}),
+    # condenses a share of each class, then herds its real rows given the condensed ones
+    "hybrid": dict(memory="hybrid", memory_settings={"iterations": 6, "width": 16, "real_batch": 8,
+                                                     "progress_every": 2, "synthetic_share": 0.5}),
 }
 
 
@@ -128,10 +131,11 @@ def test_a_run_stopped_inside_an_experience_resumes_there_to_the_same_results(tm
     assert before - 1 + resumed == whole["batches"]  # nothing trained on twice (the last fetched was not)
 
 
-def test_a_run_stopped_inside_a_condensation_resumes_there_to_the_same_results(tmp_path_factory, counted):
-    whole = uninterrupted("datadam", tmp_path_factory.mktemp("whole"), counted)
+@pytest.mark.parametrize("case", ["datadam", "hybrid"])
+def test_a_run_stopped_inside_a_condensation_resumes_there_to_the_same_results(tmp_path_factory, counted, case):
+    whole = uninterrupted(case, tmp_path_factory.mktemp("whole"), counted)
     counted.update(batches=0, condensation=0)
-    run_dir = _stopped("datadam", tmp_path_factory.mktemp("cut"), StopAfter(every=2, stop=4, phase="condensing"))
+    run_dir = _stopped(case, tmp_path_factory.mktemp("cut"), StopAfter(every=2, stop=4, phase="condensing"))
     before = dict(counted)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     done = ckpt["position"]["condensation"]["iteration"]
