@@ -26,8 +26,8 @@ from ccl.errors import CclError
 from ccl.estimate import plan_run
 from ccl.experiment import MEM_DTYPES, Prepared, RunConfig, new_run_dir, prepare, resolved_config
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
-from ccl.logs import (ACC_EPOCH, ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
-                      csv_logger, csv_metrics, csv_rows, optional_loggers)
+from ccl.logs import (ACC_EPOCH, ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows,
+                      check_csv_logs, csv_logger, csv_metrics, csv_rows, optional_loggers)
 from ccl.models import build_learner
 from ccl.resume import CheckpointClock, CheckpointsWithin, CondensationCheckpoint
 from ccl.strategies import FinetunePlugin

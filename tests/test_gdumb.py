@@ -125,7 +125,7 @@ def test_gdumbs_settings_from_the_command_line_and_a_preset_table_land_in_config
     ("batch_size=0", "batch_size must be at least 1, got 0"),
     ("clip=-1", "clip must be a gradient norm >= 0 (0: off), got -1.0"),
     ("restart_epochs=0", "restart_epochs must be a number of epochs > 0, got 0.0"),
-    ("warmup_epochs=64", "warmup_epochs must be in 0..epochs - 1 = 63, got 64"),
+    ("warmup_epochs=128", "warmup_epochs must be in 0..epochs - 1 = 127, got 128"),
     ("momentum=1", "momentum must be in [0, 1), got 1.0"),
     ("epochs=2.5", "expected an integer, got 2.5"),
 ])
