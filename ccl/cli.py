@@ -99,6 +99,10 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
                        f"on {device_description(prepared.device)}; run folder {run_dir}")
             if advice := cpu_advice(prepared):
                 click.echo(advice)
+            unused = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "batch_size") if flags.get(k) is not None]
+            if unused and prepared.strategy.own_training is not None:  # GDumb's fresh learner
+                click.echo(f"note: {', '.join(unused)} do not train the fresh learner of {cfg.strategy}, which "
+                           "has its own settings (--strategy-set epochs=N, lr=..., batch_size=...)", err=True)
             run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)

@@ -160,32 +160,36 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     given_hyper = dict(parse_override(o) for o in flags.get("strategy_overrides") or ())
     hyper.update(given_hyper)
     values["strategy_settings"] = hyper
-    # what the command line set, by key, with the flag that set it: it wins over the preset's tables
-    given = {k: (f"--{k.replace('_', '-')} {flags[k]}", flags[k])
+    # what the command line set, by (run or own, key), with the flag that set it: it wins over
+    # the preset's tables (--lr the run's lr, --strategy-set lr=... a strategy's own, GDumb's)
+    given = {(False, k): (f"--{k.replace('_', '-')} {flags[k]}", flags[k])
              for k in STRATEGY_RUN_KEYS if flags.get(k) is not None}
-    given.update({k: (f"--strategy-set {k}={v}", v) for k, v in given_hyper.items()})
+    given.update({(True, k): (f"--strategy-set {k}={v}", v) for k, v in given_hyper.items()})
     return _with_strategy_tables(values, tables, given, config_file)
 
 
-def _with_strategy_tables(values: dict, tables: dict[str, dict], given: dict[str, tuple[str, object]],
+def _with_strategy_tables(values: dict, tables: dict[str, dict], given: dict[tuple[bool, str], tuple[str, object]],
                           config_file: Path | None) -> tuple[dict, dict[str, dict]]:
     """`config_values`' answer: the tables of the strategies `values` run, less the keys
-    the command line gave (`given`: key -> its flag and value), each checked as the run's
-    own values now, before torch loads; a single strategy's laid over `values`."""
-    from ccl.run_config import chosen_strategies, given_config, strategy_table_name, with_strategy_table
+    the command line gave (`given`: (whether a strategy's own setting, key) -> its flag and
+    value), each checked as the run's own values now, before torch loads; a single
+    strategy's laid over `values`."""
+    from ccl.run_config import (chosen_strategies, given_config, is_own_setting, strategy_table_name,
+                                with_strategy_table)
     running = chosen_strategies(values)
     tables = {s: tables[s] for s in running if s in tables}  # a preset may name more strategies than run
-    for key, (flag, value) in given.items():
-        replaced = [f"{t[key]} for {s}" for s, t in tables.items() if key in t and t[key] != value]
+    for (own, key), (flag, value) in given.items():
+        replaced = [f"{t[key]} for {s}" for s, t in tables.items()
+                    if key in t and is_own_setting(s, key) == own and t[key] != value]
         if replaced:
             click.echo(f"note: {flag} overrides the preset's {key} {', '.join(replaced)}", err=True)
-    tables = {s: {k: v for k, v in t.items() if k not in given} for s, t in tables.items()}
+    tables = {s: {k: v for k, v in t.items() if (is_own_setting(s, k), k) not in given} for s, t in tables.items()}
     for strategy, table in tables.items():
         try:
-            given_config(**{**with_strategy_table(values, table), "strategy": strategy})
+            given_config(**{**with_strategy_table(values, table, strategy), "strategy": strategy})
         except CclError as e:
             given_config(**{**values, "strategy": strategy})  # fails on its own first when the table is not to blame
             raise CclError(f"{config_file}: {strategy_table_name(strategy)}: {str(e).removeprefix('run: ')}") from None
     if len(running) == 1:
-        return with_strategy_table(values, tables.get(running[0], {})), {}
+        return with_strategy_table(values, tables.get(running[0], {}), running[0]), {}
     return values, tables

@@ -75,7 +75,7 @@ class Grid:
         if strategy is None:
             return values
         return with_strategy_table({**strategy_values(values, strategy), "strategy": strategy},
-                                   self.strategy_tables.get(strategy, {}))
+                                   self.strategy_tables.get(strategy, {}), strategy)
 
     def cells(self, progress: bool = False) -> list[CellSpec]:
         """Seed-major order: after the first len(memories) x sizes cells, one full comparison exists."""

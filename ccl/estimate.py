@@ -217,6 +217,7 @@ def plan_run(p: Any, bench: Any, memory: Any) -> RunPlan:
     its memory plugin (None without one)."""
     from ccl.memory.slots import slots_per_class
     cfg = p.config
+    epochs, batch_size = p.learner_training()  # GDumb's own, for its fresh learner
     sizes = [len(exp.dataset) for exp in bench.train_stream]
     if p.spec.joint:
         sizes = [sum(sizes)]
@@ -230,7 +231,7 @@ def plan_run(p: Any, bench: Any, memory: Any) -> RunPlan:
         trained = size
         if p.strategy.memory_alone:  # GDumb: a fresh learner on the memory alone
             trained = min(cfg.mem_size, sum(sizes[:i + 1]))
-        steps.append(cfg.epochs * math.ceil(trained / cfg.batch_size))
+        steps.append(epochs * math.ceil(trained / batch_size))
         new = [] if p.spec.joint else [c for c in p.experience_classes[i] if c not in seen]
         seen += new
         update = 0.0
@@ -239,4 +240,4 @@ def plan_run(p: Any, bench: Any, memory: Any) -> RunPlan:
             update = filler.work(len(new), sum(slots[c] for c in new), size / len(new), cfg.width)
         work.append(update + cfg.finetune_epochs * min(cfg.mem_size, sum(sizes[:i + 1])))
     test_images = sum(len(exp.dataset) for exp in bench.test_stream)
-    return RunPlan(tuple(steps), cfg.batch_size, replayed, tuple(work), test_images)
+    return RunPlan(tuple(steps), batch_size, replayed, tuple(work), test_images)

@@ -93,6 +93,13 @@ class Prepared:
     order: list[int]
     experience_classes: list[list[int]]
 
+    def learner_training(self) -> tuple[int, int]:
+        """The epochs and minibatch size the learner trains each experience with: the
+        run's, or the strategy's own (GDumb's fresh learner)."""
+        if self.strategy.own_training is not None:
+            return self.strategy.own_training(self.strategy_settings)
+        return self.config.epochs, self.config.batch_size
+
 
 def prepare(cfg: RunConfig) -> Prepared:
     scenario = get_scenario(cfg.scenario)

@@ -86,6 +86,7 @@ class Progress:
 
 
 ACC_EXP = "Top1_Acc_Exp/eval_phase/test_stream/Exp{:03d}"
+ACC_EPOCH = "Top1_Acc_Epoch/train_phase/train_stream"  # the last training epoch's (csv_metrics)
 ACC_STREAM = "Top1_Acc_Stream/eval_phase/test_stream"
 FORGETTING = "StreamForgetting/eval_phase/test_stream"
 BWT = "StreamBWT/eval_phase/test_stream"

@@ -15,7 +15,10 @@ STRATEGIES = ("er", "a-gem", "bic", "der", "der++", "er-ace", "gdumb", "icarl")
 # each strategy's own settings (its registry entry's dataclass fields, `--strategy-set` keys)
 STRATEGY_SETTINGS = {"er": ("temperature",), "a-gem": (), "bic": ("temperature", "bias_steps", "bias_lr"),
                      "der": ("alpha", "beta", "temperature"), "der++": ("alpha", "beta", "temperature"),
-                     "er-ace": ("temperature",), "gdumb": (), "icarl": ()}
+                     "er-ace": ("temperature",),
+                     "gdumb": ("epochs", "lr", "min_lr", "schedule", "restart_epochs", "warmup_epochs", "batch_size",
+                               "momentum", "weight_decay", "clip"),
+                     "icarl": ()}
 LEARNERS = ("convnet", "resnet18")  # what ccl.models.build_learner builds
 NORMS = ("instance", "batch", "none")  # the ConvNet's normalisations
 

@@ -152,11 +152,18 @@ def strategy_tables(tables: Any, where: str) -> dict[str, dict[str, Any]]:
     return {name: dict(table) for name, table in tables.items()}
 
 
-def with_strategy_table(values: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
-    """Run `values` with one strategy's preset table laid over them: its run keys replace
-    theirs, and its settings join their `strategy_settings`, over them."""
-    run = {k: v for k, v in table.items() if k in STRATEGY_RUN_KEYS}
-    own = {k: v for k, v in table.items() if k not in STRATEGY_RUN_KEYS}
+def is_own_setting(strategy: str, key: str) -> bool:
+    """Whether `key` of `[strategies.NAME]` is the strategy's own setting (a field of its
+    settings dataclass) rather than a run key; a name that is both is the strategy's own
+    (GDumb's lr and batch_size are its fresh learner's, not the run's)."""
+    return key in STRATEGY_SETTINGS.get(strategy, ())
+
+
+def with_strategy_table(values: dict[str, Any], table: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """Run `values` with the preset table of `strategy` laid over them: its run keys replace
+    theirs, and its own settings join their `strategy_settings`, over them."""
+    run = {k: v for k, v in table.items() if not is_own_setting(strategy, k)}
+    own = {k: v for k, v in table.items() if is_own_setting(strategy, k)}
     if not own:
         return {**values, **run}
     return {**values, **run, "strategy_settings": {**(values.get("strategy_settings") or {}), **own}}

@@ -26,8 +26,8 @@ from ccl.errors import CclError
 from ccl.estimate import plan_run
 from ccl.experiment import MEM_DTYPES, Prepared, RunConfig, new_run_dir, prepare, resolved_config
 from ccl.io import folder_lock, refuse_links, save_torch, write_json
-from ccl.logs import (ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows, check_csv_logs,
-                      csv_logger, csv_metrics, csv_rows, optional_loggers)
+from ccl.logs import (ACC_EPOCH, ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows,
+                      check_csv_logs, csv_logger, csv_metrics, csv_rows, optional_loggers)
 from ccl.models import build_learner
 from ccl.resume import CheckpointClock, CheckpointsWithin, CondensationCheckpoint
 from ccl.strategies import FinetunePlugin
@@ -57,8 +57,9 @@ def _refuse_linked_logs(run_dir: Path) -> None:
 def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
     """The run's checkpoint, checked against this run: its learner, stream and class order."""
     n = len(p.experience_classes)
+    epochs, _ = p.learner_training()  # a position inside an experience counts the strategy's own (GDumb's)
     run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size,
-                   p.config.epochs)
+                   epochs)
     return load_checkpoint(run_dir / CHECKPOINT, model, run)
 
 
@@ -129,7 +130,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
 
 
 RESULT_SERIES = ("accuracy_matrix", "seen_accuracy", "average_accuracy", "forgetting", "bwt", "train_seconds",
-                 "memory_update_seconds", "eval_seconds", "memory_updates", "memory_accuracy")
+                 "memory_update_seconds", "eval_seconds", "memory_updates", "memory_accuracy", "memory_fit_accuracy")
 
 
 def _memory_accuracy(model: torch.nn.Module, memory) -> float | None:
@@ -141,6 +142,15 @@ def _memory_accuracy(model: torch.nn.Module, memory) -> float | None:
     with torch.no_grad():
         logits = learner_features(model, memory.codec.decode(memory.images), logits=True)
     return float((logits.argmax(1) == memory.labels).float().mean())
+
+
+def _memory_fit_accuracy(p: Prepared, train_metrics: dict) -> float | None:
+    """Under a strategy that trains a fresh learner on the memory alone (GDumb): its
+    training accuracy over its last epoch there, as it trained (augmented, in train mode):
+    near 1 when it has converged. None for a strategy that trains on the stream."""
+    if not p.strategy.memory_alone or ACC_EPOCH not in train_metrics:
+        return None
+    return float(train_metrics[ACC_EPOCH])
 
 
 def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_experience=None,
@@ -209,7 +219,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         torch.cuda.reset_peak_memory_stats(p.device)
     for i in range(first, len(steps)):
         start = time.perf_counter()
-        strategy.train(steps[i])
+        train_metrics = strategy.train(steps[i])
         elapsed = time.perf_counter() - start
         update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
         start = time.perf_counter()
@@ -223,7 +233,8 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
                            ("train_seconds", elapsed - update["seconds"]),
                            ("memory_update_seconds", update["seconds"]),
                            ("eval_seconds", time.perf_counter() - start), ("memory_updates", update),
-                           ("memory_accuracy", _memory_accuracy(strategy.model, memory))):
+                           ("memory_accuracy", _memory_accuracy(strategy.model, memory)),
+                           ("memory_fit_accuracy", _memory_fit_accuracy(p, train_metrics))):
             results.setdefault(key, []).append(value)  # a checkpoint of an older ccl may lack a series
         with signals_deferred():  # a Ctrl-C now waits until the checkpoint is whole
             save_torch(run_dir / CHECKPOINT, {

@@ -33,6 +33,8 @@ CASES = {
     "er-ace": dict(memory="random", strategy="er-ace"),  # stream slots: their reservoir is in flight
     "reservoir-der++": dict(memory="reservoir", strategy="der++"),  # the stream's reservoir, its logits
     "bic": dict(memory="random", strategy="bic"),  # a teacher copied at the start, a bias layer carried over
+    # a fresh learner on the memory, with GDumb's own epochs (more than the run's 3) and lr schedule
+    "gdumb": dict(memory="random", strategy="gdumb", strategy_settings={"epochs": 6}),
     "datadam": dict(memory="datadam", memory_settings={"iterations": 6, "width": 16, "real_batch": 8,
                                                        "progress_every": 2}),
     # condenses a share of each class, then herds its real rows given the condensed ones
@@ -110,9 +112,12 @@ def _same_as_uninterrupted(run_dir: Path, whole: dict) -> None:
 # Experience 0: 15 minibatches (5 an epoch), saves at its 4th, 8th and 12th; experiences 1
 # and 2: 12 (4 an epoch), the clock restarted by the previous experience's own checkpoint:
 # saves at their 4th, 8th and 12th. The 5th save: experience 1, epoch 1, iteration 3 (its
-# 8th minibatch); the 7th: experience 2, epoch 0, iteration 3.
+# 8th minibatch); the 7th: experience 2, epoch 0, iteration 3. GDumb: 12 minibatches an
+# experience (20 memory images in GDumb's 16s, 6 epochs), the 5th save at experience 1's
+# 8th: epoch 3 (past the run's 3 epochs), iteration 1.
 @pytest.mark.parametrize("case, stop, at", [("random", 5, (1, 1, 3)), ("er-ace", 5, (1, 1, 3)),
-                                            ("reservoir-der++", 5, (1, 1, 3)), ("bic", 7, (2, 0, 3))])
+                                            ("reservoir-der++", 5, (1, 1, 3)), ("bic", 7, (2, 0, 3)),
+                                            ("gdumb", 5, (1, 3, 1))])
 def test_a_run_stopped_inside_an_experience_resumes_there_to_the_same_results(tmp_path_factory, counted, case,
                                                                                stop, at):
     whole = uninterrupted(case, tmp_path_factory.mktemp("whole"), counted)
@@ -149,6 +154,15 @@ def test_a_run_stopped_inside_a_condensation_resumes_there_to_the_same_results(t
     resumed = {k: counted[k] - before[k] for k in counted}
     assert before["batches"] + resumed["batches"] == whole["batches"]  # no epoch trained again
     assert before["condensation"] + resumed["condensation"] == whole["condensation"]  # no iteration again
+
+
+def test_a_gdumb_checkpoint_is_checked_against_gdumbs_epochs(tmp_path_factory):
+    run_dir = _stopped("gdumb", tmp_path_factory.mktemp("cut"), StopAfter(every=4, stop=5))
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["position"]["epoch"] = 6
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 2 and "position's epoch should be in 0..5 " in result.output, result.output
 
 
 def test_a_second_stop_inside_the_resumed_experience_resumes_too(tmp_path_factory, counted):

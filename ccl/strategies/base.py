@@ -65,6 +65,9 @@ class Strategy:
     memory_needs: settings -> what it needs of an on-device memory (`MemoryNeeds`: memory
         batches per minibatch, the learner's logits per row), passed to the memory when it
         is built.
+    own_training: settings -> (epochs, minibatch size) when its learner trains with its own
+        instead of the run's (GDumb's fresh learner); None: the run's. The run's checkpoint
+        checks and time estimate read them.
     """
     plugin: Callable[[ReplayMemoryPlugin, Any], SupervisedPlugin] | None = None
     settings: type = NoSettings
@@ -72,6 +75,7 @@ class Strategy:
     needs_replay: bool = True
     memory_alone: bool = False
     memory_needs: Callable[[Any], MemoryNeeds] = plain_replay
+    own_training: Callable[[Any], tuple[int, int]] | None = None
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
