@@ -18,29 +18,33 @@ class Diverged(CclError):
 class DivergenceGuard:
     """Avalanche plugin: checks the training loss every `every` steps and at the end of an
     experience (a check syncs the device), and ends the run on a NaN or infinite one
-    with the experience and step, instead of training on to report chance accuracy."""
+    with the experience and step, instead of training on to report chance accuracy.
+    `ccl run` marks the run `diverged`; `ccl.CondensedReplay` carries the same guard, so
+    a Python user's training stops with the same message (`hint`: what to change, in the
+    caller's terms)."""
 
-    def __new__(cls, every: int = 20):
+    def __new__(cls, every: int = 20, hint: str = "try a smaller --lr"):
         from avalanche.core import SupervisedPlugin
 
         class Guard(SupervisedPlugin):
             def before_training_exp(self, strategy, **kw):
-                self.step = 0
+                self.step, self.last = 0, None
 
             def after_training_iteration(self, strategy, **kw):
                 self.step += 1
+                self.last = strategy.loss.detach()  # a reference, no sync
                 if self.step % every == 0:
                     self.check(strategy)
 
             def after_training_exp(self, strategy, **kw):
-                self.check(strategy)
+                if self.last is not None:  # the last step's loss: an eval inside train() resets strategy.loss
+                    self.check(strategy)
 
             def check(self, strategy):
-                loss = strategy.loss.detach().item()
+                loss = self.last.item()
                 if not np.isfinite(loss):
                     raise Diverged(f"the training loss became {loss} in experience "
-                                   f"{strategy.experience.current_experience} by step {self.step}: "
-                                   "try a smaller --lr")
+                                   f"{strategy.experience.current_experience} by step {self.step}: {hint}")
         return Guard()
 
 

@@ -20,6 +20,7 @@ from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.methods import METHODS
 from ccl.errors import CclError
+from ccl.guards import DivergenceGuard
 from ccl.memory import (MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin,
                         settings_for_memory)
 from ccl.memory.fillers import RandomFiller
@@ -95,10 +96,11 @@ class CondensedReplay(SupervisedPlugin):
         if mem_size < 1 or mem_batch < 0:
             raise ValueError(f"mem_size must be >= 1 and mem_batch >= 0, got {mem_size} and {mem_batch}")
         self.mem_size, self.mem_batch, self.method, self.progress = mem_size, mem_batch, method, progress
-        self.spec = _known(MEMORIES, method, "method")
-        if not self.spec.on_device:
-            on_device = [e.name for e in MEMORIES.entries() if e.value.on_device]
-            raise ValueError(f"method {method!r} is not an on-device memory; choose one of: {', '.join(on_device)}")
+        on_device = [e.name for e in MEMORIES.entries() if e.value.on_device]
+        if method not in on_device:  # the registry's own message would offer memories the plugin refuses
+            what = "is not an on-device memory" if method in MEMORIES.names() else "is not a memory ccl has"
+            raise ValueError(f"method {method!r} {what}; choose one of: {', '.join(on_device)}")
+        self.spec = MEMORIES.get(method).value
         self.settings = _method_settings(method, self.spec, settings)
         if callable(augment) or augment is None:
             self.augment = augment
@@ -107,19 +109,25 @@ class CondensedReplay(SupervisedPlugin):
         else:
             raise ValueError(f"augment {augment!r}: one of {', '.join(AUGMENTS)}, None or a function x -> x")
         self.strategy_name = strategy
-        self.entry = _known(STRATEGIES, strategy, "strategy") if strategy is not None else None
-        if self.entry is not None and (self.entry.memory_alone or self.entry.plugin is None):
-            raise ValueError(f"strategy {strategy!r} does not replay beside the stream; CondensedReplay "
-                             f"cannot take it (`ccl run --strategy {strategy}` can)")
+        beside = [e.name for e in STRATEGIES.entries() if not e.value.memory_alone and e.value.plugin is not None]
+        if strategy is not None and strategy not in beside:
+            what = (f"does not replay beside the stream (`ccl run --strategy {strategy}` takes it)"
+                    if strategy in STRATEGIES.names() else "is not a strategy ccl has")
+            raise ValueError(f"strategy {strategy!r} {what}; choose one of: {', '.join(beside)}, or None "
+                             "(the template's own criterion)")
+        self.entry = STRATEGIES.get(strategy).value if strategy is not None else None
         self.strategy_settings = None
         if self.entry is not None:
             self.strategy_settings = _settings(self.entry.settings, strategy_settings, f"strategy {strategy}")
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
         self.memory: ReplayMemoryPlugin | None = None
         self.loss: SupervisedPlugin | None = None
+        # `ccl run`'s check of the training loss: NaN or infinite raises `ccl.guards.Diverged`
+        self.guard = DivergenceGuard(hint="try a smaller learning rate")
         self._experience = None  # the experience training now: the memory's real images
 
     def before_training(self, strategy, **kwargs):
+        _refuse_second_replay(self, strategy)
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
             self.memory, self.loss = self._build(torch.device(strategy.device))
@@ -160,8 +168,10 @@ class CondensedReplay(SupervisedPlugin):
         self._experience = None  # its images go back
 
     def _each(self, hook: str, strategy, **kwargs) -> None:
-        """Call `hook` on the memory, then on the strategy's loss (which reads what was replayed)."""
-        for part in (self.memory, self.loss):
+        """Call `hook` on the divergence guard (first, as in `ccl run`: a diverged
+        experience stops before its memory update), the memory, then the strategy's loss
+        (which reads what was replayed)."""
+        for part in (self.guard, self.memory, self.loss):
             if part is not None:
                 getattr(part, hook)(strategy, **kwargs)
 
@@ -251,11 +261,36 @@ def _schedule(experience) -> list[list[int]]:
         return []
 
 
-def _known(registry, name: str, what: str):
-    try:
-        return registry.get(name).value
-    except CclError as e:
-        raise ValueError(f"{what}: {e}") from None
+def _refuse_second_replay(plugin: CondensedReplay, strategy) -> None:
+    """One replay a step: refuse, before any step, a strategy where another memory would
+    also replay (Avalanche's `Replay` strategy, its `ReplayPlugin` and the other plugins
+    and strategies that replay a buffer of their own, a second ccl memory): the second
+    replay would silently double what the learner revisits."""
+    from avalanche.training import plugins as avalanche_plugins
+    from avalanche.training.storage_policy import ExemplarsBuffer
+    from avalanche.training.supervised import GDumb, GenerativeReplay, Replay
+
+    name = type(strategy).__name__
+    if isinstance(strategy, (Replay, GDumb, GenerativeReplay)) or any(
+            isinstance(value, ExemplarsBuffer) for value in vars(strategy).values()):  # DER, ER_ACE, ...: storage_policy
+        raise ValueError(f"Avalanche's {name} strategy replays a memory of its own: with CondensedReplay every step "
+                         "would replay twice; give CondensedReplay to Naive instead")
+    replaying = tuple(getattr(avalanche_plugins, n) for n in REPLAYING_PLUGINS)
+    for other in strategy.plugins:
+        if other is plugin:
+            continue
+        if isinstance(other, (CondensedReplay, ReplayMemoryPlugin)):
+            raise ValueError(f"a second ccl memory ({type(other).__name__}) beside CondensedReplay would replay twice "
+                             "a step: keep one")
+        if isinstance(other, replaying):
+            raise ValueError(f"Avalanche's {type(other).__name__} replays a memory of its own: beside CondensedReplay "
+                             "every step would replay twice; keep one of the two")
+
+
+# Avalanche's plugins that add a buffer's samples (or generated ones) to the training steps
+# (its UpdateNCMPlugin and UpdateFeCAMPlugin keep a buffer too, but only for class means).
+REPLAYING_PLUGINS = ("ReplayPlugin", "BiCPlugin", "CoPEPlugin", "GDumbPlugin", "GSS_greedyPlugin",
+                     "GenerativeReplayPlugin", "MIRPlugin", "RARPlugin")
 
 
 def _method_settings(method: str, spec, settings: Settings) -> Any:

@@ -10,13 +10,13 @@ PACKAGE = Path(__file__).parent.parent / "ccl"
 # bottom to top; a module may import its own layer and those before it
 LAYERS = [
     {"errors", "resources", "registry", "config", "io", "names", "run_config"},
-    {"data", "training"},
+    {"data", "training", "guards"},
     {"models"},
     {"condense"},
     {"memory"},
     {"strategies"},
     {"replay"},
-    {"experiment", "checkpoint", "estimate", "logs", "guards", "resume"},
+    {"experiment", "checkpoint", "estimate", "logs", "resume"},
     {"runner"},
     {"report", "cells"},
     {"executors"},

@@ -13,6 +13,8 @@ from torch.utils.data import TensorDataset
 
 from ccl import CondensedReplay
 from ccl.condense.datadam import DataDAMSettings
+from ccl.guards import Diverged
+from ccl.memory import ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.replay import WithEmbed
 from ccl.strategies import DERPlugin
@@ -51,11 +53,11 @@ def benchmark(task_labels: bool = False, classes: int = 6, experiences: int = 3)
                         task_labels=task_labels, seed=0)
 
 
-def naive(model: nn.Module, plugins, epochs: int = 1):
+def naive(model: nn.Module, plugins, epochs: int = 1, **kwargs):
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
     return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=16,
-                 train_epochs=epochs, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+                 train_epochs=epochs, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), device="cpu", **kwargs)
 
 
 def mlp() -> nn.Sequential:
@@ -183,8 +185,25 @@ def test_settings_resolve_over_the_shipped_preset():
     assert dm.settings.sam_weight == 0.0  # DM is DataDAM without attention, whatever it is given
 
 
+def test_the_method_and_strategy_errors_offer_only_what_the_plugin_takes():
+    on_device = "reservoir, random, herding, herding-soft, dm, datadam, mtt, pad"
+    for method in ("nope", "none", "avalanche-reservoir", "joint"):
+        with pytest.raises(ValueError) as error:
+            CondensedReplay(method=method)
+        assert str(error.value).endswith(f"choose one of: {on_device}")
+    beside = "er, a-gem, bic, der, der++, er-ace, icarl, or None (the template's own criterion)"
+    for strategy in ("nope", "gdumb"):
+        with pytest.raises(ValueError) as error:
+            CondensedReplay(method="random", strategy=strategy)
+        assert str(error.value).endswith(f"choose one of: {beside}") and "\n" not in str(error.value)
+    for name in on_device.split(", "):  # and each choice offered is taken
+        CondensedReplay(method=name)
+    for name in beside.split(", or")[0].split(", "):
+        CondensedReplay(method="random", strategy=name)
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "nope"}, "choose one of"),
+    ({"method": "nope"}, "'nope' is not a memory ccl has; choose one of"),
     ({"method": "avalanche-reservoir"}, "not an on-device memory"),
     ({"method": "random", "settings": {"iterations": 3}}, "takes no settings"),
     ({"method": "datadam", "settings": {"nope": 1}}, "unknown key 'nope'"),
@@ -217,3 +236,112 @@ def test_the_memory_lives_on_the_strategys_device():
     for experience in benchmark().train_stream:
         strategy.train(experience)
     assert replay.memory.images.device.type == "cuda" and replay.memory.logits.device.type == "cuda"
+
+
+class LossParts:
+    """Avalanche plugin, last in the list: at every step of the second experience on,
+    the step's `strategy.loss` beside ccl's replay loss and `penalty(strategy)` computed
+    again on the same minibatch, and which criterion the template holds."""
+
+    def __new__(cls, replay: CondensedReplay, penalty):
+        from avalanche.core import SupervisedPlugin
+
+        class Spy(SupervisedPlugin):
+            steps: list[tuple[float, float, float]] = []
+            criteria: set[type] = set()
+            evaluated: list[tuple[float, float]] = []
+
+            def before_backward(self, strategy, **kwargs):
+                self.criteria.add(type(strategy._criterion))
+                if strategy.clock.train_exp_counter == 0:
+                    return
+                with torch.no_grad():
+                    replayed = replay.loss(strategy.mb_output, strategy.mb_y)
+                    self.steps.append((strategy.loss.item(), replayed.item(), float(penalty(strategy))))
+
+            def after_eval_iteration(self, strategy, **kwargs):
+                plain = torch.nn.functional.cross_entropy(strategy.mb_output, strategy.mb_y)
+                self.evaluated.append((strategy.loss.item(), plain.item()))
+        return Spy()
+
+
+def ewc_penalty(ewc):
+    """EWC's `separate` penalty, lambda * sum of F * (theta - theta*)^2 over past experiences."""
+    def penalty(strategy):
+        total = 0.0
+        for exp in range(strategy.clock.train_exp_counter):
+            for name, p in strategy.model.named_parameters():
+                saved, importance = ewc.saved_params[exp][name], ewc.importances[exp][name]
+                total += (importance.expand(p.shape) * (p - saved.expand(p.shape)).pow(2)).sum()
+        return ewc.ewc_lambda * total
+    return penalty
+
+
+@pytest.mark.parametrize("other", ["lwf", "ewc"])
+@pytest.mark.parametrize("ccl_first", [True, False])
+def test_the_replay_loss_and_other_plugins_terms_add_in_either_order(other, ccl_first):
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin
+    torch.manual_seed(0)
+    bench = benchmark(experiences=2)
+    replay = CondensedReplay(mem_size=12, method="random", mem_batch=4, strategy="der++")
+    if other == "lwf":
+        avalanche_plugin = LwFPlugin(alpha=1.0, temperature=2.0)
+        penalty = lambda s: avalanche_plugin.lwf(s.mb_x, s.mb_output, s.model)  # noqa: E731
+    else:
+        avalanche_plugin = EWCPlugin(ewc_lambda=1.0)
+        penalty = ewc_penalty(avalanche_plugin)
+    spy = LossParts(replay, penalty)
+    plugins = [replay, avalanche_plugin] if ccl_first else [avalanche_plugin, replay]
+    strategy = naive(mlp(), plugins + [spy], epochs=2, eval_every=1)
+    for experience in bench.train_stream:
+        strategy.train(experience)
+        assert "criterion" not in vars(strategy)  # the template's own again after training
+    assert spy.steps and spy.criteria == {torch.nn.CrossEntropyLoss}  # what other plugins call is untouched
+    for loss, replayed, added in spy.steps:
+        assert loss == pytest.approx(replayed + added, rel=1e-5, abs=1e-6)
+    # the other plugin's term counts (LwF's is 0 at the first step: the learner is its teacher)
+    assert sum(added for *_, added in spy.steps) > 1e-3 * sum(replayed for _, replayed, _ in spy.steps)
+    # evaluation inside train() (eval_every=1) keeps the template's plain cross-entropy
+    assert spy.evaluated and all(loss == pytest.approx(plain, rel=1e-6) for loss, plain in spy.evaluated)
+
+
+def avalanche_replay(model: nn.Module, plugins):
+    from avalanche.training import Replay
+    from avalanche.training.plugins import EvaluationPlugin
+    return Replay(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), criterion=nn.CrossEntropyLoss(),
+                  mem_size=20, train_mb_size=16, plugins=plugins, evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda model, replay: avalanche_replay(model, [replay]),
+     "Avalanche's Replay strategy replays a memory of its own: with CondensedReplay every step would replay twice; "
+     "give CondensedReplay to Naive instead"),
+    (lambda model, replay: naive(model, [replay, __import__("avalanche.training.plugins").training.plugins.ReplayPlugin(20)]),
+     "Avalanche's ReplayPlugin replays a memory of its own: beside CondensedReplay every step would replay twice; "
+     "keep one of the two"),
+    (lambda model, replay: naive(model, [CondensedReplay(mem_size=12, method="random"), replay]),
+     "a second ccl memory (CondensedReplay) beside CondensedReplay would replay twice a step: keep one"),
+    (lambda model, replay: naive(model, [replay, ReservoirMemoryPlugin(12, 4, torch.device("cpu"))]),
+     "a second ccl memory (ReservoirMemoryPlugin) beside CondensedReplay would replay twice a step: keep one"),
+])
+def test_a_second_replay_is_refused_in_one_line_before_training(build, message):
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    strategy = build(model, CondensedReplay(mem_size=12, method="random"))
+    with pytest.raises(ValueError) as error:
+        strategy.train(benchmark().train_stream[0])
+    assert str(error.value) == message
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # not one step taken
+
+
+@pytest.mark.parametrize("poison, loss", [(float("nan"), "nan"), (-float("inf"), "inf")])
+def test_a_loss_that_is_no_longer_a_number_stops_training_as_ccl_run_does(poison, loss):
+    model, experience = mlp(), benchmark().train_stream[0]
+    with torch.no_grad():  # one class's logit: NaN, or -inf (an infinite cross-entropy for its images)
+        model[3].bias[experience.classes_in_this_experience[0]] = poison
+    replay = CondensedReplay(mem_size=12, method="random", mem_batch=4, strategy="der++")
+    strategy = naive(model, [replay])
+    with pytest.raises(Diverged, match=rf"^the training loss became {loss} in experience 0 by step 4: "
+                                       r"try a smaller learning rate$"):
+        strategy.train(experience)
+    assert len(replay.memory.labels) == 0  # stopped before the experience's memory update

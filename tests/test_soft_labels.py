@@ -1,6 +1,5 @@
 """PAD's soft labels: learned with the images, kept per memory row, replayed, saved, resumed."""
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -130,12 +129,10 @@ def test_the_memory_keeps_soft_targets_per_row_and_er_and_der_replay_them():
     y = torch.tensor([3, 3, 3, 1, 2])  # 3 stream rows, 2 memory rows
     memory.last_draw = torch.tensor([0, 5])
     er = ERPlugin(memory, SoftTargetSettings(temperature=2.0))
-    strategy = SimpleNamespace(mb_output=output, mb_y=y, loss=None)
-    er.before_backward(strategy)
     target = torch.softmax(memory.soft[[0, 5]] / 2.0, 1)
     expected = torch.cat([F.cross_entropy(output[:3], y[:3], reduction="none"),
                           -(target * output[3:].log_softmax(1)).sum(1)]).mean()
-    assert float(strategy.loss) == pytest.approx(float(expected))
+    assert er.training_loss(output, y, template=lambda: "the template's").item() == pytest.approx(expected.item())
 
     memory.last_draw = torch.tensor([0, 5])
     loss = der(output, y)
@@ -145,9 +142,9 @@ def test_the_memory_keeps_soft_targets_per_row_and_er_and_der_replay_them():
 def test_er_leaves_the_criterion_alone_without_soft_targets():
     memory = DeviceMemoryPlugin(4, 2, None, None, torch.device("cpu"))
     memory.last_draw = torch.tensor([0, 1])
-    strategy = SimpleNamespace(mb_output=torch.randn(4, 3), mb_y=torch.tensor([0, 1, 2, 0]), loss="criterion's")
-    ERPlugin(memory, SoftTargetSettings()).before_backward(strategy)
-    assert strategy.loss == "criterion's"
+    loss = ERPlugin(memory, SoftTargetSettings()).training_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]),
+                                                                 template=lambda: "the template's")
+    assert loss == "the template's"
 
 
 def test_a_run_with_soft_labels_saves_them_and_resumes_to_the_same_matrix(tmp_path, tiny_run, interrupted_run):

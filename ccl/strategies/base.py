@@ -5,9 +5,9 @@ A strategy is an Avalanche plugin over an on-device memory (`ReplayMemoryPlugin`
 class-balanced or reservoir), which appends memory samples to each minibatch once it is on
 the device: the minibatch is the stream's B samples followed by `draws` memory batches of
 `mem_batch` each, and the memory records which images it drew (`last_draw`). A loss
-strategy swaps the Avalanche strategy's criterion for a loss over that split while
-training, through Avalanche's public `before_backward` hook (evaluation keeps the plain
-criterion).
+strategy's loss over that split is the Avalanche strategy's criterion for training steps
+(`ReplayLoss.before_training`); evaluation keeps the template's own criterion, and every
+other plugin's additions to `strategy.loss` stay.
 
 What a strategy needs of the memory (`draws`, the learner's logits per row) its registry
 entry declares (`memory_needs`), and the memory is built with it: the strategy reads the
@@ -82,20 +82,40 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 class ReplayLoss(SupervisedPlugin):
-    """Base: `loss(output, y, stream)` replaces the criterion, where `stream` is the
-    number of stream samples at the front of the minibatch (the rest came from memory).
+    """Base: `loss(output, y, stream)` is the criterion of every training step, where
+    `stream` is the number of stream samples at the front of the minibatch (the rest came
+    from memory).
 
-    The strategy's criterion (plain cross-entropy) has computed `strategy.loss` by
-    `before_backward`; this loss replaces it there, as Avalanche's regularisation plugins
-    add theirs.
+    Avalanche's training step is `loss = 0; loss += strategy.criterion(); before_backward
+    (plugins add their terms); backward`, and `criterion()` is the template's criterion on
+    (`mb_output`, `mb_y`). While `train()` runs, this plugin stands in for that one method
+    of the strategy, so the replay loss is the step's base and LwF's, EWC's, SI's ...
+    terms add to it in whatever order the plugins come; a plugin that set `strategy.loss`
+    in `before_backward` instead would drop every term added before it. Why `criterion()`
+    and not the template's `_criterion` function: other plugins call `_criterion` on
+    batches of their own (EWC's importances, A-GEM's and GEM's reference gradients,
+    RWalk, MIR), where no stream/memory split exists; `criterion()` is the one call the
+    training loop makes on the minibatch the memory extended.
     """
 
     def __init__(self, memory: ReplayMemoryPlugin, settings: Any = None):
         super().__init__()
         self.memory, self.settings = memory, settings
 
-    def before_backward(self, strategy, **kwargs):
-        strategy.loss = self(strategy.mb_output, strategy.mb_y)
+    def before_training(self, strategy, **kwargs):
+        if not isinstance(vars(strategy).get("criterion"), TrainingCriterion):  # not in place from a failed train()
+            strategy.criterion = TrainingCriterion(self, strategy)
+
+    def after_training(self, strategy, **kwargs):
+        installed = vars(strategy).get("criterion")
+        if isinstance(installed, TrainingCriterion) and installed.loss is self:
+            installed.remove()
+
+    def training_loss(self, output: torch.Tensor, y: torch.Tensor, template: Callable[[], torch.Tensor]
+                      ) -> torch.Tensor:
+        """The loss of a training step over (output, y), the minibatch with its memory rows;
+        `template()` is the template's own criterion on it (ER keeps it)."""
+        return self(output, y)
 
     def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         drawn = self.memory.last_draw
@@ -122,14 +142,48 @@ class ERPlugin(ReplayLoss):
     rows take cross-entropy to softmax(target / temperature) and the rest their labels,
     averaged over the whole minibatch as the criterion is."""
 
-    def before_backward(self, strategy, **kwargs):
+    def training_loss(self, output, y, template):
+        soft = self.soft_loss(output, y)
+        return template() if soft is None else soft
+
+    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        soft = self.soft_loss(output, y)
+        return F.cross_entropy(output, y) if soft is None else soft
+
+    def soft_loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The minibatch's mean cross-entropy with the replayed rows' soft targets, or None
+        where no replayed row has one."""
         drawn = self.memory.last_draw
         soft = None if drawn is None else self.memory.soft_targets(drawn)
         if soft is None:
-            return
-        stream = len(strategy.mb_y) - len(drawn)
+            return None
+        stream = len(y) - len(drawn)
         soft = torch.cat([soft.new_full((stream, soft.shape[1]), float("nan")), soft])  # stream rows: none
-        strategy.loss = soft_cross_entropy(strategy.mb_output, strategy.mb_y, soft, self.settings.temperature).mean()
+        return soft_cross_entropy(output, y, soft, self.settings.temperature).mean()
+
+
+class TrainingCriterion:
+    """`strategy.criterion()` while a `ReplayLoss` is installed: the replay loss on the
+    training step's (`mb_output`, `mb_y`); outside training (`eval()`, also when called
+    inside `train()`) the template's own criterion. `remove()` gives the strategy its
+    method back."""
+
+    def __init__(self, loss: ReplayLoss, strategy):
+        self.loss, self.strategy = loss, strategy
+        self.template = strategy.criterion  # the template's (usually its class's method)
+        self.shadowed = vars(strategy).get("criterion")  # one set on the instance before, put back by remove()
+
+    def __call__(self) -> torch.Tensor:
+        strategy = self.strategy
+        if not strategy.is_training:
+            return self.template()
+        return self.loss.training_loss(strategy.mb_output, strategy.mb_y, self.template)
+
+    def remove(self) -> None:
+        if self.shadowed is None:
+            del self.strategy.criterion  # the instance attribute: the class's method shows again
+        else:
+            self.strategy.criterion = self.shadowed
 
 
 def er_plugin(memory, settings: SoftTargetSettings) -> ERPlugin | None:
