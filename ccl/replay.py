@@ -2,9 +2,9 @@
 `SupervisedTemplate` (`Naive`, ...), any model and any class-incremental benchmark.
 
 The plugin assembles what `ccl run` assembles for it (the memory, its filler and
-settings, the replay augmentation and a strategy's loss) from names, and delegates every
-Avalanche hook to those pieces: the memory first, then the strategy's loss, which reads
-what the memory replayed.
+settings, the replay augmentation, a strategy's loss and the divergence guard) from
+names, and delegates every Avalanche hook to those pieces: the guard first, then the
+memory, then the strategy's loss, which reads what the memory replayed.
 """
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ class CondensedReplay(SupervisedPlugin):
     `strategy.device`, read when training starts. The sizes each class will be cut to
     later are read from the experience's stream when Avalanche exposes it (condensers
     that match those sizes, `nested`, use them).
+
+    Beside other plugins: the strategy's loss is the template's `criterion()` while
+    training, so the terms other plugins add in `before_backward` (LwF, EWC, SI, ...) add
+    to it, in either order. A second replay (Avalanche's `Replay` strategy, a
+    `ReplayPlugin` or another plugin with a buffer it replays, a second ccl memory) is
+    refused before any step. A training loss that becomes NaN or infinite raises
+    `ccl.guards.Diverged`, as `ccl run` ends such a run `diverged`.
 
     Features: herding and the condensers rank images by the model's features. A model
     with an `embed(x) -> (N, D)` method gives them; any other model gives the input of its

@@ -44,6 +44,20 @@ def test_the_readme_example_runs_as_written_and_prints_what_the_readme_says(caps
     assert forgetting < 0.5  # without the plugin, 0.931: the memory holds the old classes
 
 
+def test_the_docs_example_beside_lwf_runs_as_written():
+    section = (Path(__file__).parent.parent / "docs" / "python.md").read_text().split(
+        "## Other Avalanche plugins beside it", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    torch.manual_seed(0)
+    model = mlp()
+    names = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.05),
+             "bench": benchmark(experiences=2)}
+    exec(compile(code, "docs/python.md", "exec"), names)
+    replay, lwf = names["strategy"].plugins[:2]
+    assert len(replay.memory.labels) == 50 and len(replay.memory.classes) == 6  # 9 9 8 8 8 8 slots
+    assert lwf.lwf.prev_model is not None  # LwF took its teacher after the first experience
+
+
 def benchmark(task_labels: bool = False, classes: int = 6, experiences: int = 3):
     from avalanche.benchmarks import nc_benchmark
     g = torch.Generator().manual_seed(0)
@@ -323,7 +337,7 @@ def avalanche_replay(model: nn.Module, plugins):
      "a second ccl memory (CondensedReplay) beside CondensedReplay would replay twice a step: keep one"),
     (lambda model, replay: naive(model, [replay, ReservoirMemoryPlugin(12, 4, torch.device("cpu"))]),
      "a second ccl memory (ReservoirMemoryPlugin) beside CondensedReplay would replay twice a step: keep one"),
-])
+], ids=["inside Replay", "beside ReplayPlugin", "two CondensedReplay", "beside a ccl memory plugin"])
 def test_a_second_replay_is_refused_in_one_line_before_training(build, message):
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
