@@ -200,7 +200,7 @@ def test_settings_resolve_over_the_shipped_preset():
 
 
 def test_the_method_and_strategy_errors_offer_only_what_the_plugin_takes():
-    on_device = "reservoir, random, herding, herding-soft, dm, datadam, mtt, pad"
+    on_device = "reservoir, random, herding, herding-soft, dm, datadam, mtt, pad, hybrid"
     for method in ("nope", "none", "avalanche-reservoir", "joint"):
         with pytest.raises(ValueError) as error:
             CondensedReplay(method=method)
