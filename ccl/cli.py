@@ -107,8 +107,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)
         if not getattr(e, "finished", False):
-            click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}" if folder else
-                       "\ninterrupted before the run started: nothing to resume", err=True)
+            click.echo(_interrupted_line(folder), err=True)
             sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
         run_dir = folder  # the signal came during the run's final write: it finished, so it is reported
     table = summary_table(run_dir)
@@ -118,6 +117,17 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     from ccl.report import write_memory_picture
     write_memory_picture(run_dir)  # a picture of what the learner replays, class by class
     click.echo(f"run folder: {run_dir}")
+
+
+def _interrupted_line(folder: Path | None) -> str:
+    """What an interrupted run leaves: the resume command only where a checkpoint was
+    saved (a folder without one would start again from nothing)."""
+    from ccl.checkpoint import CHECKPOINT
+    if folder is None:
+        return "\ninterrupted before the run started: nothing to resume"
+    if not (Path(folder) / CHECKPOINT).exists():
+        return f"\ninterrupted before its first checkpoint: nothing to resume ({folder} holds its configuration only)"
+    return f"\ninterrupted; resume with: ccl run --resume {folder}"
 
 
 @main.command(name="list")

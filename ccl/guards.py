@@ -1,8 +1,17 @@
-"""What stops a run early: SIGINT and SIGTERM (held while a checkpoint is written, then
-honoured), and a training loss that is no longer a number."""
+"""What stops a run early: SIGINT and SIGTERM, and a training loss that is no longer a
+number.
+
+A run stops on a signal where it can save: the first SIGINT or SIGTERM asks it to stop
+(`stop_requested`), and the run writes a checkpoint at its next minibatch, condensation
+iteration or experience end and only then raises `Interrupted` (`stop_if_requested`), so
+that a Ctrl-C never loses the work since the last periodic checkpoint. A second signal
+stops it at once, from the last checkpoint on disk. Either way a checkpoint being written
+is finished first (`signals_deferred`): the signal is held until the write is whole.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -85,9 +94,34 @@ def signals_deferred():
         raise Interrupted(signum)
 
 
+class _Stop:
+    """The first signal of a run, which asks it to stop at its next checkpoint (None: none yet)."""
+    signum: int | None = None
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked the run to stop: the next place that can save should."""
+    return _Stop.signum is not None
+
+
+def stop_if_requested() -> None:
+    """Raise `Interrupted` if a signal asked the run to stop; called right after a checkpoint."""
+    if _Stop.signum is not None:
+        raise Interrupted(_Stop.signum)
+
+
 def _interrupt(signum, frame):
     if _Deferral.depth:
         _Deferral.pending = signum
+        return
+    if _Stop.signum is None:  # the first: the run saves where it stands, then stops
+        _Stop.signum = signum
+        # os.write, not print: a handler that wrote through sys.stderr's buffer while the
+        # interrupted code was writing to it would fail with a reentrant-call error.
+        note = (f"\n{signal.Signals(signum).name}: stopping at the next minibatch or condensation iteration, "
+                "after a checkpoint there (again: stop at once, from the last checkpoint)\n")
+        with contextlib.suppress(OSError):
+            os.write(2, note.encode())
         return
     _Deferral.pending = None  # raised here: nothing left for a deferred block to raise again
     raise Interrupted(signum)
@@ -95,13 +129,16 @@ def _interrupt(signum, frame):
 
 @contextlib.contextmanager
 def signals_raise_interrupted():
-    """Turn SIGINT and SIGTERM into `Interrupted` for the duration of a run."""
+    """For the duration of a run: the first SIGINT or SIGTERM asks it to stop at its next
+    checkpoint (`stop_requested`), a second raises `Interrupted` at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    _Stop.signum = None
     try:
         yield
     finally:
+        _Stop.signum = None  # a later run in this process starts without a stop asked
         for s, h in old.items():
             signal.signal(s, h)
