@@ -135,7 +135,7 @@ def list_cmd():
     """List scenarios, memories, replay strategies and the shipped presets."""
     from ccl.data.scenarios import scenarios
     from ccl.memory import MEMORIES
-    from ccl.resources import resource_dir
+    from ccl.resources import resource_dir, run_presets
     from ccl.strategies import STRATEGIES
     click.echo("scenarios:")
     for s in scenarios().values():
@@ -144,11 +144,9 @@ def list_cmd():
         click.echo(f"{title}:")
         for e in registry.entries():
             click.echo(f"  {e.name:<16} {e.description}")
-    configs = resource_dir("configs")
-    for title, folder in (("memory presets (--memory-config NAME)", configs),
-                          ("run presets (--config configs/runs/NAME.toml)", configs / "runs")):
+    for title, paths in (("memory presets (--memory-config NAME)", sorted(resource_dir("configs").glob("*.toml"))),
+                         ("run presets (--config NAME)", list(run_presets().values()))):
         click.echo(f"{title}:")
-        paths = sorted(folder.glob("*.toml"))
         width = max([20, *(len(p.stem) for p in paths)])  # the summaries in one column
         for path in paths:
             click.echo(f"  {path.stem:<{width}} {_preset_summary(path)}")
