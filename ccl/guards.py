@@ -1,5 +1,5 @@
 """What stops a run early: SIGINT and SIGTERM, and a training loss that is no longer a
-number.
+number or has exploded (`DivergenceGuard`).
 
 A run stops on a signal where it can save: the first SIGINT or SIGTERM asks it to stop
 (`stop_requested`), and the run writes a checkpoint at its next minibatch, condensation
@@ -21,33 +21,47 @@ from ccl.errors import CclError
 
 
 class Diverged(CclError):
-    """The training loss became NaN or infinite: the run ends with status `diverged`."""
+    """The training loss became NaN or infinite, or exploded: the run ends with status `diverged`."""
+
+
+# A loss above both of these has exploded: cross-entropy at chance is ln(classes), 2.3 for
+# 10 and 4.6 for 100; a learner's healthy loss never grows a hundredfold over its first.
+EXPLOSION_FACTOR = 100.0  # times the experience's first minibatch's loss
+EXPLOSION_FLOOR = 1e4  # and never below this: a first loss near 0 (a resumed run) is no yardstick
 
 
 class DivergenceGuard:
-    """Avalanche plugin: checks the training loss every `every` steps and at the end of an
-    experience (a check syncs the device), and ends the run on a NaN or infinite one
-    with the experience and step, instead of training on to report chance accuracy."""
+    """Avalanche plugin: ends the run (`Diverged`) when the training loss diverges, instead
+    of training on to report chance accuracy. Diverged means NaN or infinite, or above
+    max(EXPLOSION_FACTOR x the loss of the experience's first minibatch, EXPLOSION_FLOOR):
+    at lr 10 split-digits' loss climbs past 1e14 while staying finite. The loss is checked
+    every `every` steps and at the end of an experience (a check syncs the device); a run
+    resumed inside an experience measures from its first minibatch after the resume."""
 
     def __new__(cls, every: int = 20):
         from avalanche.core import SupervisedPlugin
 
         class Guard(SupervisedPlugin):
             def before_training_exp(self, strategy, **kw):
-                self.step = 0
+                self.step, self.first = 0, None
 
             def after_training_iteration(self, strategy, **kw):
                 self.step += 1
-                if self.step % every == 0:
+                if self.first is None:
+                    self.first = strategy.loss.detach().item()
+                    self.check(strategy, self.first)
+                elif self.step % every == 0:
                     self.check(strategy)
 
             def after_training_exp(self, strategy, **kw):
                 self.check(strategy)
 
-            def check(self, strategy):
-                loss = strategy.loss.detach().item()
-                if not np.isfinite(loss):
-                    raise Diverged(f"the training loss became {loss} in experience "
+            def check(self, strategy, loss: float | None = None):
+                loss = strategy.loss.detach().item() if loss is None else loss
+                bound = max(EXPLOSION_FACTOR * abs(self.first or 0.0), EXPLOSION_FLOOR)
+                if not np.isfinite(loss) or loss > bound:
+                    what = f"became {loss}" if not np.isfinite(loss) else f"exploded to {loss:.3g} (above {bound:.3g})"
+                    raise Diverged(f"the training loss {what} in experience "
                                    f"{strategy.experience.current_experience} by step {self.step}: "
                                    "try a smaller --lr")
         return Guard()
