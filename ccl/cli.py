@@ -23,7 +23,21 @@ from ccl.cli_options import config_values, friendly_errors, int_list, run_option
 from ccl.errors import CclError  # noqa: E402
 
 
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    """`ccl --version`: the installed package's version, read from its metadata (no torch)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        click.echo(f"ccl {version('ccl')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        click.echo("ccl: version unknown (not installed; `pip install .` records it)")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
 def main():
     """ccl: class-incremental learning with a condensed replay memory."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -144,6 +144,15 @@ def test_list_and_help():
         assert runner.invoke(main, cmd).exit_code == 0
 
 
+def test_version_is_the_packages_and_loads_no_torch():
+    from importlib.metadata import version
+    probe = ("import sys\nfrom ccl.cli import main\n"
+             "try:\n    main(['--version'])\n"
+             "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'avalanche' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.splitlines() == [f"ccl {version('ccl')}", "0 False False"], out.stdout + out.stderr
+
+
 def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
     """`--mem-size -5` is answered as fast as a misspelt name: neither loads torch."""
     probe = ("import sys\nfrom ccl.cli import main\n"
