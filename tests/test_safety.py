@@ -107,8 +107,8 @@ def test_a_diverging_run_ends_as_diverged_and_absurd_rates_are_refused(tmp_path,
 def test_a_loss_that_explodes_without_becoming_nan_ends_the_run_diverged(tmp_path):
     """At lr 10 split-digits' loss climbs past 1e12 and stays finite: without the explosion
     rule the run ended `finished` at chance."""
-    result = CliRunner().invoke(main, ["run", "--scenario", "split-digits", "--lr", "10", "--epochs", "2", "--seed", "1",
-                                       "--quiet", "--runs-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["run", "--scenario", "split-digits", "--lr", "10", "--epochs", "2",
+                                       "--seed", "1", "--quiet", "--runs-dir", str(tmp_path)])
     (run_dir,) = tmp_path.iterdir()
     state = json.loads((run_dir / "status.json").read_text())
     assert state["status"] == "diverged" and "\n" not in state["error"]
