@@ -21,7 +21,7 @@ holds beside the run's boundary state, and how a resumed run gets back there:
   runs the update again, whose set-up draws what it drew, and the loop takes up its
   progress where it was saved.
 
-A SIGINT or SIGTERM makes the next of these places save whatever the clock says
+A SIGINT or SIGTERM makes the next of these places save, whatever the clock says
 (`ccl.guards.stop_requested`), and the run stops right after that checkpoint: the
 learner's weights at the experience's start and the state at the memory's update are
 therefore kept in every run, not only in runs with periodic checkpoints.
