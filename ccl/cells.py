@@ -32,7 +32,7 @@ class CellSpec:
 class CellResult:
     memory: str
     seed: int
-    status: str                  # finished | skipped (finished earlier) | failed
+    status: str                  # finished | skipped (finished earlier) | failed | diverged
     run_dir: Path | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -56,12 +56,12 @@ def run_dir_in(folder: Path) -> Path | None:
     return runs[0] if runs else None
 
 
-def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0) -> CellResult:
-    """Record a failed cell: `error.json` in its folder (beside the run folder it began, if
-    any), read back by the report; returns the result."""
+def failed_cell(spec: CellSpec, error: str, details: str, seconds: float = 0.0, status: str = "failed") -> CellResult:
+    """Record a failed (or diverged) cell: `error.json` in its folder (beside the run folder
+    it began, if any), read back by the report; returns the result."""
     run_dir = run_dir_in(spec.folder)
     write_json(spec.folder / ERROR_FILE, {
-        "memory": spec.memory, "seed": spec.seed, "mem_size": spec.mem_size, "status": "failed", "error": error,
+        "memory": spec.memory, "seed": spec.seed, "mem_size": spec.mem_size, "status": status, "error": error,
         "run_dir": run_dir.name if run_dir else None, "traceback": details})
-    return CellResult(spec.memory, spec.seed, "failed", run_dir, error, seconds, strategy=spec.strategy,
+    return CellResult(spec.memory, spec.seed, status, run_dir, error, seconds, strategy=spec.strategy,
                       mem_size=spec.mem_size)

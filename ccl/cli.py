@@ -23,7 +23,21 @@ from ccl.cli_options import config_values, friendly_errors, int_list, run_option
 from ccl.errors import CclError  # noqa: E402
 
 
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    """`ccl --version`: the installed package's version, read from its metadata (no torch)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        click.echo(f"ccl {version('ccl')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        click.echo("ccl: version unknown (not installed; `pip install .` records it)")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
 def main():
     """ccl: class-incremental learning with a condensed replay memory."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -107,8 +121,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)
         if not getattr(e, "finished", False):
-            click.echo(f"\ninterrupted; resume with: ccl run --resume {folder}" if folder else
-                       "\ninterrupted before the run started: nothing to resume", err=True)
+            click.echo(_interrupted_line(folder), err=True)
             sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
         run_dir = folder  # the signal came during the run's final write: it finished, so it is reported
     table = summary_table(run_dir)
@@ -120,12 +133,23 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     click.echo(f"run folder: {run_dir}")
 
 
+def _interrupted_line(folder: Path | None) -> str:
+    """What an interrupted run leaves: the resume command only where a checkpoint was
+    saved (a folder without one would start again from nothing)."""
+    from ccl.checkpoint import CHECKPOINT
+    if folder is None:
+        return "\ninterrupted before the run started: nothing to resume"
+    if not (Path(folder) / CHECKPOINT).exists():
+        return f"\ninterrupted before its first checkpoint: nothing to resume ({folder} holds its configuration only)"
+    return f"\ninterrupted; resume with: ccl run --resume {folder}"
+
+
 @main.command(name="list")
 def list_cmd():
     """List scenarios, memories, replay strategies and the shipped presets."""
     from ccl.data.scenarios import scenarios
     from ccl.memory import MEMORIES
-    from ccl.resources import resource_dir
+    from ccl.resources import resource_dir, run_presets
     from ccl.strategies import STRATEGIES
     click.echo("scenarios:")
     for s in scenarios().values():
@@ -134,11 +158,9 @@ def list_cmd():
         click.echo(f"{title}:")
         for e in registry.entries():
             click.echo(f"  {e.name:<16} {e.description}")
-    configs = resource_dir("configs")
-    for title, folder in (("memory presets (--memory-config NAME)", configs),
-                          ("run presets (--config configs/runs/NAME.toml)", configs / "runs")):
+    for title, paths in (("memory presets (--memory-config NAME)", sorted(resource_dir("configs").glob("*.toml"))),
+                         ("run presets (--config NAME)", list(run_presets().values()))):
         click.echo(f"{title}:")
-        paths = sorted(folder.glob("*.toml"))
         width = max([20, *(len(p.stem) for p in paths)])  # the summaries in one column
         for path in paths:
             click.echo(f"  {path.stem:<{width}} {_preset_summary(path)}")

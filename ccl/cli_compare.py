@@ -35,7 +35,7 @@ def _cell_line(done: int, total: int, result) -> None:
     elif result.status == "finished":
         text = f"finished in {result.seconds:.0f} s{acc}"
     else:
-        text = f"FAILED after {result.seconds:.0f} s: {result.error}"
+        text = f"{result.status.upper()} after {result.seconds:.0f} s: {result.error}"  # FAILED, DIVERGED
     click.echo(f"[{done}/{total}] {result.name}: {text}")
 
 

@@ -109,7 +109,8 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
         click.option("--train-per-class", type=int, help="keep the first N training images per class"),
         click.option("--test-per-class", type=int, help="test on the first N test images per class (quick runs)"),
         click.option("--config", "config_file", type=click.Path(path_type=Path),
-                     help="TOML file of run settings (keys as the flags, with underscores)"),
+                     help="TOML file of run settings (keys as the flags, with underscores), or a run "
+                          "preset's name (see `ccl list`: cpu-quick, cpu-protocol, ...)"),
         click.option("--memory-config", help="memory settings preset (name in configs/) or TOML file"),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="override one memory setting, e.g. --set iterations=200 (repeatable)"),
@@ -138,7 +139,8 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     """
     from ccl.config import parse_override, read_toml
     from ccl.run_config import STRATEGY_RUN_KEYS, strategy_tables
-    values = dict(read_toml(config_file)) if config_file else {}
+    from ccl.resources import run_preset
+    values = dict(read_toml(run_preset(config_file))) if config_file else {}
     tables = strategy_tables(values.pop("strategies", {}), str(config_file))
     values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
     if flags.get("download") and no_download:

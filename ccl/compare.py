@@ -35,6 +35,7 @@ from ccl.io import GRID_SHAPE, LOCK_FILE, folder_holder, read_json, read_results
 from ccl.memory import MEMORIES
 from ccl.experiment import RunConfig, given_config, make_config, prepare
 from ccl.run_config import with_strategy_table
+from ccl.guards import Diverged
 from ccl.runner import run as run_experiment, status
 from ccl.strategies import STRATEGIES
 
@@ -281,7 +282,8 @@ def run_cell(spec: CellSpec) -> CellResult:
         run_dir = run_experiment(prepared, spec.folder, progress=spec.progress)
     except Exception as e:
         error = str(e) if isinstance(e, CclError) else f"{type(e).__name__}: {e}"
-        return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time)
+        return failed_cell(spec, error, traceback.format_exc(), time.perf_counter() - start_time,
+                           "diverged" if isinstance(e, Diverged) else "failed")
     try:
         acc = read_results(run_dir / "results.json")["final_average_accuracy"]
     except CclError as e:  # finished but unreadable: the cell failed, the grid goes on

@@ -190,8 +190,8 @@ def cpu_advice(p: Prepared) -> str | None:
     if p.device.type != "cpu" or per_class <= CPU_IMAGES_PER_CLASS:
         return None
     return (f"note: no GPU, and {per_class:,} training images a class at width {p.config.width} are sized for "
-            "one (45 min or more on 2 CPU cores); on a CPU use --config configs/runs/cpu-protocol.toml "
-            "(1,000 a class, a few minutes) or configs/runs/cpu-quick.toml (under a minute)")
+            "one (45 min or more on 2 CPU cores); on a CPU use --config cpu-protocol "
+            "(1,000 a class, a few minutes) or --config cpu-quick (under a minute)")
 
 
 def new_run_dir(runs_dir: Path, cfg: RunConfig) -> Path:

@@ -1,8 +1,17 @@
-"""What stops a run early: SIGINT and SIGTERM (held while a checkpoint is written, then
-honoured), and a training loss that is no longer a number."""
+"""What stops a run early: SIGINT and SIGTERM, and a training loss that is no longer a
+number or has exploded (`DivergenceGuard`).
+
+A run stops on a signal where it can save: the first SIGINT or SIGTERM asks it to stop
+(`stop_requested`), and the run writes a checkpoint at its next minibatch, condensation
+iteration or experience end and only then raises `Interrupted` (`stop_if_requested`), so
+that a Ctrl-C never loses the work since the last periodic checkpoint. A second signal
+stops it at once, from the last checkpoint on disk. Either way a checkpoint being written
+is finished first (`signals_deferred`): the signal is held until the write is whole.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -12,13 +21,22 @@ from ccl.errors import CclError
 
 
 class Diverged(CclError):
-    """The training loss became NaN or infinite: the run ends with status `diverged`."""
+    """The training loss became NaN or infinite, or exploded: the run ends with status `diverged`."""
+
+
+# A loss above both of these has exploded: cross-entropy at chance is ln(classes), 2.3 for
+# 10 and 4.6 for 100; a learner's healthy loss never grows a hundredfold over its first.
+EXPLOSION_FACTOR = 100.0  # times the experience's first minibatch's loss
+EXPLOSION_FLOOR = 1e4  # and never below this: a first loss near 0 (a resumed run) is no yardstick
 
 
 class DivergenceGuard:
-    """Avalanche plugin: checks the training loss every `every` steps and at the end of an
-    experience (a check syncs the device), and ends the run on a NaN or infinite one
-    with the experience and step, instead of training on to report chance accuracy.
+    """Avalanche plugin: ends the run (`Diverged`) when the training loss diverges, instead
+    of training on to report chance accuracy. Diverged means NaN or infinite, or above
+    max(EXPLOSION_FACTOR x the loss of the experience's first minibatch, EXPLOSION_FLOOR):
+    at lr 10 split-digits' loss passes 1e12 in 18 minibatches, finite all along. The loss is checked
+    every `every` steps and at the end of an experience (a check syncs the device); a run
+    resumed inside an experience measures from its first minibatch after the resume.
     `ccl run` marks the run `diverged`; `ccl.CondensedReplay` carries the same guard, so
     a Python user's training stops with the same message (`hint`: what to change, in the
     caller's terms)."""
@@ -28,12 +46,15 @@ class DivergenceGuard:
 
         class Guard(SupervisedPlugin):
             def before_training_exp(self, strategy, **kw):
-                self.step, self.last = 0, None
+                self.step, self.first, self.last = 0, None, None
 
             def after_training_iteration(self, strategy, **kw):
                 self.step += 1
                 self.last = strategy.loss.detach()  # a reference, no sync
-                if self.step % every == 0:
+                if self.first is None:
+                    self.first = self.last.item()
+                    self.check(strategy)
+                elif self.step % every == 0:
                     self.check(strategy)
 
             def after_training_exp(self, strategy, **kw):
@@ -42,8 +63,10 @@ class DivergenceGuard:
 
             def check(self, strategy):
                 loss = self.last.item()
-                if not np.isfinite(loss):
-                    raise Diverged(f"the training loss became {loss} in experience "
+                bound = max(EXPLOSION_FACTOR * abs(self.first or 0.0), EXPLOSION_FLOOR)
+                if not np.isfinite(loss) or loss > bound:
+                    what = f"became {loss}" if not np.isfinite(loss) else f"exploded to {loss:.3g} (above {bound:.3g})"
+                    raise Diverged(f"the training loss {what} in experience "
                                    f"{strategy.experience.current_experience} by step {self.step}: {hint}")
         return Guard()
 
@@ -89,9 +112,34 @@ def signals_deferred():
         raise Interrupted(signum)
 
 
+class _Stop:
+    """The first signal of a run, which asks it to stop at its next checkpoint (None: none yet)."""
+    signum: int | None = None
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked the run to stop: the next place that can save should."""
+    return _Stop.signum is not None
+
+
+def stop_if_requested() -> None:
+    """Raise `Interrupted` if a signal asked the run to stop; called right after a checkpoint."""
+    if _Stop.signum is not None:
+        raise Interrupted(_Stop.signum)
+
+
 def _interrupt(signum, frame):
     if _Deferral.depth:
         _Deferral.pending = signum
+        return
+    if _Stop.signum is None:  # the first: the run saves where it stands, then stops
+        _Stop.signum = signum
+        # os.write, not print: a handler that wrote through sys.stderr's buffer while the
+        # interrupted code was writing to it would fail with a reentrant-call error.
+        note = (f"\n{signal.Signals(signum).name}: stopping at the next minibatch or condensation iteration, "
+                "after a checkpoint there (again: stop at once, from the last checkpoint)\n")
+        with contextlib.suppress(OSError):
+            os.write(2, note.encode())
         return
     _Deferral.pending = None  # raised here: nothing left for a deferred block to raise again
     raise Interrupted(signum)
@@ -99,13 +147,16 @@ def _interrupt(signum, frame):
 
 @contextlib.contextmanager
 def signals_raise_interrupted():
-    """Turn SIGINT and SIGTERM into `Interrupted` for the duration of a run."""
+    """For the duration of a run: the first SIGINT or SIGTERM asks it to stop at its next
+    checkpoint (`stop_requested`), a second raises `Interrupted` at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    _Stop.signum = None
     try:
         yield
     finally:
+        _Stop.signum = None  # a later run in this process starts without a stop asked
         for s, h in old.items():
             signal.signal(s, h)

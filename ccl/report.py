@@ -72,7 +72,7 @@ class RunRecord:
     folder: Path
     memory: str
     seed: int
-    status: str                       # finished | failed | running | interrupted
+    status: str                       # finished | failed | diverged | running | interrupted
     error: str | None = None
     settings: dict[str, Any] | None = None  # config.json "run"; None when no run folder exists
     results: dict[str, Any] | None = None   # results.json of a finished run
@@ -219,7 +219,8 @@ def summarise_group(label: str, runs: list[RunRecord], out: Path) -> dict[str, A
         "label": label, "memory": runs[0].memory, "axes": runs[0].axes,
         "final_by_seed": {str(r.seed): r.results["final_average_accuracy"] for r in done},
         "seeds": {"finished": [r.seed for r in done],
-                  "failed": [r.seed for r in runs if r.status in ("failed", "diverged")],
+                  "failed": [r.seed for r in runs if r.status == "failed"],
+                  "diverged": [r.seed for r in runs if r.status == "diverged"],
                   "unfinished": [r.seed for r in runs if r.status not in ("finished", "failed", "diverged")]},
         "final_average_accuracy": stats([x["final_average_accuracy"] for x in res]),
         "average_forgetting": stats([x["average_forgetting"] for x in res]),
@@ -399,7 +400,8 @@ def comparison_markdown(summary: dict[str, Any]) -> str:
     sized = len({_mem_size(g) for g in groups}) > 1
     lines += [f"Settings shared by all runs: {settings}." if settings else "", "",
               "Mean ± sample standard deviation over seeds (no ± with one seed), best final accuracy "
-              + ("of each memory size " if sized else "") + "in bold. "
+              + ("of each memory size " if sized else "") + "in bold; a row with a diverged run is not "
+              "ranked (it comes last, never in bold: its mean is over the seeds that survived). "
               "Accuracy is on all classes after the last experience; "
               + "".join(f"Δ {BASELINES[a]} is the paired difference to the {BASELINES[a]} {a} "
                         "(same seeds, all else equal); " for a in diffs)
@@ -409,19 +411,21 @@ def comparison_markdown(summary: dict[str, Any]) -> str:
                                  *(f"Δ {BASELINES[a]}" for a in diffs), "avg forgetting", "final BWT",
                                  "memory update s", "train s", "memory images", "memory bytes"]) + " |",
               "|" + "---|" * (len(axes) + 8 + len(diffs))]
-    best: dict[int, float] = {}  # memory size (0: not an axis) -> its best mean final accuracy
-    for g in groups:
-        if g["final_average_accuracy"]:
-            best[_mem_size(g)] = max(best.get(_mem_size(g), -1.0), g["final_average_accuracy"]["mean"])
-    for g in _as_the_table_sorts(groups):
-        acc = g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else -1.0
+    ordered = _as_the_table_sorts(groups)
+    best: dict[int, dict] = {}  # memory size (0: not an axis) -> its best group, the first ranked one
+    for g in ordered:
+        if _ranked(g):
+            best.setdefault(_mem_size(g), g)
+    for g in ordered:
         seeds = g["seeds"]
-        done = f"{len(seeds['finished'])} / {len(seeds['failed'])}"
+        done = f"{len(seeds['finished'])} / {len(seeds['failed']) + len(_diverged(g))}"
+        if _diverged(g):
+            done += f" ({len(_diverged(g))} diverged)"
         if seeds["unfinished"]:
             done += f" (+{len(seeds['unfinished'])} unfinished)"
         final = _fmt(g["final_average_accuracy"], 4)
         cells = [_value_text((g.get("axes") or {"memory": g["memory"]}).get(a, "–")) for a in axes]
-        lines.append("| " + " | ".join([*cells, done, f"**{final}**" if acc == best.get(_mem_size(g)) else final,
+        lines.append("| " + " | ".join([*cells, done, f"**{final}**" if best.get(_mem_size(g)) is g else final,
                                         *(_fmt_diff(paired_difference(g, groups, a)) for a in diffs),
                                         _fmt(g["average_forgetting"], 4), _fmt(g["final_bwt"], 4),
                                         _fmt(g["memory_update_seconds"], 1), _fmt(g["train_seconds"], 1),
@@ -601,12 +605,22 @@ def plot_curve(groups: list[dict[str, Any]], path: Path, look: dict[str, tuple] 
     return True
 
 
+def _diverged(group: dict[str, Any]) -> list[int]:
+    return group["seeds"].get("diverged", [])  # a summary of an older ccl counted them as failed
+
+
+def _ranked(group: dict[str, Any]) -> bool:
+    """Whether a group takes part in the ranking: it has a final accuracy and no run of it
+    diverged (a mean over the seeds that survived would flatter it)."""
+    return bool(group["final_average_accuracy"]) and not _diverged(group)
+
+
 def _as_the_table_sorts(groups) -> list[dict[str, Any]]:
     """`groups` in comparison.md's order: a block per memory size when the runs span
-    several (smallest first), and in it by mean final accuracy, best first, groups without
-    one last."""
-    return sorted(groups, key=lambda g: (_mem_size(g), -g["final_average_accuracy"]["mean"]
-                                         if g["final_average_accuracy"] else 1.0))
+    several (smallest first), and in it the ranked groups by mean final accuracy, best
+    first, then those with a diverged run, then those without a final accuracy."""
+    return sorted(groups, key=lambda g: (_mem_size(g), not _ranked(g), not g["final_average_accuracy"],
+                                         -g["final_average_accuracy"]["mean"] if g["final_average_accuracy"] else 0.0))
 
 
 def _mem_size(group: dict[str, Any]) -> int:
@@ -621,8 +635,10 @@ def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
     done = _as_the_table_sorts(g for g in groups if g["final_average_accuracy"])
     if not done:
         return
-    labels = [plain_text(g["label"]) for g in done]
-    labels[0] = f"★ {labels[0]}"
+    labels = [plain_text(g["label"]) + (f" ({len(_diverged(g))} diverged)" if _diverged(g) else "") for g in done]
+    starred = _ranked(done[0])  # a group with a diverged run is never the best
+    if starred:
+        labels[0] = f"★ {labels[0]}"
     rows = range(len(done))
     fig = _figure(8.0, 1.4 + 0.38 * len(done))
     accuracy_ax, forgetting_ax = fig.subplots(1, 2, sharey=True)
@@ -632,7 +648,7 @@ def plot_final(groups: list[dict[str, Any]], path: Path) -> None:
             s = g[key]
             if s is None:
                 continue
-            ax.barh(row, s["mean"], color="C0", alpha=0.85 if row == 0 else 0.4, height=0.6)
+            ax.barh(row, s["mean"], color="C0", alpha=0.85 if row == 0 and starred else 0.4, height=0.6)
             ax.plot(s["values"], [row] * len(s["values"]), "k.", markersize=5)  # each seed
             ax.text(max(s["mean"], *s["values"]) + 0.02, row, _fmt(s, 3), va="center", fontsize=8)  # right of all
         ax.set(title=title, xlim=(min(0.0, *(v for g in done if g[key] for v in g[key]["values"])), 1.3))

@@ -20,6 +20,11 @@ holds beside the run's boundary state, and how a resumed run gets back there:
   starts and saved with it; a resumed run trains no epoch, puts that state back and
   runs the update again, whose set-up draws what it drew, and the loop takes up its
   progress where it was saved.
+
+A SIGINT or SIGTERM makes the next of these places save, whatever the clock says
+(`ccl.guards.stop_requested`), and the run stops right after that checkpoint: the
+learner's weights at the experience's start and the state at the memory's update are
+therefore kept in every run, not only in runs with periodic checkpoints.
 """
 from __future__ import annotations
 
@@ -35,20 +40,18 @@ from ccl.checkpoint import (CLOCK_COUNTERS, metric_states, numpy_rng_state, rest
                             restore_running_metric_states, rng_state, running_metric_states, set_rng_state)
 from ccl.condense import LoopCheckpoint
 from ccl.errors import CclError
+from ccl.guards import stop_if_requested, stop_requested
 
 
 class CheckpointClock:
     """When a checkpoint inside an experience is due: `seconds` of wall time after the last
     checkpoint (0: never), or every `iterations` training or condensation iterations
-    (for tests: a deterministic place to stop). Asked once per iteration."""
+    (for tests: a deterministic place to stop); and, whatever these say, as soon as a
+    signal asked the run to stop. Asked once per iteration."""
 
     def __init__(self, seconds: float = 0.0, iterations: int = 0):
         self.seconds, self.iterations = seconds, iterations
         self.restart()
-
-    @property
-    def enabled(self) -> bool:
-        return self.seconds > 0 or self.iterations > 0
 
     def restart(self) -> None:
         """A checkpoint was written (inside an experience or at its end): count from now."""
@@ -56,6 +59,8 @@ class CheckpointClock:
 
     def due(self) -> bool:
         self.ticks += 1
+        if stop_requested():
+            return True
         if self.iterations:
             return self.ticks >= self.iterations
         return self.seconds > 0 and time.monotonic() - self.last >= self.seconds
@@ -181,8 +186,7 @@ class CheckpointsWithin(SupervisedPlugin):
             self.epochs = strategy.train_epochs
             phase = self.resuming["position"]["phase"]
             strategy.train_epochs -= self.resuming["position"]["epoch"] if phase == "training" else self.epochs
-        if self.clock.enabled:
-            self.start_model = _copy(strategy.model.state_dict())
+        self.start_model = _copy(strategy.model.state_dict())  # a signal may ask for a save at any minibatch
 
     def before_training_epoch(self, strategy, **kwargs):
         skip = 0
@@ -216,7 +220,7 @@ class CheckpointsWithin(SupervisedPlugin):
             progress = self.resuming["position"]["condensation"]
             self._restore(strategy, self.resuming)
             self.condensation.pending = progress
-        if self.condensation is not None and self.clock.enabled:
+        if self.condensation is not None:
             self.at_update = _copy(self._state(strategy, {"phase": "condensing", "epoch": strategy.train_epochs,
                                                           "iteration": 0}))
             self.condensation.active = True
@@ -251,6 +255,7 @@ class CheckpointsWithin(SupervisedPlugin):
         state["position"]["saved"] = time.time()
         self._save(state)
         self.clock.saved(state["position"])
+        stop_if_requested()  # a signal asked for this checkpoint: the run stops here
 
     def _restore(self, strategy, ckpt: dict) -> None:
         """Everything as it was when `ckpt` was saved; the generators last."""

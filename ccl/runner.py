@@ -31,7 +31,7 @@ from ccl.logs import (ACC_EPOCH, ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING,
 from ccl.models import build_learner
 from ccl.resume import CheckpointClock, CheckpointsWithin, CondensationCheckpoint
 from ccl.strategies import FinetunePlugin
-from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted
+from ccl.guards import Diverged, DivergenceGuard, signals_deferred, signals_raise_interrupted, stop_if_requested
 from ccl.training import seed_everything
 
 
@@ -244,6 +244,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         clock.restart()
         if on_experience:
             on_experience(i, results)
+        stop_if_requested()  # a signal during the evaluation or a memory update without iterations
     results = dict(results)
     results["final_average_accuracy"] = results["average_accuracy"][-1]
     results["average_forgetting"] = results["forgetting"][-1]

@@ -54,8 +54,8 @@ def test_grid_resumes_skipping_finished_cells_and_survives_a_failing_cell(tmp_pa
     assert "injected failure" in json.loads((out / "cells" / "none-s0" / "error.json").read_text())["error"]
     summary = json.loads((out / "comparison.json").read_text())
     seeds = {g["label"]: g["seeds"] for g in summary["memories"]}
-    assert seeds == {"none": {"finished": [], "failed": [0, 1], "unfinished": []},
-                     "random": {"finished": [0, 1], "failed": [], "unfinished": []}}
+    assert seeds == {"none": {"finished": [], "failed": [0, 1], "diverged": [], "unfinished": []},
+                     "random": {"finished": [0, 1], "failed": [], "diverged": [], "unfinished": []}}
     assert "| none | 0 / 2 |" in (out / "comparison.md").read_text()
 
     # random-s1 now looks like a run killed midway; random-s0 stays finished.

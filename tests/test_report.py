@@ -71,7 +71,7 @@ def test_report_tables_hold_means_and_stds_of_the_fixtures(comparison):
         seen = [r["seen_accuracy"] for r in res]
         assert g["seen_accuracy"]["mean"] == pytest.approx([statistics.mean(s) for s in zip(*seen)])
         assert g["accuracy_matrix"][2][1] == pytest.approx(statistics.mean(r["accuracy_matrix"][2][1] for r in res))
-    assert groups["dm"]["seeds"] == {"finished": [0, 1], "failed": [2], "unfinished": []}
+    assert groups["dm"]["seeds"] == {"finished": [0, 1], "failed": [2], "diverged": [], "unfinished": []}
     assert "| dm | 2 / 1 |" in md and "RuntimeError: injected failure" in md
     assert groups["joint"]["joint"] and groups["joint"]["final_average_accuracy"]["std"] is None
 
@@ -82,6 +82,32 @@ def test_the_figures_order_groups_as_the_table_does(comparison):
     md = (comparison / "comparison.md").read_text()
     rows = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")][1:]  # no header
     assert [g["label"] for g in _as_the_table_sorts(summary["memories"])] == rows == ["joint", "dm", "random"]
+
+
+def test_a_group_with_a_diverged_run_is_never_ranked(comparison):
+    """joint, the best group, gets a second seed that diverged: its survivor's mean would
+    still be the best, but it is not ranked: last, not in bold, its diverged run named."""
+    from ccl.report import _as_the_table_sorts
+    survivor = run_folder(comparison / "cells", "joint-s0")
+    diverged = comparison / "cells" / "joint-s1" / survivor.name.replace("-s0", "-s1")
+    shutil.copytree(survivor, diverged)
+    config = json.loads((diverged / "config.json").read_text())
+    config["run"]["seed"] = 1
+    (diverged / "config.json").write_text(json.dumps(config))
+    (diverged / "results.json").unlink()  # as a diverged run leaves it
+    error = "the training loss exploded to 5.69e+12 (above 1e+04) in experience 0 by step 18: try a smaller --lr"
+    (diverged / "status.json").write_text(json.dumps({"status": "diverged", "error": error}))
+    summary = write_report([comparison])
+    groups = {g["label"]: g for g in summary["memories"]}
+    assert groups["joint"]["seeds"] == {"finished": [0], "failed": [], "diverged": [1], "unfinished": []}
+    best = max(groups.values(), key=lambda g: g["final_average_accuracy"]["mean"])
+    assert best["label"] == "joint"  # its survivor alone would win
+    md = (comparison / "comparison.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["dm", "random", "joint"]
+    assert [g["label"] for g in _as_the_table_sorts(summary["memories"])] == ["dm", "random", "joint"]
+    assert "**" in rows[0] and "**" not in rows[2] and "| joint | 1 / 1 (1 diverged) |" in rows[2]
+    assert f"- joint seed 1: diverged — {error}" in md
 
 
 def test_report_draws_every_figure(comparison):

@@ -2,6 +2,7 @@
 own table, the command line wins over it and says so, and a bad table is one line before
 torch loads."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,62 @@ def test_a_bad_table_is_refused_before_torch_loads(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe, str(preset)], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
     assert "[strategies.er] has an unknown key 'lr_rate'" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_a_run_preset_is_named_from_any_folder_and_a_path_wins(tmp_path, monkeypatch):
+    from ccl.errors import CclError
+    from ccl.resources import run_preset
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    shipped = ROOT / "configs" / "runs" / "cpu-quick.toml"
+    assert run_preset("cpu-quick") == run_preset("cpu-quick.toml") == run_preset(Path("cpu-quick")) == shipped
+    (tmp_path / "cpu-quick").write_text('width = 8\n')  # a file of that name here: a path wins
+    assert run_preset("cpu-quick") == Path("cpu-quick")
+    with pytest.raises(CclError, match=r"^--config cpu-protocl: no such file, nor a run preset of that name; "
+                                       r"did you mean cpu-protocol\?$"):
+        run_preset("cpu-protocl")
+    with pytest.raises(CclError, match="elsewhere/cpu-quick.toml: no such file, .*; did you mean cpu-quick"):
+        run_preset("elsewhere/cpu-quick.toml")  # a path that is not there is not a name
+    with pytest.raises(CclError, match="; the run presets: cpu-long, cpu-protocol, cpu-quick, mammoth"):
+        run_preset("settings")
+    result = CliRunner().invoke(main, ["run", "--config", "cpu-protocl", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "did you mean cpu-protocol?" in result.output
+
+
+def test_an_installed_package_lists_and_runs_its_presets_from_any_folder(tmp_path):
+    """`pip install .` (not editable): the wheel carries the run presets, `ccl list` shows
+    them from a folder outside the tree and `--config cpu-quick` runs with the preset's
+    settings. The wheel is built from a copy of the sources (a build writes beside them)
+    and unpacked, as pip installs a pure-Python wheel."""
+    import shutil
+    import zipfile
+    source = tmp_path / "source"
+    for part in ("ccl", "configs", "scenarios"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("ccl-*.whl")
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.toml")}
+    assert {f"ccl/{name}" for name in shipped} <= {p.relative_to(installed).as_posix()
+                                                    for p in installed.rglob("*.toml")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(installed), "OMP_NUM_THREADS": "1"}
+
+    def ccl(*args):
+        return subprocess.run([sys.executable, "-m", "ccl.cli", *args], cwd=elsewhere, env=env, capture_output=True,
+                              text=True)
+    listed = ccl("list")
+    assert listed.returncode == 0, listed.stderr
+    runs = listed.stdout.split("run presets (--config NAME):", 1)[1]
+    assert all(f"  {name} " in runs for name in ("cpu-quick", "cpu-protocol", "cpu-long", "mammoth-seq-cifar10"))
+    ran = ccl("run", "--config", "cpu-quick", "--scenario", "split-digits", "--experiences", "2", "--epochs", "1",
+              "--train-per-class", "20", "--quiet")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (config,) = (elsewhere / "runs").glob("*/config.json")
+    settings = json.loads(config.read_text())
+    assert settings["argv"][0] == str(installed / "ccl" / "cli.py")  # the installed copy ran, not the tree
+    assert (settings["run"]["width"], settings["run"]["mem_size"], settings["run"]["test_per_class"]) == (32, 100, 100)

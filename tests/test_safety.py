@@ -2,6 +2,7 @@
 hurts another, a signal during a checkpoint write is honoured after it, a diverged run
 says so, and deep or odd input is one line."""
 import json
+import re
 import signal
 
 import pytest
@@ -100,6 +101,20 @@ def test_a_diverging_run_ends_as_diverged_and_absurd_rates_are_refused(tmp_path,
     with pytest.raises(CclError, match="the training loss became nan in experience 2"):
         resume_run(run_dir, progress=False)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
+    assert not (run_dir / "results.json").exists()
+
+
+def test_a_loss_that_explodes_without_becoming_nan_ends_the_run_diverged(tmp_path):
+    """At lr 10 split-digits' loss climbs past 1e12 and stays finite: without the explosion
+    rule the run ended `finished` at chance."""
+    result = CliRunner().invoke(main, ["run", "--scenario", "split-digits", "--lr", "10", "--epochs", "2",
+                                       "--seed", "1", "--quiet", "--runs-dir", str(tmp_path)])
+    (run_dir,) = tmp_path.iterdir()
+    state = json.loads((run_dir / "status.json").read_text())
+    assert state["status"] == "diverged" and "\n" not in state["error"]
+    assert re.fullmatch(r"the training loss exploded to \S+ \(above 1e\+04\) in experience 0 by step \d+: "
+                        r"try a smaller --lr", state["error"]), state["error"]
+    assert result.exit_code == 2 and result.output.endswith(f"error: {state['error']}\n")
     assert not (run_dir / "results.json").exists()
 
 
