@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from ccl import config as cfgmod
+from ccl.condense.methods import method_settings
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
-from ccl.memory import MEMORIES, MemorySpec, settings_for_memory
+from ccl.memory import MEMORIES, MemorySpec
 from ccl.models import build_learner
 from ccl.run_config import MAX_LR, MEM_AUGMENTS, PROTOCOLS, STREAM_AUGMENTS, RunConfig, given_config  # noqa: F401
 from ccl.strategies import STRATEGIES, Strategy
@@ -71,7 +72,7 @@ def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> An
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
     preset = cfg.memory_config or (spec.replay_preset if replay else None)
-    return settings_for_memory(cfg.memory, preset, cfg.memory_settings)
+    return method_settings(cfg.memory, preset, cfg.memory_settings)
 
 
 def strategy_settings(entry: Strategy, cfg: RunConfig) -> Any:

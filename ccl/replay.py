@@ -18,11 +18,10 @@ from torch.utils.data import DataLoader, Subset
 
 from ccl import config as cfgmod
 from ccl.condense import dsa
-from ccl.condense.methods import METHODS
+from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
 from ccl.guards import DivergenceGuard
-from ccl.memory import (MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin,
-                        settings_for_memory)
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.strategies import STRATEGIES
 
@@ -70,7 +69,7 @@ class CondensedReplay(SupervisedPlugin):
             `mem_size // classes`; at least one a class).
         method: a memory ccl has: datadam (the default; its preset condenses a Split
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
-            mtt, hybrid, random, herding, herding-soft (class-balanced, filled at each experience's
+            mtt, random, herding, herding-soft (class-balanced, filled at each experience's
             end) or reservoir (one reservoir over the stream, as the ER and DER papers).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
@@ -310,11 +309,10 @@ def _method_settings(method: str, spec, settings: Settings) -> Any:
             raise ValueError(f"method {method!r} takes no settings")
         return None
     if isinstance(settings, cls):
-        fixed = METHODS.get(method).value.fixed if method in METHODS.names() else {}
-        return dataclasses.replace(settings, **fixed)
+        return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
     if settings is None or isinstance(settings, dict):
         try:
-            return settings_for_memory(method, spec.replay_preset, dict(settings or {}))
+            return method_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
     raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")

@@ -200,7 +200,7 @@ def test_settings_resolve_over_the_shipped_preset():
 
 
 def test_the_method_and_strategy_errors_offer_only_what_the_plugin_takes():
-    on_device = "reservoir, random, herding, herding-soft, dm, datadam, mtt, pad, hybrid"
+    on_device = "reservoir, random, herding, herding-soft, dm, datadam, mtt, pad"
     for method in ("nope", "none", "avalanche-reservoir", "joint"):
         with pytest.raises(ValueError) as error:
             CondensedReplay(method=method)
@@ -355,7 +355,7 @@ def test_a_loss_that_is_no_longer_a_number_stops_training_as_ccl_run_does(poison
         model[3].bias[experience.classes_in_this_experience[0]] = poison
     replay = CondensedReplay(mem_size=12, method="random", mem_batch=4, strategy="der++")
     strategy = naive(model, [replay])
-    with pytest.raises(Diverged, match=rf"^the training loss became {loss} in experience 0 by step 4: "
+    with pytest.raises(Diverged, match=rf"^the training loss became {loss} in experience 0 by step 1: "
                                        r"try a smaller learning rate$"):
         strategy.train(experience)
     assert len(replay.memory.labels) == 0  # stopped before the experience's memory update

@@ -115,12 +115,12 @@ def test_the_readme_is_a_guide_of_at_most_265_lines():
 
 
 def test_every_method_preset_loads_into_its_settings():
-    """configs/<memory>[-variant].toml: a typo in a shipped preset fails here, not in a user's run."""
-    from ccl.memory import settings_for_memory
+    """configs/<method>[-variant].toml: a typo in a shipped preset fails here, not in a user's run."""
+    from ccl.condense.methods import method_settings
     presets = sorted((ROOT / "configs").glob("*.toml"))
-    assert {"datadam.toml", "pad.toml", "pad-learner.toml", "hybrid.toml"} <= {p.name for p in presets}
+    assert {"datadam.toml", "pad.toml", "pad-learner.toml"} <= {p.name for p in presets}
     for path in presets:
-        settings = settings_for_memory(path.stem.split("-")[0], path.stem, {})
+        settings = method_settings(path.stem.split("-")[0], path.stem, {})
         assert type(settings).__name__.endswith("Settings"), path
 
 

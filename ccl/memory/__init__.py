@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ccl.condense import LoopCheckpoint, datadam
-from ccl.condense.methods import METHODS, method_settings
-from ccl.config import preset_settings
+from ccl.condense import LoopCheckpoint
+from ccl.condense.methods import METHODS
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
-from ccl.memory.hybrid import HybridFiller, HybridSettings
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -24,10 +22,9 @@ POLICIES = ("end", "stream")  # how an on-device memory is filled: at each exper
 @dataclass(frozen=True)
 class MemorySpec:
     kind: str                          # one of KINDS
-    # what fills the slots; with `method`, a filler that takes it (CondenseFiller when None)
     filler: type[Filler] | None = None
     settings: type | None = None       # dataclass of the method's settings, if any
-    method: Callable | None = None     # a ccl.condense method the filler condenses with
+    method: Callable | None = None     # a ccl.condense method, for CondenseFiller
     # end: class-balanced slots filled by `filler` when an experience ends (what condensation
     # needs); stream: one reservoir over the whole stream (the ER and DER papers' buffer)
     policy: str = "end"
@@ -57,7 +54,7 @@ class MemorySpec:
     def make_filler(self, device, settings: Any, progress: bool = True,
                     checkpoint: LoopCheckpoint | None = None) -> Filler:
         if self.method is not None:
-            return (self.filler or CondenseFiller)(device, settings, self.method, progress, checkpoint)
+            return CondenseFiller(device, settings, self.method, progress, checkpoint)
         return self.filler(device, settings, progress)
 
     def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
@@ -103,19 +100,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
-MEMORIES.register("hybrid", "per class a few DataDAM-condensed images and real exemplars herded given them, "
-                  "each with the learner's logits as soft target (Hybrid Memory Replay), on the device")(
-    MemorySpec("device", HybridFiller, HybridSettings, method=datadam.condense))
-
-
-def settings_for_memory(name: str, preset: str | None, overrides: dict[str, Any]) -> Any:
-    """The settings of memory `name`: a condensation method's through `method_settings`
-    (with its variant's fixed values), else the memory's own dataclass <- the preset
-    (configs/<name>.toml when None) <- overrides."""
-    if name in METHODS.names():
-        return method_settings(name, preset, overrides)
-    return preset_settings(MEMORIES.get(name).value.settings, preset or name, overrides, explicit=preset is not None)
-
-
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
-           "Filler", "slots_per_class", "settings_for_memory"]
+           "Filler", "slots_per_class"]
