@@ -317,17 +317,19 @@ def student_plan(n: int, batch: int, steps: int, dsa: DSASettings | None,
                  device: torch.device | str) -> list[Step]:
     """The N student steps' minibatches and DSA draws, drawn up front.
 
-    Minibatches are shuffled passes over range(n) split into `batch`-sized chunks (as the
-    reference: a new permutation whenever one is used up; a pass's last chunk may be
-    smaller). Fixing the draws before the unroll lets the backward pass recompute a step
-    exactly.
+    Minibatches are shuffled passes over range(n) split into `batch`-sized chunks, taken
+    from the end of the pass as the reference does (`indices_chunks.pop()`): a pass's
+    short remainder comes first, and a new permutation is drawn whenever one is used up.
+    Under the same torch seed (and without DSA) the indices are the reference's
+    (tests/test_reference.py). Fixing the draws before the unroll lets the backward pass
+    recompute a step exactly.
     """
     plan: list[Step] = []
     chunks: list[torch.Tensor] = []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, device=device).split(batch))
-        idx = chunks.pop(0)
+        idx = chunks.pop()
         plan.append((idx, sample_draw(idx.numel(), dsa, device) if dsa is not None else None))
     return plan
 
