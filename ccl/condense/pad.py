@@ -60,8 +60,8 @@ from ccl.condense import Condensed, LoopCheckpoint, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
-from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, flat_parameters, make_network,
-                                train_experts)
+from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, expert_batch, flat_parameters,
+                                make_network, train_experts)
 from ccl.models.convnet import NORMS
 from ccl.training import now, soft_cross_entropy
 
@@ -109,7 +109,11 @@ class PADSettings:
     num_experts: int = 100          # reference 100; a handful already works
     expert_train_epochs: int = 100  # E: length of each trajectory (theta_0 .. theta_E)
     expert_lr: float = 0.01         # SGD, no momentum (reference lr_teacher)
-    expert_batch: int = 256
+    expert_batch: int = 256         # (reference batch_train)
+    # At least this many SGD steps an expert epoch: on fewer images than expert_batch *
+    # expert_min_steps the batch shrinks to fit (`ccl.condense.experts.expert_batch`).
+    # 0 = expert_batch always, as the reference (196 steps an epoch on CIFAR's 50,000).
+    expert_min_steps: int = 0
     # --- PAD's data scheduler (phase ends as fractions of expert_train_epochs) ---
     scheduler: bool = True
     schedule_init_ratio: float = 0.75
@@ -155,6 +159,8 @@ class PADSettings:
                 continue  # zero iterations: return the initialisation (useful for tests)
             if value < 1:
                 raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
+        if not isinstance(self.expert_min_steps, int) or self.expert_min_steps < 0:
+            raise ValueError(f"PADSettings.expert_min_steps must be an integer >= 0, got {self.expert_min_steps!r}")
         if self.max_start_epoch < 0 or self.score_epochs < 0 or self.max_recoveries < 0:
             raise ValueError("PADSettings.max_start_epoch, score_epochs and max_recoveries must be "
                              f">= 0, got {self.max_start_epoch}, {self.score_epochs} and "
@@ -760,7 +766,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
         train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
         train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
-    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / settings.expert_batch)
+    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / expert_batch(settings, len(train_x)))
     if settings.syn_steps > 2 * expert_steps:
         # Seen on a GPU: N 80 against M 3 epochs of 8 steps (1,000 images per class)
         # swung the loss between 0.9 and 2.5 and left images that held nothing.
