@@ -17,6 +17,10 @@ Departures from the reference (NUS-HPC-AI-Lab/PAD, buffer/buffer_CL.py):
   script wraps it in GSAM (sharpness-aware, from FTD).
 - Each class's real count is used; the reference hard-codes 5,000 samples per class.
 - A window never becomes empty: at least one sample of every class stays in.
+- With `expert_min_steps` (configs/pad.toml) the batch shrinks on small sets so that an
+  epoch takes that many steps (`expert_batch`); the reference's 256 is for 50,000 images.
+- Networks start no block on a map under 4x4 (`make_network`, `fitting_depth`); the
+  reference ConvNet is for 32x32 images (it pads 28x28 ones to 32).
 """
 from __future__ import annotations
 

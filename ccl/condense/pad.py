@@ -813,7 +813,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     timings["match_s"] = now(device) - began
 
     if stats is not None:
-        stats.update(timings, alpha=alpha, keep_from=keep_from,
+        stats.update(timings, alpha=alpha, keep_from=keep_from, expert_batch=expert_batch(settings, len(train_x)),
+                     depth=len(network.blocks),
                      context_images=0 if context is None else len(context_x), **info)
     return Condensed(images, out_labels, soft, all_ids if soft is not None else None)
 
