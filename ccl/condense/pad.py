@@ -88,6 +88,11 @@ class PADSettings:
     max_start_epoch: int = 20       # start epoch t is uniform in [min_start_epoch, max_start_epoch]
     min_start_epoch: int = 0        # DATM / PAD reference: later segments for larger IPC
     lr_img: float = 100.0           # SGD (momentum 0.5) lr on the pixels (IPC 50: 1000)
+    # 0: lr_img as given. N: lr_img is the rate for N x N images, and other sizes scale it
+    # by their area (H * W / N^2), as DataDAM's lr_images_side. configs/pad.toml's 1000
+    # for 32x32 turned 8x8 digits into saturated blotches (IPC 1 with soft labels: 0.64
+    # against random real images' 0.76); at 100 they scored 0.89 (issue 47).
+    lr_img_side: int = 0
     lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
     lr_init: float = 0.01           # initial student lr (= the experts' lr)
     batch_syn: int | None = None    # synthetic minibatch; None = the whole set (reference)
@@ -177,6 +182,8 @@ class PADSettings:
         if self.lr_labels < 0 or not 0 <= self.labels_momentum < 1:
             raise ValueError(f"PADSettings needs lr_labels >= 0 and labels_momentum in [0, 1), got "
                              f"{self.lr_labels} and {self.labels_momentum}")
+        if not isinstance(self.lr_img_side, int) or self.lr_img_side < 0:
+            raise ValueError(f"PADSettings.lr_img_side must be an integer >= 0, got {self.lr_img_side!r}")
         for name in ("lr_img", "lr_init", "expert_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PADSettings.{name} must be > 0, got {getattr(self, name)}")
@@ -214,6 +221,12 @@ class PADSettings:
         return ExpertSchedule(self.schedule_init_ratio, self.schedule_add_end,
                               self.schedule_rm_first, self.schedule_rm_second,
                               self.schedule_rm_ratio_first, self.schedule_rm_ratio_second)
+
+
+def image_lr(settings: PADSettings, size: tuple[int, int]) -> float:
+    """The pixels' SGD rate at (H, W): lr_img, scaled by area if lr_img_side is set."""
+    side = settings.lr_img_side
+    return settings.lr_img * (size[0] * size[1] / side ** 2 if side else 1.0)
 
 
 def mtt_settings(**changes: object) -> PADSettings:
@@ -506,7 +519,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
-            "recoveries" and "stopped" (recoveries ran out).
+            "recoveries", "stopped" (recoveries ran out) and "lr_img" (after lr_img_side).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
@@ -531,11 +544,12 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         learned.append(soft)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
     lr_floor = settings.lr_init / 100
+    lr_img = image_lr(settings, tuple(images.shape[-2:]))
 
     def optimisers(scale: float) -> list[torch.optim.SGD]:
         # MTT: plain SGD with momentum 0.5 on the pixels and the student lr; the labels
         # with their own rate and momentum (the reference's optimizer_y).
-        built = [torch.optim.SGD([images], lr=settings.lr_img * scale, momentum=0.5),
+        built = [torch.optim.SGD([images], lr=lr_img * scale, momentum=0.5),
                  torch.optim.SGD([lr], lr=settings.lr_lr * scale, momentum=0.5)]
         if soft is not None:
             built.append(torch.optim.SGD([soft], lr=settings.lr_labels * scale, momentum=settings.labels_momentum))
@@ -544,7 +558,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     steppers = optimisers(1.0)
     last_finite, last_lr = [t.detach().clone() for t in learned], settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
-            "stopped": False}
+            "stopped": False, "lr_img": lr_img}
     start = 0
     saved = checkpoint.resume() if checkpoint is not None else None
     if saved is not None:
@@ -599,7 +613,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
                 steppers = optimisers(scale)  # fresh: no momentum from the diverged steps
                 warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
                               f"restarting from iteration {info['iterations']} with lr_img "
-                              f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
+                              f"{lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
                               f"(restart {info['recoveries']} of {settings.max_recoveries})",
                               RuntimeWarning, stacklevel=3)
         if checkpoint is not None and it + 1 < settings.iterations and checkpoint.due():
@@ -891,6 +905,6 @@ def _outputs(network: nn.Module) -> int:
 
 __all__ = ["PADSettings", "initial_soft_labels", "step_loss", "LearnerTrajectory", "flat_parameters", "match_learner", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
            "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
-           "FunctionalStudent", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
+           "FunctionalStudent", "image_lr", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
            "classified_correctly",
            "REFERENCE_ALPHA"]
