@@ -505,3 +505,26 @@ def test_experts_of_the_shipped_preset_learn_digits():
     assert accuracy > 0.5, accuracy
     assert confidence > 0.3, confidence  # soft labels from these logits are not uniform (0.1)
 
+
+
+def test_image_rate_scales_with_area_from_the_side_it_is_set_for():
+    from ccl.config import preset_settings
+
+    shipped = preset_settings(PADSettings, "pad", {})
+    assert pad.image_lr(shipped, (32, 32)) == shipped.lr_img == 1000.0
+    assert pad.image_lr(shipped, (8, 8)) == 62.5  # 1000 * 64 / 1024
+    learner = preset_settings(PADSettings, "pad-learner", {})
+    assert pad.image_lr(learner, (8, 8)) == pad.image_lr(learner, (32, 32)) == learner.lr_img == 1.0
+    assert pad.image_lr(tiny(lr_img=4.0), (8, 8)) == 4.0  # 0: as given
+    with pytest.raises(ValueError, match="lr_img_side"):
+        tiny(lr_img_side=-1)
+    with pytest.raises(ValueError, match="expert_min_steps"):
+        tiny(expert_min_steps=-1)
+
+
+def test_expert_batch_gives_an_epoch_at_least_its_minimum_of_steps():
+    from ccl.condense.experts import expert_batch
+
+    settings = tiny(expert_batch=256, expert_min_steps=50)
+    assert [expert_batch(settings, n) for n in (1437, 2000, 50_000, 10)] == [29, 40, 256, 1]
+    assert expert_batch(tiny(expert_batch=256), 1437) == 256  # 0: the reference's batch
