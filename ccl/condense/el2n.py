@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccl.condense.dsa import augmenter
-from ccl.condense.experts import ExpertSettings, make_network
+from ccl.condense.experts import ExpertSettings, expert_batch, make_network
 from ccl.training import sgd_epoch
 
 
@@ -52,7 +52,7 @@ def el2n_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         labels: (N,) long labels in [0, num_classes).
         num_classes: outputs of the networks.
         device: where the networks train.
-        settings: ExpertSettings (score_networks, score_epochs, expert_lr, expert_batch,
+        settings: ExpertSettings (score_networks, score_epochs, expert_lr, expert_batch / expert_min_steps,
             dsa, network shape).
 
     Returns:
@@ -62,11 +62,12 @@ def el2n_scores(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     everything = torch.arange(images.shape[0], device=device)  # (N,)
     dsa = augmenter(settings.dsa_settings if settings.dsa else None)
     total = torch.zeros(images.shape[0], device=device)  # (N,)
+    batch = expert_batch(settings, images.shape[0])
     for _ in range(settings.score_networks):
         net = make_network(settings, num_classes, tuple(images.shape[1:]), device)
         optimizer = torch.optim.SGD(net.parameters(), lr=settings.expert_lr)
         for _ in range(settings.score_epochs):
-            sgd_epoch(net, images, labels, everything, optimizer, settings.expert_batch, dsa)
+            sgd_epoch(net, images, labels, everything, optimizer, batch, dsa)
         total += el2n_of_network(net, images, labels, num_classes)
     return total / settings.score_networks  # (N,)
 

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ccl.condense.dsa import DSASettings, augment
-from ccl.models.convnet import NORMS, ConvNet
+from ccl.models.convnet import NORMS, ConvNet, fitting_depth
 from ccl.training import soft_cross_entropy
 
 
@@ -32,7 +32,7 @@ class EvalSettings:
     dsa_settings: DSASettings = field(default_factory=DSASettings)
     networks: int = 3           # fresh networks to average over (papers 5-10)
     width: int = 128
-    depth: int = 3
+    depth: int = 3              # fewer on small images (`fitting_depth`: 2 on 8x8 digits)
     norm: str = "instance"      # small sets cannot estimate BatchNorm statistics well
     test_batch: int = 1024      # images per test forward pass
 
@@ -89,7 +89,8 @@ def evaluate_synthetic(images: torch.Tensor, labels: torch.Tensor, test_images: 
     try:
         for _ in range(settings.networks):
             net = ConvNet(num_classes, channels=images.shape[1], image_size=images.shape[-1],
-                          width=settings.width, depth=settings.depth, norm=settings.norm).to(device)
+                          width=settings.width, depth=fitting_depth(images.shape[-1], settings.depth),
+                          norm=settings.norm).to(device)
             train(net, images, labels, settings, on_epoch=lambda: bar.update(1), soft_labels=soft_labels)
             accuracies.append(accuracy(net, test_images, test_labels, settings.test_batch))
     finally:

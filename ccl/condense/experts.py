@@ -17,9 +17,14 @@ Departures from the reference (NUS-HPC-AI-Lab/PAD, buffer/buffer_CL.py):
   script wraps it in GSAM (sharpness-aware, from FTD).
 - Each class's real count is used; the reference hard-codes 5,000 samples per class.
 - A window never becomes empty: at least one sample of every class stays in.
+- With `expert_min_steps` (configs/pad.toml) the batch shrinks on small sets so that an
+  epoch takes that many steps (`expert_batch`); the reference's 256 is for 50,000 images.
+- Networks start no block on a map under 4x4 (`make_network`, `fitting_depth`); the
+  reference ConvNet is for 32x32 images (it pads 28x28 ones to 32).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +32,7 @@ import torch
 from torch import nn
 
 from ccl.condense.dsa import DSASettings, augmenter
-from ccl.models.convnet import ConvNet
+from ccl.models.convnet import ConvNet, fitting_depth
 from ccl.training import sgd_epoch
 
 
@@ -42,6 +47,7 @@ class ExpertSettings(Protocol):
     dsa_settings: DSASettings
     expert_lr: float
     expert_batch: int
+    expert_min_steps: int
     expert_train_epochs: int
     num_experts: int
     scheduler: bool
@@ -158,10 +164,24 @@ def kept_indices(epoch: int, num_epochs: int, order: dict[int, torch.Tensor],
 
 def make_network(settings: ExpertSettings, num_classes: int, shape: tuple[int, ...],
                  device: torch.device | str) -> ConvNet:
-    """A freshly initialised ConvNet of the settings' width / depth / norm on `device`."""
+    """A freshly initialised ConvNet of the settings' width / depth / norm on `device`;
+    fewer blocks than `depth` on images too small for them (`fitting_depth`: 2 on 8x8)."""
     channels, height = shape[0], shape[1]
-    return ConvNet(num_classes, channels, height, settings.width, settings.depth,
+    return ConvNet(num_classes, channels, height, settings.width, fitting_depth(height, settings.depth),
                    settings.norm).to(device)
+
+
+def expert_batch(settings: ExpertSettings, images: int) -> int:
+    """The experts' (and EL2N scorers') minibatch on `images` training images:
+    `expert_batch`, smaller where an epoch would take fewer than `expert_min_steps` steps.
+
+    The reference's 256 gives CIFAR's 50,000 images 196 steps an epoch; on the 1,437
+    digits it gives 6, and 8 epochs of them at lr 0.01 left the experts near uniform
+    (issue 47). A minimum of steps keeps an expert epoch a real stretch of training on
+    small sets (a split experience, digits) and changes nothing on large ones."""
+    if settings.expert_min_steps <= 0:
+        return settings.expert_batch
+    return max(1, min(settings.expert_batch, math.ceil(images / settings.expert_min_steps)))
 
 
 def flat_parameters(net: nn.Module) -> torch.Tensor:
@@ -182,13 +202,14 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     dsa = augmenter(settings.dsa_settings if settings.dsa else None)
     epochs = settings.expert_train_epochs
     everything = torch.arange(images.shape[0], device=device)  # (N,)
+    batch = expert_batch(settings, images.shape[0])  # one size for every epoch, from all N
     trajectory = [flat_parameters(net)]
     for epoch in range(epochs):
         if order is None:
             indices = everything
         else:
             indices = kept_indices(epoch, epochs, order, settings.schedule)
-        sgd_epoch(net, images, labels, indices, optimizer, settings.expert_batch, dsa)
+        sgd_epoch(net, images, labels, indices, optimizer, batch, dsa)
         trajectory.append(flat_parameters(net))
     return trajectory
 
@@ -204,6 +225,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         num_classes: outputs of the networks.
         device: where the networks train and the trajectories live.
         settings: ExpertSettings (num_experts, expert_train_epochs, expert_lr, expert_batch,
+            expert_min_steps,
             dsa, scheduler, network shape).
         order: {class: indices easiest first} from `order_by_difficulty`; required when
             `settings.scheduler` is on, ignored (all data every epoch) when it is off.

@@ -60,8 +60,8 @@ from ccl.condense import Condensed, LoopCheckpoint, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
-from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, flat_parameters, make_network,
-                                train_experts)
+from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, expert_batch, flat_parameters,
+                                make_network, train_experts)
 from ccl.models.convnet import NORMS
 from ccl.training import now, soft_cross_entropy
 
@@ -88,6 +88,11 @@ class PADSettings:
     max_start_epoch: int = 20       # start epoch t is uniform in [min_start_epoch, max_start_epoch]
     min_start_epoch: int = 0        # DATM / PAD reference: later segments for larger IPC
     lr_img: float = 100.0           # SGD (momentum 0.5) lr on the pixels (IPC 50: 1000)
+    # 0: lr_img as given. N: lr_img is the rate for N x N images, and other sizes scale it
+    # by their area (H * W / N^2), as DataDAM's lr_images_side. configs/pad.toml's 1000
+    # for 32x32 turned 8x8 digits into saturated blotches (IPC 1 with soft labels: 0.64
+    # against random real images' 0.76); at 100 they scored 0.89 (issue 47).
+    lr_img_side: int = 0
     lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
     lr_init: float = 0.01           # initial student lr (= the experts' lr)
     batch_syn: int | None = None    # synthetic minibatch; None = the whole set (reference)
@@ -109,7 +114,11 @@ class PADSettings:
     num_experts: int = 100          # reference 100; a handful already works
     expert_train_epochs: int = 100  # E: length of each trajectory (theta_0 .. theta_E)
     expert_lr: float = 0.01         # SGD, no momentum (reference lr_teacher)
-    expert_batch: int = 256
+    expert_batch: int = 256         # (reference batch_train)
+    # At least this many SGD steps an expert epoch: on fewer images than expert_batch *
+    # expert_min_steps the batch shrinks to fit (`ccl.condense.experts.expert_batch`).
+    # 0 = expert_batch always, as the reference (196 steps an epoch on CIFAR's 50,000).
+    expert_min_steps: int = 0
     # --- PAD's data scheduler (phase ends as fractions of expert_train_epochs) ---
     scheduler: bool = True
     schedule_init_ratio: float = 0.75
@@ -155,6 +164,8 @@ class PADSettings:
                 continue  # zero iterations: return the initialisation (useful for tests)
             if value < 1:
                 raise ValueError(f"PADSettings.{name} must be >= 1, got {value}")
+        if not isinstance(self.expert_min_steps, int) or self.expert_min_steps < 0:
+            raise ValueError(f"PADSettings.expert_min_steps must be an integer >= 0, got {self.expert_min_steps!r}")
         if self.max_start_epoch < 0 or self.score_epochs < 0 or self.max_recoveries < 0:
             raise ValueError("PADSettings.max_start_epoch, score_epochs and max_recoveries must be "
                              f">= 0, got {self.max_start_epoch}, {self.score_epochs} and "
@@ -171,6 +182,8 @@ class PADSettings:
         if self.lr_labels < 0 or not 0 <= self.labels_momentum < 1:
             raise ValueError(f"PADSettings needs lr_labels >= 0 and labels_momentum in [0, 1), got "
                              f"{self.lr_labels} and {self.labels_momentum}")
+        if not isinstance(self.lr_img_side, int) or self.lr_img_side < 0:
+            raise ValueError(f"PADSettings.lr_img_side must be an integer >= 0, got {self.lr_img_side!r}")
         for name in ("lr_img", "lr_init", "expert_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PADSettings.{name} must be > 0, got {getattr(self, name)}")
@@ -208,6 +221,12 @@ class PADSettings:
         return ExpertSchedule(self.schedule_init_ratio, self.schedule_add_end,
                               self.schedule_rm_first, self.schedule_rm_second,
                               self.schedule_rm_ratio_first, self.schedule_rm_ratio_second)
+
+
+def image_lr(settings: PADSettings, size: tuple[int, int]) -> float:
+    """The pixels' SGD rate at (H, W): lr_img, scaled by area if lr_img_side is set."""
+    side = settings.lr_img_side
+    return settings.lr_img * (size[0] * size[1] / side ** 2 if side else 1.0)
 
 
 def mtt_settings(**changes: object) -> PADSettings:
@@ -317,17 +336,19 @@ def student_plan(n: int, batch: int, steps: int, dsa: DSASettings | None,
                  device: torch.device | str) -> list[Step]:
     """The N student steps' minibatches and DSA draws, drawn up front.
 
-    Minibatches are shuffled passes over range(n) split into `batch`-sized chunks (as the
-    reference: a new permutation whenever one is used up; a pass's last chunk may be
-    smaller). Fixing the draws before the unroll lets the backward pass recompute a step
-    exactly.
+    Minibatches are shuffled passes over range(n) split into `batch`-sized chunks, taken
+    from the end of the pass as the reference does (`indices_chunks.pop()`): a pass's
+    short remainder comes first, and a new permutation is drawn whenever one is used up.
+    Under the same torch seed (and without DSA) the indices are the reference's
+    (tests/test_reference.py). Fixing the draws before the unroll lets the backward pass
+    recompute a step exactly.
     """
     plan: list[Step] = []
     chunks: list[torch.Tensor] = []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, device=device).split(batch))
-        idx = chunks.pop(0)
+        idx = chunks.pop()
         plan.append((idx, sample_draw(idx.numel(), dsa, device) if dsa is not None else None))
     return plan
 
@@ -498,7 +519,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
-            "recoveries" and "stopped" (recoveries ran out).
+            "recoveries", "stopped" (recoveries ran out) and "lr_img" (after lr_img_side).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
@@ -523,11 +544,12 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         learned.append(soft)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
     lr_floor = settings.lr_init / 100
+    lr_img = image_lr(settings, tuple(images.shape[-2:]))
 
     def optimisers(scale: float) -> list[torch.optim.SGD]:
         # MTT: plain SGD with momentum 0.5 on the pixels and the student lr; the labels
         # with their own rate and momentum (the reference's optimizer_y).
-        built = [torch.optim.SGD([images], lr=settings.lr_img * scale, momentum=0.5),
+        built = [torch.optim.SGD([images], lr=lr_img * scale, momentum=0.5),
                  torch.optim.SGD([lr], lr=settings.lr_lr * scale, momentum=0.5)]
         if soft is not None:
             built.append(torch.optim.SGD([soft], lr=settings.lr_labels * scale, momentum=settings.labels_momentum))
@@ -536,7 +558,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     steppers = optimisers(1.0)
     last_finite, last_lr = [t.detach().clone() for t in learned], settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
-            "stopped": False}
+            "stopped": False, "lr_img": lr_img}
     start = 0
     saved = checkpoint.resume() if checkpoint is not None else None
     if saved is not None:
@@ -591,7 +613,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
                 steppers = optimisers(scale)  # fresh: no momentum from the diverged steps
                 warnings.warn(f"PAD: non-finite loss or images at iteration {it + 1} (loss {value}); "
                               f"restarting from iteration {info['iterations']} with lr_img "
-                              f"{settings.lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
+                              f"{lr_img * scale:g} and lr_lr {settings.lr_lr * scale:g} "
                               f"(restart {info['recoveries']} of {settings.max_recoveries})",
                               RuntimeWarning, stacklevel=3)
         if checkpoint is not None and it + 1 < settings.iterations and checkpoint.due():
@@ -758,7 +780,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
         train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
         train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
-    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / settings.expert_batch)
+    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / expert_batch(settings, len(train_x)))
     if settings.syn_steps > 2 * expert_steps:
         # Seen on a GPU: N 80 against M 3 epochs of 8 steps (1,000 images per class)
         # swung the loss between 0.9 and 2.5 and left images that held nothing.
@@ -805,7 +827,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     timings["match_s"] = now(device) - began
 
     if stats is not None:
-        stats.update(timings, alpha=alpha, keep_from=keep_from,
+        stats.update(timings, alpha=alpha, keep_from=keep_from, expert_batch=expert_batch(settings, len(train_x)),
+                     depth=len(network.blocks),
                      context_images=0 if context is None else len(context_x), **info)
     return Condensed(images, out_labels, soft, all_ids if soft is not None else None)
 
@@ -882,6 +905,6 @@ def _outputs(network: nn.Module) -> int:
 
 __all__ = ["PADSettings", "initial_soft_labels", "step_loss", "LearnerTrajectory", "flat_parameters", "match_learner", "mtt_settings", "condense", "default_alpha", "resolve_alpha",
            "deep_parameter_start", "deep_parameter_mask", "trajectory_matching_loss",
-           "FunctionalStudent", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
+           "FunctionalStudent", "image_lr", "student_plan", "unroll_student", "match_once", "distill", "init_synthetic",
            "classified_correctly",
            "REFERENCE_ALPHA"]
