@@ -166,7 +166,7 @@ def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
 def test_list_names_every_shipped_preset_with_its_first_comment():
     out = CliRunner().invoke(main, ["list"]).output
     presets = out.split("memory presets", 1)[1]
-    assert "  pad-learner          PAD against the replay learner's own trajectory (issue 30)\n" in presets
+    assert "  pad-learner          PAD against the replay learner's own trajectory\n" in presets
     assert "  mtt                  MTT (Cazenavette et al. 2022) = PAD with both filters off\n" in presets
     runs = presets.split("run presets (--config NAME):", 1)[1]
     assert all(f"  {name} " in runs for name in ("cpu-quick", "cpu-protocol", "cpu-long", "mammoth-seq-cifar10"))

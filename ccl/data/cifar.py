@@ -33,7 +33,7 @@ class CifarSpec:
     meta_file: str
     names_key: bytes
     num_classes: int
-    mean: tuple[float, float, float]  # methods.md normalisation constants
+    mean: tuple[float, float, float]  # the per-channel constants of the DC/DM/DataDAM/PAD code
     std: tuple[float, float, float]
 
 
