@@ -3,6 +3,17 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
+
+# Avalanche imports qpsolvers (for GEM, which ccl does not use), and qpsolvers warns on
+# import when no QP solver is installed: a line of noise at every `import ccl` use that
+# means nothing for ccl. Filtered here, before anything of ccl imports Avalanche, and by
+# its message and module only. (A script that imports Avalanche before ccl sees it.)
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning, module=r"qpsolvers\b")
+# Avalanche's EvaluationPlugin warns when given no logger, though strategy.eval() returns
+# the metrics all the same (the README's example reads them there): noise for ccl's users.
+warnings.filterwarnings("ignore", message="No loggers specified", category=UserWarning,
+                        module=r"avalanche\.training\.plugins\.evaluation")
 
 
 class _ImportedOnUse(types.ModuleType):

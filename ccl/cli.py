@@ -6,13 +6,11 @@ import logging
 import os
 import re
 import sys
-import warnings
 
 # Idle OpenMP threads sleep instead of spinning: with the default spin-wait, a second
 # busy process on a small machine made DataDAM iterations 10-20x slower (measured on 2
 # cores). Set before torch loads its OpenMP runtime; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-warnings.filterwarnings("ignore", message="no QP solver")  # avalanche imports qpsolvers; GEM is not used
 
 from pathlib import Path  # noqa: E402
 

@@ -180,7 +180,7 @@ def device_description(device: torch.device) -> str:
 
 
 # The most training images a class of the CPU run presets (configs/runs/cpu-protocol.toml);
-# split-cifar10's own 5,000 at width 128 took 45 minutes or more on 2 CPU cores (issue 38).
+# split-cifar10's own 5,000 at width 128 took 45 minutes or more on 2 CPU cores.
 CPU_IMAGES_PER_CLASS = 1000
 
 

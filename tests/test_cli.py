@@ -51,7 +51,7 @@ def test_missing_cifar_says_what_to_pass_and_downloads_only_when_asked(tmp_path,
     result = invoke(tmp_path, "run", "--scenario", "split-cifar10")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and not asked
     assert f"cifar10 not found in {tmp_path / 'empty'}" in result.output
-    assert "--data-dir DIR" in result.output and "tar -xzf cifar10-jpeg.tar.gz" in result.output
+    assert "--data-dir DIR" in result.output and "tar -xzf cifar-10-python.tar.gz -C DIR" in result.output
     assert "--download" in result.output and not (tmp_path / "runs").exists()
     assert invoke(tmp_path, "run", "--scenario", "split-cifar10", "--no-download").exit_code == 2 and not asked
     result = invoke(tmp_path, "run", "--scenario", "split-cifar10", "--download")
@@ -166,7 +166,7 @@ def test_a_bad_value_is_refused_before_torch_loads(tmp_path):
 def test_list_names_every_shipped_preset_with_its_first_comment():
     out = CliRunner().invoke(main, ["list"]).output
     presets = out.split("memory presets", 1)[1]
-    assert "  pad-learner          PAD against the replay learner's own trajectory (issue 30)\n" in presets
+    assert "  pad-learner          PAD against the replay learner's own trajectory\n" in presets
     assert "  mtt                  MTT (Cazenavette et al. 2022) = PAD with both filters off\n" in presets
     runs = presets.split("run presets (--config NAME):", 1)[1]
     assert all(f"  {name} " in runs for name in ("cpu-quick", "cpu-protocol", "cpu-long", "mammoth-seq-cifar10"))

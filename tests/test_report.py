@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from ccl.cli_compare import report
-from ccl.report import collect_runs, group_runs, image_mosaic, summary_table, to_pixels, write_report
+from ccl.report import collect_runs, data_span, group_runs, image_mosaic, summary_table, to_pixels, write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "comparison"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -329,3 +329,17 @@ def test_ccl_report_over_folders_of_single_sizes_draws_the_curve_and_the_equival
     summary = write_report([small, large], tmp_path / "two")
     assert "curve.png" in summary["figures"]
     assert [g.get("herding_equivalent") for g in summary["memories"]] == [None, None]
+
+
+def test_final_figure_axis_spans_the_data_not_zero_to_one():
+    """final.png zooms each panel onto its values: 0.958 and 0.975 must sit far apart, and
+    forgetting of 0.01-0.02 must fill its own panel instead of a sliver of 0 to 1."""
+    lo, hi = data_span([0.958, 0.975, 0.961])
+    assert 0.95 < lo < 0.958 and 0.975 < hi < 1.0
+    assert (0.975 - 0.958) / (hi - lo) > 0.4  # the spread is most of the axis, not 1.7% of it
+    lo, hi = data_span([0.012, 0.023])
+    assert 0.0 < lo < 0.012 and 0.023 < hi < 0.05
+    lo, hi = data_span([-0.01, 0.02])  # forgetting can be negative (a task got better)
+    assert lo < -0.01 and hi > 0.02
+    lo, hi = data_span([0.5, 0.5])  # one value: still an axis around it
+    assert lo < 0.5 < hi and hi - lo >= 0.01

@@ -1,6 +1,6 @@
 """Standalone evaluation of a synthetic set: train fresh ConvNets on it alone, test them.
 
-The protocol of the condensation papers (methods.md): SGD with momentum 0.9, weight decay
+The protocol of the condensation papers (DC, DM, DataDAM, PAD): SGD with momentum 0.9, weight decay
 5e-4, lr 0.01 divided by 10 half-way, batches of up to 256, DSA on every batch; the test
 accuracy of the FINAL network is reported as mean and standard deviation over several
 fresh networks. Unlike some reference code, nothing is selected by test accuracy.

@@ -176,8 +176,8 @@ def expert_batch(settings: ExpertSettings, images: int) -> int:
     `expert_batch`, smaller where an epoch would take fewer than `expert_min_steps` steps.
 
     The reference's 256 gives CIFAR's 50,000 images 196 steps an epoch; on the 1,437
-    digits it gives 6, and 8 epochs of them at lr 0.01 left the experts near uniform
-    (issue 47). A minimum of steps keeps an expert epoch a real stretch of training on
+    digits it gives 6, and 8 epochs of them at lr 0.01 left the experts near uniform.
+    A minimum of steps keeps an expert epoch a real stretch of training on
     small sets (a split experience, digits) and changes nothing on large ones."""
     if settings.expert_min_steps <= 0:
         return settings.expert_batch

@@ -77,8 +77,8 @@ REFERENCE_ALPHA: tuple[tuple[int, float], ...] = ((1, 0.0), (10, 0.5), (50, 0.25
 class PADSettings:
     """Settings of PAD (and of MTT via `mtt_settings`).
 
-    Defaults are the reference's CIFAR-10 IPC 10 values (methods.md table): N 80, M 2,
-    max start epoch 20, lr_img 100, lr_lr 1e-5; IPC 1 and IPC 50 differ, see there.
+    Defaults are the reference's CIFAR-10 IPC 10 values (the PAD paper's hyperparameter
+    table): N 80, M 2, max start epoch 20, lr_img 100, lr_lr 1e-5; IPC 1 and IPC 50 differ.
     """
 
     # --- distillation (trajectory matching) ---
@@ -91,7 +91,7 @@ class PADSettings:
     # 0: lr_img as given. N: lr_img is the rate for N x N images, and other sizes scale it
     # by their area (H * W / N^2), as DataDAM's lr_images_side. configs/pad.toml's 1000
     # for 32x32 turned 8x8 digits into saturated blotches (IPC 1 with soft labels: 0.64
-    # against random real images' 0.76); at 100 they scored 0.89 (issue 47).
+    # against random real images' 0.76); at 100 they scored 0.89.
     lr_img_side: int = 0
     lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
     lr_init: float = 0.01           # initial student lr (= the experts' lr)

@@ -1,8 +1,10 @@
 """CIFAR-10 and CIFAR-100 from a local folder, in either of two layouts.
 
 - class folders: `<dir>/train/<class>/*` and `<dir>/test/<class>/*` (also under
-  `<dir>/cifar10/` or `<dir>/cifar100/`), as `../shared/data/cifar10-jpeg.tar.gz` unpacks;
-- torchvision's pickles: `<dir>/cifar-10-batches-py/` or `<dir>/cifar-100-python/`.
+  `<dir>/cifar10/` or `<dir>/cifar100/`): 32x32 RGB images in any format PIL reads, one
+  folder a class (10 or 100 of them), class indices in sorted folder-name order;
+- torchvision's pickles: `<dir>/cifar-10-batches-py/` or `<dir>/cifar-100-python/`, as the
+  official tarball (`tarball`, https://www.cs.toronto.edu/~kriz/cifar.html) unpacks.
 
 Only when neither is there, and only when asked (`--download`), does it ask torchvision
 to download.
@@ -33,15 +35,17 @@ class CifarSpec:
     meta_file: str
     names_key: bytes
     num_classes: int
-    mean: tuple[float, float, float]  # methods.md normalisation constants
+    mean: tuple[float, float, float]  # the per-channel constants of the DC/DM/DataDAM/PAD code
     std: tuple[float, float, float]
+    tarball: str            # the official python-version archive, which torchvision downloads
 
 
 CIFAR10 = CifarSpec("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
                     "test_batch", b"labels", "batches.meta", b"label_names", 10,
-                    (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+                    (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "cifar-10-python.tar.gz")
 CIFAR100 = CifarSpec("cifar100", "cifar-100-python", ("train",), "test", b"fine_labels", "meta",
-                     b"fine_label_names", 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762))
+                     b"fine_label_names", 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762),
+                     "cifar-100-python.tar.gz")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -115,8 +119,8 @@ def load_cifar(spec: CifarSpec, data_dir: Path, download: bool = False) -> Image
             f"{spec.name} not found in {data_dir}: looked for class folders {data_dir}/train/<class>/ and "
             f"{data_dir}/test/<class>/ (or under {data_dir}/{spec.name}/) and torchvision's "
             f"{data_dir}/{spec.pickle_dir}/; {tried or 'nothing downloaded'}; pass --data-dir DIR "
-            f"holding either (`mkdir -p DIR && tar -xzf {spec.name}-jpeg.tar.gz -C DIR` makes the class "
-            "folders), or --download to fetch it there with torchvision")
+            f"holding either (`tar -xzf {spec.tarball} -C DIR` makes the latter from the official "
+            "archive), or --download to fetch it there with torchvision")
     layout, root = found
     if layout == "folders":
         files = [f for s in ("train", "test") for f, _ in list_images(root / s, [p.name for p in class_folders(root / s)])]

@@ -2,7 +2,7 @@
 
 Each block is Conv3x3(width) -> norm -> ReLU -> AvgPool2d(2); a linear classifier reads
 the flattened output of the last block. For 32x32 RGB, depth 3, width 128 and 10 classes
-this has 320,010 parameters (methods.md).
+this has 320,010 parameters.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def fitting_depth(image_size: int, depth: int) -> int:
 
     A block on a 2x2 map (the third block on 8x8 digits) normalises each channel over 4
     values and pools them to 1x1: trained with plain SGD at the experts' rate, such a
-    ConvNet stayed at chance on split-digits for 8 epochs, where two blocks reached 0.77
-    (issue 47). 32x32 and 28x28 images keep 3 blocks.
+    ConvNet stayed at chance on split-digits for 8 epochs, where two blocks reached 0.77.
+    32x32 and 28x28 images keep 3 blocks.
 
     Args:
         image_size: input height and width.
