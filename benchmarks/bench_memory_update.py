@@ -3,8 +3,8 @@
 Runs `ccl run` for every memory on split-digits (`--mem-size 20`) and, given a data
 folder, at the CPU protocol (configs/runs/cpu-protocol.toml), and prints the seconds the
 memory spent filling its slots, the seconds the learner spent training, summed over the
-five experiences, and their ratio (issue 29's target: at most 1 for datadam, at most 2
-for pad). Both are measured in the same process on the same cores, so a loaded machine
+five experiences, and their ratio (the target: at most 1 for datadam, at most 2 for
+pad). Both are measured in the same process on the same cores, so a loaded machine
 inflates both; the ratio is the figure to read.
 
     python benchmarks/bench_memory_update.py [--data-dir DIR] [--memories herding,datadam,pad] [--seeds 0] [--set k=v]

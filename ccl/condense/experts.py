@@ -225,8 +225,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
         num_classes: outputs of the networks.
         device: where the networks train and the trajectories live.
         settings: ExpertSettings (num_experts, expert_train_epochs, expert_lr, expert_batch,
-            expert_min_steps,
-            dsa, scheduler, network shape).
+            expert_min_steps, dsa, scheduler, network shape).
         order: {class: indices easiest first} from `order_by_difficulty`; required when
             `settings.scheduler` is on, ignored (all data every epoch) when it is off.
 

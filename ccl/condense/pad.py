@@ -780,7 +780,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         repeats = max(1, round(len(real) / len(classes) * (len(all_ids) - len(classes)) / len(context_x)))
         train_x = torch.cat([real, fixed[0].repeat(repeats, 1, 1, 1)])
         train_y = torch.cat([local_labels, fixed[1].repeat(repeats)])
-    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / expert_batch(settings, len(train_x)))
+    batch = expert_batch(settings, len(train_x))  # the experts' minibatch on this set
+    expert_steps = settings.expert_epochs * math.ceil(len(train_x) / batch)
     if settings.syn_steps > 2 * expert_steps:
         # Seen on a GPU: N 80 against M 3 epochs of 8 steps (1,000 images per class)
         # swung the loss between 0.9 and 2.5 and left images that held nothing.
@@ -827,7 +828,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     timings["match_s"] = now(device) - began
 
     if stats is not None:
-        stats.update(timings, alpha=alpha, keep_from=keep_from, expert_batch=expert_batch(settings, len(train_x)),
+        stats.update(timings, alpha=alpha, keep_from=keep_from, expert_batch=batch,
                      depth=len(network.blocks),
                      context_images=0 if context is None else len(context_x), **info)
     return Condensed(images, out_labels, soft, all_ids if soft is not None else None)
