@@ -17,7 +17,9 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from ccl.cli_compare import compare, report  # noqa: E402
-from ccl.cli_options import config_values, friendly_errors, int_list, run_options, writable_folder  # noqa: E402
+from ccl import names as known  # noqa: E402
+from ccl.cli_options import (Choice, check_settings, config_values, friendly_errors, int_list, run_options,  # noqa: E402
+                             writable_folder)
 from ccl.errors import CclError  # noqa: E402
 
 
@@ -66,7 +68,6 @@ def _ago(saved: float) -> str:
 @friendly_errors
 def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resume_dir, **flags):
     """Train on a class-incremental stream with a replay memory; write a run folder."""
-    from ccl import names as known
     from ccl.io import folder_holder
     from ccl.run_config import given_config
     if resume_dir is not None and (holder := folder_holder(resume_dir)):  # before loading torch: at once
@@ -77,7 +78,11 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         # one strategy runs: the preset's table for it ([strategies.NAME]) is in the values already
         values, _ = config_values(flags, config_file, overrides, no_download, class_order)
         known.check(values)
-        given_config(**values)  # the values' own checks, before torch loads: one line at once
+        given = given_config(**values)  # the values' own checks, before torch loads: one line at once
+        if values.get("memory_config") is not None and not known.MEMORY_SETTINGS[given.memory]:
+            raise CclError(f"memory {given.memory!r} takes no settings (given --memory-config "
+                           f"{values['memory_config']})")
+        check_settings(values, [given.memory])
     from ccl.report import summary_table
     from ccl.guards import Interrupted
     from ccl.experiment import cpu_advice, device_description, make_config, new_run_dir, prepare
@@ -145,17 +150,13 @@ def _interrupted_line(folder: Path | None) -> str:
 @main.command(name="list")
 def list_cmd():
     """List scenarios, memories, replay strategies and the shipped presets."""
-    from ccl.data.scenarios import scenarios
-    from ccl.memory import MEMORIES
     from ccl.resources import resource_dir, run_presets
-    from ccl.strategies import STRATEGIES
-    click.echo("scenarios:")
-    for s in scenarios().values():
-        click.echo(f"  {s.name:<16} {s.description}")
-    for title, registry in (("memories", MEMORIES), ("strategies", STRATEGIES)):
+    # from the light name lists (ccl.names): the registries would load torch and Avalanche
+    for title, described in (("scenarios", known.scenarios()), ("memories", known.MEMORIES),
+                              ("strategies", known.STRATEGIES)):
         click.echo(f"{title}:")
-        for e in registry.entries():
-            click.echo(f"  {e.name:<16} {e.description}")
+        for name, description in described.items():
+            click.echo(f"  {name:<16} {description}")
     for title, paths in (("memory presets (--memory-config NAME)", sorted(resource_dir("configs").glob("*.toml"))),
                          ("run presets (--config NAME)", list(run_presets().values()))):
         click.echo(f"{title}:")
@@ -175,10 +176,13 @@ def _preset_summary(path: Path) -> str:
 
 
 def _dataset_name(name: str) -> str:
-    """A data set name, or the data set of the scenario so named (split-cifar10 -> cifar10)."""
-    from ccl.data.scenarios import scenarios
-    known = scenarios()
-    return known[name].dataset if name in known else name
+    """A data set name, or the data set of the scenario so named (split-cifar10 -> cifar10);
+    checked against the light name lists, so that a typo is answered before torch loads."""
+    scenarios = known.scenarios()
+    if name in scenarios:
+        return known.scenario_dataset(name)
+    known.check_name("data set", name, [*known.DATASETS, *scenarios])
+    return name
 
 
 def _dataset_options(fn):
@@ -196,7 +200,8 @@ def _dataset_options(fn):
 
 
 @main.command()
-@click.option("--method", default="datadam", show_default=True, help="condensation method (random, dm, datadam, mtt, pad)")
+@click.option("--method", type=Choice(list(known.CONDENSATION_METHODS)), default="datadam", show_default=True,
+              help="condensation method")
 @click.option("--ipc", type=int, default=10, show_default=True, help="synthetic images per class")
 @click.option("--classes", help="comma-separated classes to condense [all]")
 @click.option("--train-per-class", type=int, help="condense from the first N training images per class")
@@ -210,6 +215,17 @@ def _dataset_options(fn):
 def condense(method, ipc, classes, train_per_class, preset, overrides, out, quiet, dataset, data_dir,
              download, device, seed):
     """Condense a data set's training images into IPC synthetic images per class."""
+    from ccl.config import parse_override
+    # What can be checked without the data, first: these answers take milliseconds, where
+    # loading torch and the methods takes seconds.
+    if ipc < 1:
+        raise CclError(f"--ipc must be at least 1, got {ipc}")
+    given = dict(parse_override(o) for o in overrides)
+    known.check_memory_preset(preset)
+    known.check_settings("--set", "condensation method", [method], known.METHOD_SETTINGS, given)
+    dataset = _dataset_name(dataset)
+    wanted = int_list(classes)
+
     import math
     import time
 
@@ -217,16 +233,13 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 
     from ccl.condense import Condensed
     from ccl.condense.methods import METHODS, method_settings
-    from ccl.config import parse_override, to_dict
+    from ccl.config import to_dict
     from ccl.data import load_dataset
     from ccl.io import save_torch
     from ccl.report import save_image_grid
     from ccl.training import pick_device, refuse_oversized, seed_everything
 
-    if ipc < 1:
-        raise CclError(f"--ipc must be at least 1, got {ipc}")
     entry = METHODS.get(method).value
-    given = dict(parse_override(o) for o in overrides)
     settings = method_settings(method, preset, given)
     if getattr(settings, "memory_context", False):
         raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
@@ -238,11 +251,10 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"{' and '.join(learner_only)} need the replay learner: they apply to `ccl run` only")
     settings = dataclasses.replace(settings, **{k: 0.0 for k in learner_only})
     dev = pick_device(device)
-    dataset = _dataset_name(dataset)
     data = load_dataset(dataset, data_dir, download)
     if train_per_class:
         data = data.first_per_class(train_per_class)
-    wanted = int_list(classes) or list(range(data.num_classes))
+    wanted = wanted or list(range(data.num_classes))
     if not set(wanted) <= set(range(data.num_classes)):
         raise CclError(f"--classes must be within 0..{data.num_classes - 1}")
     synthetic = ipc * len(wanted)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from ccl.cli_options import config_values, friendly_errors, run_options, writable_folder
+from ccl import names as known
+from ccl.cli_options import Choice, check_settings, config_values, friendly_errors, run_options, writable_folder
 from ccl.errors import CclError
 
 COMPARISONS_DIR = Path("comparisons")
@@ -46,7 +47,7 @@ def _cell_line(done: int, total: int, result) -> None:
 @click.option("--out", type=click.Path(path_type=Path),
               help="comparison folder [the newest one under comparisons/ made by the same command, "
                    "else comparisons/<timestamp>-<scenario>-m<mem_size>]")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--executor", type=Choice(["local", "ray"]), default="local", show_default=True,
               help="local: cells one after another in this process; ray: every cell a Ray task "
                    "(pip install 'ccl[ray]')")
 @click.option("--ray-address", envvar="RAY_ADDRESS", show_envvar=True,
@@ -69,7 +70,6 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     With --executor ray the cells run in parallel as Ray tasks that write into OUT
     themselves: OUT must be on a filesystem every Ray node sees.
     """
-    from ccl import names as known
     from ccl.executors import ray_executor, require_ray, sequential  # light: Ray loads only when asked for
     from ccl.io import folder_holder
 
@@ -92,6 +92,7 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
         values["mem_size"] = sizes[0]
     size_axis = sizes if len(sizes) > 1 else ()
     known.check({**values, "memory": memories})  # names, paths and a busy folder: before loading torch
+    check_settings(values, _names(memories) if memories else list(known.MEMORIES))
     if out is not None and (holder := folder_holder(Path(out))):
         raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
                        "wait for it to finish or stop it")

@@ -2,13 +2,49 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ccl.errors import CclError
+from ccl import names as known
+from ccl.config import parse_override, read_toml
+from ccl.errors import CclError, closest
+from ccl.resources import run_preset
+from ccl.run_config import (MEM_AUGMENTS, MEM_DTYPE_NAMES, PROTOCOLS, STRATEGY_RUN_KEYS, STREAM_AUGMENTS,
+                            chosen_strategies, given_config, is_own_setting, strategy_table_name, strategy_tables,
+                            with_strategy_table)
+
+ERROR_WIDTH = 100  # columns at most for a wrapped error: longer lines are hard to read on a wide terminal
+
+
+def error_text(message: str, width: int | None) -> str:
+    """`error: message`, as one line for logs and pipes (`width` None: grep finds it whole),
+    or on a terminal `width` columns wide wrapped between words, with the lines after
+    the first indented (a list of 40 setting names would otherwise run off the screen)."""
+    text = f"error: {message}"
+    if width is None:
+        return text
+    return textwrap.fill(text, width=max(40, min(width, ERROR_WIDTH)), subsequent_indent="  ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _error(message: str) -> None:
+    width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+    click.echo(error_text(message, width), err=True)
+
+
+class Choice(click.Choice):
+    """click's Choice whose refusal names the closest choice (`--model resnet` -> resnet18)."""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        message = super().get_invalid_choice_message(value, ctx)
+        guess = closest(value, [str(c) for c in self.choices])
+        return f"{message} Did you mean {guess!r}?" if guess is not None else message
 
 
 def friendly_errors(fn):
@@ -19,7 +55,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except CclError as e:
-            click.echo(f"error: {e}", err=True)
+            _error(str(e))
             sys.exit(2)
         except KeyboardInterrupt as e:  # as a signal ends a run (click would say "Aborted!" and exit 1)
             click.echo("\ninterrupted", err=True)
@@ -28,7 +64,7 @@ def friendly_errors(fn):
             if e.strerror is None:
                 raise  # not the system's refusal: a bug, keep the traceback
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"error: {where}{e.strerror}", err=True)
+            _error(f"{where}{e.strerror}")
             sys.exit(2)
     return wrapper
 
@@ -73,16 +109,16 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
         click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, a-gem, "
                                          "bic, gdumb (see `ccl list`) [er]"),
-        click.option("--protocol", type=click.Choice(["replay", "gdumb"]),
+        click.option("--protocol", type=Choice(list(PROTOCOLS)),
                      help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
         click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),
         click.option("--wandb", metavar="PROJECT", help="also log to this Weights & Biases project"),
-        click.option("--mem-dtype", type=click.Choice(["float32", "float16", "uint8"]),
+        click.option("--mem-dtype", type=Choice(MEM_DTYPE_NAMES),
                      help="how memory images are stored [float32]"),
-        click.option("--mem-augment", type=click.Choice(["auto", "none", "dsa", "crop-flip"]),
+        click.option("--mem-augment", type=Choice(MEM_AUGMENTS),
                      help="dsa: augment memory images afresh each time the learner trains on them; crop-flip: "
                           "as mammoth replays; auto: dsa for the on-device memories, else none [auto]"),
-        click.option("--stream-augment", type=click.Choice(["none", "crop-flip"]),
+        click.option("--stream-augment", type=Choice(STREAM_AUGMENTS),
                      help="augment the stream samples: crop-flip pads by 4, crops back and flips at "
                           "random (the field's CIFAR default) [none]"),
         click.option("--stream-slots/--no-stream-slots", default=None,
@@ -94,10 +130,10 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
         click.option("--epochs", type=int, help="training epochs per experience [5; split-digits 10]"),
         click.option("--batch-size", type=int, help="current-experience samples per minibatch [32]"),
         click.option("--lr", type=float, help="learner learning rate [0.01]"),
-        click.option("--model", type=click.Choice(["convnet", "resnet18"]), help="learner [convnet]"),
+        click.option("--model", type=Choice(known.LEARNERS), help="learner [convnet]"),
         click.option("--width", type=int, help="ConvNet width [128]"),
         click.option("--depth", type=int, help="ConvNet depth [3; split-digits 2]"),
-        click.option("--norm", type=click.Choice(["instance", "batch", "none"]), help="ConvNet norm [instance]"),
+        click.option("--norm", type=Choice(known.NORMS), help="ConvNet norm [instance]"),
         click.option("--device", help="auto | cpu | cuda | cuda:N [auto]"),
         click.option("--data-dir", type=click.Path(path_type=str),
                      help="data folder [$CCL_DATA_DIR, else ~/.cache/ccl/data]"),
@@ -137,9 +173,6 @@ def config_values(flags: dict, config_file: Path | None, overrides: tuple[str, .
     empty; with `--strategy a,b` (ccl compare's axis) the tables of a and b come back, each
     for that strategy's cells. A flag that replaces a table's value says so in one line.
     """
-    from ccl.config import parse_override, read_toml
-    from ccl.run_config import STRATEGY_RUN_KEYS, strategy_tables
-    from ccl.resources import run_preset
     values = dict(read_toml(run_preset(config_file))) if config_file else {}
     tables = strategy_tables(values.pop("strategies", {}), str(config_file))
     values.update({k: v for k, v in flags.items() if k in RUN_FLAGS and v is not None})
@@ -176,8 +209,6 @@ def _with_strategy_tables(values: dict, tables: dict[str, dict], given: dict[tup
     the command line gave (`given`: (whether a strategy's own setting, key) -> its flag and
     value), each checked as the run's own values now, before torch loads; a single
     strategy's laid over `values`."""
-    from ccl.run_config import (chosen_strategies, given_config, is_own_setting, strategy_table_name,
-                                with_strategy_table)
     running = chosen_strategies(values)
     tables = {s: tables[s] for s in running if s in tables}  # a preset may name more strategies than run
     for (own, key), (flag, value) in given.items():
@@ -195,3 +226,13 @@ def _with_strategy_tables(values: dict, tables: dict[str, dict], given: dict[tup
     if len(running) == 1:
         return with_strategy_table(values, tables.get(running[0], {}), running[0]), {}
     return values, tables
+
+
+def check_settings(values: dict, memories: list[str]) -> None:
+    """The keys of `--set` and `--strategy-set` (and a config file's tables of them) against
+    the light name lists, before torch loads: each must be a setting of one of `memories`
+    (those that run) and of one of the strategies `values` run. Their values are checked
+    with the settings dataclasses, once loaded."""
+    known.check_settings("--set", "memory", memories, known.MEMORY_SETTINGS, values.get("memory_settings") or {})
+    known.check_settings("--strategy-set", "strategy", chosen_strategies(values), known.STRATEGY_SETTINGS,
+                         values.get("strategy_settings") or {})

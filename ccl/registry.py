@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from ccl.errors import CclError
+from ccl.errors import unknown_name
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Entry[T]:
         if name not in self._entries:
-            raise CclError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+            raise unknown_name(self.kind, name, self.names())
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccl.config import from_dict, read_toml
-from ccl.errors import CclError
+from ccl.errors import CclError, closest, unknown_name
 from ccl.names import LEARNERS, NORMS, STRATEGIES, STRATEGY_SETTINGS, check_name, scenarios
 from ccl.resources import resource_dir
 
@@ -89,19 +89,12 @@ class RunConfig:
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.model not in LEARNERS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(LEARNERS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if self.mem_dtype not in MEM_DTYPE_NAMES:
-            raise ValueError(f"unknown mem-dtype {self.mem_dtype!r}; choose one of: {', '.join(MEM_DTYPE_NAMES)}")
-        if self.stream_augment not in STREAM_AUGMENTS:
-            raise ValueError(f"unknown stream-augment {self.stream_augment!r}; choose one of: "
-                             f"{', '.join(STREAM_AUGMENTS)}")
-        if self.mem_augment not in MEM_AUGMENTS:
-            raise ValueError(f"unknown mem-augment {self.mem_augment!r}; choose one of: {', '.join(MEM_AUGMENTS)}")
+        for kind, value, choices in (("model", self.model, LEARNERS), ("norm", self.norm, NORMS),
+                                     ("protocol", self.protocol, PROTOCOLS), ("mem-dtype", self.mem_dtype, MEM_DTYPE_NAMES),
+                                     ("stream-augment", self.stream_augment, STREAM_AUGMENTS),
+                                     ("mem-augment", self.mem_augment, MEM_AUGMENTS)):
+            if value not in choices:
+                raise ValueError(str(unknown_name(kind, value, choices)))
 
 
 MAX_LR = 10.0  # SGD beyond this diverges on every learner ccl has: a typo, not a setting
@@ -142,7 +135,9 @@ def strategy_tables(tables: Any, where: str) -> dict[str, dict[str, Any]]:
         raise CclError(f"{where}: strategies should hold one table a strategy, e.g. [strategies.er] lr = 0.1")
     for name, table in tables.items():
         if name not in STRATEGIES:
-            raise CclError(f"{where}: {strategy_table_name(name)} names no strategy; "
+            guess = closest(name, STRATEGIES)
+            hint = f" (did you mean {strategy_table_name(guess)}?)" if guess is not None else ""
+            raise CclError(f"{where}: {strategy_table_name(name)} names no strategy{hint}; "
                            f"choose one of: {', '.join(STRATEGIES)}")
         known = (*STRATEGY_RUN_KEYS, *STRATEGY_SETTINGS[name])
         unknown = sorted(set(table) - set(known))

@@ -98,15 +98,29 @@ def test_the_readme_option_tables_match_the_command_line():
 
 
 def test_the_light_name_lists_match_the_registries():
+    """ccl.names answers `ccl list` and misspelt names before torch loads: it must say what
+    the registries say, entry for entry and in their order."""
     from ccl import names
+    from ccl.condense.methods import METHODS
+    from ccl.data import DATASETS
     from ccl.data.scenarios import scenarios
     from ccl.memory import MEMORIES
     from ccl.strategies import STRATEGIES
-    assert set(names.MEMORIES) == set(MEMORIES.names())
-    assert set(names.STRATEGIES) == set(STRATEGIES.names())
-    assert names.STRATEGY_SETTINGS == {e.name: tuple(f.name for f in dataclasses.fields(e.value.settings))
-                                       for e in STRATEGIES.entries()}
-    assert names.scenarios() == sorted(scenarios())
+
+    def described(registry):
+        return [(e.name, e.description) for e in registry.entries()]
+
+    def fields(cls):
+        return tuple(f.name for f in dataclasses.fields(cls)) if cls is not None else ()
+    assert list(names.MEMORIES.items()) == described(MEMORIES)
+    assert list(names.STRATEGIES.items()) == described(STRATEGIES)
+    assert list(names.CONDENSATION_METHODS.items()) == described(METHODS)
+    assert names.DATASETS == tuple(DATASETS.names())
+    assert names.STRATEGY_SETTINGS == {e.name: fields(e.value.settings) for e in STRATEGIES.entries()}
+    assert names.METHOD_SETTINGS == {e.name: fields(e.value.settings) for e in METHODS.entries()}
+    assert names.MEMORY_SETTINGS == {e.name: fields(e.value.settings) for e in MEMORIES.entries()}
+    assert names.scenarios() == {name: s.description for name, s in scenarios().items()}
+    assert all(names.scenario_dataset(name) == s.dataset for name, s in scenarios().items())
 
 
 def test_the_readme_is_a_guide_of_at_most_265_lines():
