@@ -1,7 +1,8 @@
 """Name -> factory registries for scenarios' data sets and memories.
 
-The CLI's choices and `ccl list` are read from these, so adding an entry is the only
-step needed to expose a new data set or memory.
+The runner builds from these. The CLI answers names, `ccl list` and misspellings from
+ccl.names, their plain-data copy that loads no torch: a new entry needs its line there
+too (tests/test_shipped_files.py fails until it has one).
 """
 from __future__ import annotations
 
