@@ -70,6 +70,8 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
     """Train on a class-incremental stream with a replay memory; write a run folder."""
     from ccl.io import folder_holder
     from ccl.run_config import given_config
+    if resume_dir is not None and not (Path(resume_dir) / "config.json").exists():  # as resume_run says, at once
+        raise CclError(f"{resume_dir}: not a run folder (no config.json)")
     if resume_dir is not None and (holder := folder_holder(resume_dir)):  # before loading torch: at once
         raise CclError(f"{resume_dir}: in use by another ccl process (pid {holder}, a run); "
                        "wait for it to finish or stop it")
@@ -298,6 +300,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 @friendly_errors
 def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, device, seed):
     """Train fresh ConvNets on a synthetic set alone; print test accuracy (mean and std)."""
+    if not set_file.exists():  # as load_torch says it, before torch loads
+        raise CclError(f"{set_file}: file not found")
     import torch
 
     from ccl.condense.evaluate import EvalSettings, evaluate_synthetic

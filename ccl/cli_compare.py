@@ -28,6 +28,18 @@ def _ints(text: str, option: str) -> list[int]:
         raise CclError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
+def parse_seeds(seeds: int | None, seed_list: list[int] | None) -> tuple[int, ...]:
+    """`--seeds N` (0..N-1) or `--seed-list a,b,c`, not both; 3 seeds by default."""
+    if seeds is not None and seed_list is not None:
+        raise CclError("give --seeds or --seed-list, not both")
+    if seed_list is not None:
+        return tuple(seed_list)
+    n = 3 if seeds is None else seeds
+    if n < 1:
+        raise CclError(f"--seeds must be at least 1, got {n}")
+    return tuple(range(n))
+
+
 def _cell_line(done: int, total: int, result) -> None:
     acc = f", final average accuracy {result.final_average_accuracy:.4f}" \
         if result.final_average_accuracy is not None else ""
@@ -91,12 +103,13 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     if len(sizes) == 1:
         values["mem_size"] = sizes[0]
     size_axis = sizes if len(sizes) > 1 else ()
+    chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
     known.check({**values, "memory": memories})  # names, paths and a busy folder: before loading torch
     check_settings(values, _names(memories) if memories else list(known.MEMORIES))
     if out is not None and (holder := folder_holder(Path(out))):
         raise CclError(f"{out}: in use by another ccl process (pid {holder}, a comparison); "
                        "wait for it to finish or stop it")
-    from ccl.compare import (GRID_FILE, Grid, default_out, find_previous, parse_seeds, refuse_foreign, run_grid,
+    from ccl.compare import (GRID_FILE, Grid, default_out, find_previous, refuse_foreign, run_grid,
                              start, validate)
     from ccl.io import folder_lock
     from ccl.memory import MEMORIES
@@ -111,7 +124,6 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     if ignored:
         click.echo(f"note: {' and '.join(ignored)} from {config_file} ignored; use --memory and --seeds", err=True)
     names = _names(memories) if memories else MEMORIES.names()
-    chosen_seeds = parse_seeds(seeds, _ints(seed_list, "--seed-list") if seed_list else None)
     # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
     strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
     grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables, size_axis)
@@ -160,11 +172,11 @@ def report(dirs, out):
 
     DIRS are comparison folders or plain folders of run folders; nothing is trained.
     """
-    from ccl.io import LOCK_FILE, folder_lock
-    from ccl.report import table, write_report
     for d in dirs:
         if not d.is_dir():
             raise CclError(f"{d}: no such folder")
+    from ccl.io import LOCK_FILE, folder_lock
+    from ccl.report import table, write_report
     target = Path(out or dirs[0])
     # A comparison folder (it has a lock file) is held while its report is rewritten: a
     # second writer of comparison.json is refused, as a second `ccl compare` would be.

@@ -316,15 +316,3 @@ def run_grid(grid: Grid, progress: bool = False, executor: Executor = sequential
         if close is not None:
             close()
     return results
-
-
-def parse_seeds(seeds: int | None, seed_list: list[int] | None) -> tuple[int, ...]:
-    """`--seeds N` (0..N-1) or `--seed-list a,b,c`, not both; 3 seeds by default."""
-    if seeds is not None and seed_list is not None:
-        raise CclError("give --seeds or --seed-list, not both")
-    if seed_list is not None:
-        return tuple(seed_list)
-    n = 3 if seeds is None else seeds
-    if n < 1:
-        raise CclError(f"--seeds must be at least 1, got {n}")
-    return tuple(range(n))

@@ -57,6 +57,10 @@ COMMANDS = [
     (["condense", "--dataset", "cifar"], 2, "unknown data set 'cifar' (did you mean cifar10?)"),
     (["condense", "--method", "dm", "--set", "iteratons=3"], 2, "condensation method 'dm' has no such setting"),
     (["condense", "--ipc", "0"], 2, "--ipc must be at least 1, got 0"),
+    (["compare", "--seeds", "0"], 2, "--seeds must be at least 1, got 0"),
+    (["run", "--resume", "/nonexistent/run"], 2, "/nonexistent/run: not a run folder (no config.json)"),
+    (["report", "/nonexistent/comparison"], 2, "/nonexistent/comparison: no such folder"),
+    (["evaluate", "/nonexistent/set.pt"], 2, "/nonexistent/set.pt: file not found"),
     (["lst"], 2, "Did you mean 'list'?"),
 ]
 

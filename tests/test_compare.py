@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from ccl import runner
-from ccl.cli_compare import compare
-from ccl.compare import Grid, memory_values, parse_seeds, start, validate
+from ccl.cli_compare import compare, parse_seeds
+from ccl.compare import Grid, memory_values, start, validate
 from ccl.errors import CclError
 
 TINY = ["--scenario", "split-digits", "--epochs", "1", "--train-per-class", "20", "--mem-size", "20",
