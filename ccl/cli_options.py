@@ -29,8 +29,8 @@ def error_text(message: str, width: int | None) -> str:
     text = f"error: {message}"
     if width is None:
         return text
-    return textwrap.fill(text, width=max(40, min(width, ERROR_WIDTH)), subsequent_indent="  ",
-                         break_long_words=False, break_on_hyphens=False)
+    return "\n".join(textwrap.fill(line, width=max(40, min(width, ERROR_WIDTH)), subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False) for line in text.splitlines())
 
 
 def _error(message: str) -> None:
@@ -107,8 +107,8 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         mem_size,
         click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
-        click.option("--strategy", help="how the loss uses memory samples: er, er-ace, der, der++, icarl, a-gem, "
-                                         "bic, gdumb (see `ccl list`) [er]"),
+        click.option("--strategy", help=f"how the loss uses memory samples: {', '.join(known.STRATEGIES)} "
+                                         "(see `ccl list`) [er]"),
         click.option("--protocol", type=Choice(list(PROTOCOLS)),
                      help="replay: new data + memory; gdumb: a fresh learner on the memory alone [replay]"),
         click.option("--tensorboard", type=click.Path(path_type=str), help="also log to TensorBoard in this folder"),
