@@ -31,6 +31,9 @@ Randomness comes from torch's global generator, seeded once by the entry point.
 A method whose loop runs long (DataDAM, PAD) also takes `checkpoint`, a `LoopCheckpoint`
 through which its caller saves the loop's progress and resumes it; the method itself
 never writes a file.
+
+Such a loop times its first iteration and logs what an iteration and the whole update
+will take (`announce_cost`): PAD always, DataDAM on a learner's architecture.
 """
 from __future__ import annotations
 
