@@ -73,8 +73,9 @@ def find_stages(model: nn.Module, example: torch.Tensor) -> StagePlan:
     Raises:
         ValueError: the model has neither `embed` nor an nn.Linear to take the embedding from.
     """
-    head = None if callable(getattr(model, "embed", None)) else last_linear(model)
-    if head is None and not callable(getattr(model, "embed", None)):
+    has_embed = callable(getattr(model, "embed", None))
+    head = None if has_embed else last_linear(model)
+    if not has_embed and head is None:
         raise ValueError(f"{type(model).__name__} has neither an embed(x) method nor an nn.Linear head "
                          "to take its embedding from")
     outputs: list[tuple[str, int, torch.Tensor]] = []  # 4-D outputs before the embedding, as modules finish
