@@ -245,6 +245,9 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     settings = method_settings(method, preset, given)
     if getattr(settings, "memory_context", False):
         raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
+    if getattr(settings, "network", None) == "learner":
+        raise CclError("network = \"learner\" matches on the architecture of the model ccl.CondensedReplay is "
+                       "given; `ccl condense` has none (use network = \"convnet\")")
     # A preset made for `ccl run` may match the replay learner's features or hold images
     # out to choose against it; standalone there is no learner, so those settings are off
     # (asked for explicitly, they are an error).

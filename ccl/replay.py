@@ -9,6 +9,7 @@ memory, then the strategy's loss, which reads what the memory replayed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import torch
@@ -23,6 +24,7 @@ from ccl.errors import CclError
 from ccl.guards import DivergenceGuard
 from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.fillers import RandomFiller
+from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
 
 Settings = dict[str, Any] | Any  # a dict of overrides over the shipped preset, or the settings dataclass
@@ -136,17 +138,20 @@ class CondensedReplay(SupervisedPlugin):
         _refuse_second_replay(self, strategy)
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
-            self.memory, self.loss = self._build(torch.device(strategy.device))
+            self.memory, self.loss = self._build(torch.device(strategy.device), strategy.model)
         self._each("before_training", strategy, **kwargs)
 
-    def _build(self, device: torch.device) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
+    def _build(self, device: torch.device, model: nn.Module) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
             memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
+            spec = self.spec
+            if getattr(self.settings, "network", None) == "learner":  # DataDAM on the model's own architecture
+                spec = dataclasses.replace(spec, method=functools.partial(spec.method, network=model))
             memory = _FeatureMemory(self.mem_size, self.mem_batch,
-                                    self.spec.make_filler(device, self.settings, self.progress), self._real_images,
+                                    spec.make_filler(device, self.settings, self.progress), self._real_images,
                                     device, augment=self.augment, stream_slots=stream_slots, needs=needs)
         loss = self.entry.plugin(memory, self.strategy_settings) if self.entry is not None else None
         return memory, loss
@@ -238,12 +243,6 @@ class WithEmbed(nn.Module):
         finally:
             handle.remove()
         return caught[-1].flatten(1)  # (N, D)
-
-
-def last_linear(model: nn.Module) -> str | None:
-    """The name of the last nn.Linear registered in `model` (its head, for a Sequential), or None."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return names[-1] if names else None
 
 
 def _check_model(model: nn.Module, needs_features: bool, strategy: str | None) -> None:

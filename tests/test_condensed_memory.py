@@ -135,6 +135,12 @@ def test_pad_on_the_learner_refuses_a_memory_filled_before_training(tiny_run):
         prepare(make_config(**tiny_run, strategy="gdumb", memory="pad", memory_settings={"expert": "learner"}))
 
 
+def test_datadam_on_the_learners_architecture_is_the_python_plugins(tiny_run):
+    from ccl.errors import CclError
+    with pytest.raises(CclError, match="`ccl run` matches on ccl's ConvNet"):
+        prepare(make_config(**tiny_run, memory="datadam", memory_settings={"network": "learner"}))
+
+
 def test_lasting_only_condenses_what_the_next_cut_keeps_and_keeps_the_rest_real():
     from ccl.condense import datadam
     from ccl.memory.fillers import CondenseFiller, herding_exemplars

@@ -5,13 +5,16 @@ on a CPU.
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
 import warnings
 
 import pytest
 import torch
 
 import ccl.condense.experts as experts
+from ccl.condense import announce_cost, cost_line
 import ccl.condense.pad as pad
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import (ExpertSchedule, kept_indices, make_network, parameter_count,
@@ -528,3 +531,40 @@ def test_expert_batch_gives_an_epoch_at_least_its_minimum_of_steps():
     settings = tiny(expert_batch=256, expert_min_steps=50)
     assert [expert_batch(settings, n) for n in (1437, 2000, 50_000, 10)] == [29, 40, 256, 1]
     assert expert_batch(tiny(expert_batch=256), 1437) == 256  # 0: the reference's batch
+
+
+def test_the_first_iteration_is_timed_and_the_updates_cost_said_before_the_second(monkeypatch, caplog):
+    """A large learner's PAD iteration takes minutes (a ResNet-18 on 2 CPU cores: about 3),
+    so the update says what it will take once one iteration is timed, progress bar or not."""
+    torch.manual_seed(0)
+    real, labels = two_class_data()
+    original, calls = pad.match_once, []
+    monkeypatch.setattr(pad, "match_once", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    seen_after: list[int] = []  # how many iterations had run when each line was logged
+
+    class Counting(logging.Handler):
+        def emit(self, record):
+            seen_after.append(len(calls))
+
+    logger = logging.getLogger("ccl.condense")
+    counting = Counting()
+    logger.addHandler(counting)
+    try:
+        with caplog.at_level(logging.INFO, logger="ccl.condense"):
+            condense(real, labels, {3: 1, 7: 1}, "cpu", tiny(iterations=3), progress=False)
+    finally:
+        logger.removeHandler(counting)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ccl.condense"]
+    said = r"PAD classes \[3, 7\]: ~\S+ (s|min|h) an iteration, ~\S+ (s|min|h) for this update"
+    assert len(lines) == 1 and re.fullmatch(said, lines[0]), lines
+    assert seen_after == [1]
+
+
+def test_the_cost_line_reads_as_an_estimate_and_a_long_update_is_a_warning(caplog):
+    assert cost_line("PAD", 190.0, 10) == "PAD: ~190 s an iteration, ~32 min for this update"
+    assert cost_line("PAD", 0.25, 3) == "PAD: ~0.25 s an iteration, ~0.75 s for this update"
+    assert cost_line("PAD", 700.0, 40) == "PAD: ~12 min an iteration, ~7.8 h for this update"
+    with caplog.at_level(logging.INFO, logger="ccl.condense"):
+        announce_cost("PAD", 190.0, 10)  # 32 min: said even where logging was never configured
+        announce_cost("PAD", 0.25, 3)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]

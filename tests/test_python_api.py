@@ -107,6 +107,31 @@ def test_a_plain_sequential_keeps_a_class_balanced_memory_within_its_budget(meth
     assert memory.update_log[0]["new_classes"] == sorted(bench.train_stream[0].classes_in_this_experience)
 
 
+def test_datadam_matches_attention_at_a_torchvision_resnet18s_stages():
+    """`network = "learner"`: the random networks are the learner's own architecture, a
+    torchvision ResNet-18 as CIFAR papers adapt it (3x3 stem, no max-pool), on tiny 32x32
+    data; the SAM term matched its layer1-3, and the learner itself is what trained."""
+    from torchvision.models import resnet18
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat_interleave(4)  # 4 images a class
+    x = torch.randn(len(y), 3, 32, 32, generator=g) + y[:, None, None, None] * 0.5  # (16, 3, 32, 32)
+    from avalanche.benchmarks import nc_benchmark
+    bench = nc_benchmark(TensorDataset(x, y), TensorDataset(x, y), n_experiences=2, task_labels=False, seed=0)
+    model = resnet18(num_classes=4)
+    model.conv1, model.maxpool = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.Identity()
+    replay = CondensedReplay(mem_size=4, method="datadam", mem_batch=2, settings={
+        "network": "learner", "iterations": 1, "real_batch": 2, "guide_weight": 0.0, "progress_every": 1})
+    strategy = naive(model, [replay])
+    for experience in bench.train_stream:
+        strategy.train(experience)
+    memory = replay.memory
+    assert [log["stages"] for log in memory.update_log] == [["layer1", "layer2", "layer3"]] * 2
+    assert torch.bincount(memory.labels, minlength=4).tolist() == [1, 1, 1, 1]
+    assert memory.images.shape == (4, 3, 32, 32) and torch.isfinite(memory.images).all()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # the hooks were on copies
+
+
 def test_the_memory_holds_the_experiences_own_images():
     torch.manual_seed(0)
     bench = benchmark(experiences=2)

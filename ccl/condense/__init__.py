@@ -31,10 +31,21 @@ Randomness comes from torch's global generator, seeded once by the entry point.
 A method whose loop runs long (DataDAM, PAD) also takes `checkpoint`, a `LoopCheckpoint`
 through which its caller saves the loop's progress and resumes it; the method itself
 never writes a file.
+
+Such a loop times its first iteration and logs what an iteration and the whole update
+will take (`announce_cost`): PAD always, DataDAM on a learner's architecture.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
+
+# An update projected to take this long or longer is announced as a warning, which
+# Python shows even where logging was never configured (a notebook using CondensedReplay).
+LONG_UPDATE_S = 600.0
 
 
 class Condensed(tuple):
@@ -100,3 +111,27 @@ def progress_problem(progress: dict, loop: str, images: torch.Tensor, iterations
     if not torch.is_tensor(saved) or saved.shape != images.shape:
         return f"its images should be of shape {tuple(images.shape)}"
     return None
+
+
+def cost_line(name: str, seconds: float, iterations: int) -> str:
+    """"PAD: ~190 s an iteration, ~32 min for this update": one iteration's time and the
+    time of `iterations` of them, as rough as one timed iteration makes them."""
+    return f"{name}: ~{_about(seconds, 600)} an iteration, ~{_about(seconds * iterations)} for this update"
+
+
+def announce_cost(name: str, seconds: float, iterations: int) -> None:
+    """Log `cost_line` once a loop has timed its first iteration (`iterations`: those
+    left, the timed one included): at INFO, or WARNING from LONG_UPDATE_S on, so that an
+    update of hours (PAD on a ResNet-18 on CPU) is said before it runs, progress bar or not."""
+    level = logging.WARNING if seconds * iterations >= LONG_UPDATE_S else logging.INFO
+    log.log(level, "%s", cost_line(name, seconds, iterations))
+
+
+def _about(seconds: float, in_seconds_below: float = 90) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < in_seconds_below:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

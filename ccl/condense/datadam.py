@@ -11,6 +11,12 @@ with a_l(x) = vec(sum_c |f_l(x)_c|^p) / ||.||_2 (paper eq. 1-3) and phi the flat
 features before the classifier (paper eq. 4, a linear-kernel MMD). With sam_weight 0 this
 is DM (distribution matching, Zhao and Bilen, WACV 2023): see `dm_settings`.
 
+The random networks are ccl's ConvNet by default (the paper's, where l runs over its
+blocks), or with `network = "learner"` the replay learner's own architecture (a
+torchvision ResNet, any CNN): there l runs over its stages, the maps just before each
+change of resolution, found by forward hooks (`ccl.models.stages`, which states the rule),
+and phi is its embedding (`embed(x)`, else the input of its last nn.Linear).
+
 Implementation notes (why it is fast): all classes' real images go through the network
 together (without autograd; on CPU in fixed pieces of 32 images, which stay in cache) and
 all synthetic images in one forward pass; class means are `index_add` reductions, never a
@@ -30,11 +36,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ccl.condense import LoopCheckpoint, progress_problem
+from ccl.condense import LoopCheckpoint, announce_cost, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
 from ccl.models.convnet import NORMS, ConvNet
+from ccl.models.stages import Tapped, find_stages
 from ccl.training import now, reinitialise
+
+
+NETWORKS = ("convnet", "learner")  # DataDAMSettings.network
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,12 @@ class DataDAMSettings:
     # gradient scales with the image size depends on the network's depth and pooling.
     lr_images_side: int = 0
     momentum: float = 0.5
+    # The random networks' architecture. "convnet": ccl's ConvNet of `width`, `depth` and
+    # `norm` (the paper's). "learner": the replay learner's own architecture, its stages
+    # found by `ccl.models.stages.find_stages` (the caller hands the learner over as
+    # `network`; `CondensedReplay` does), so the images carry what a network like the one
+    # that replays them attends to; width, depth, norm and compile then go unused.
+    network: str = "convnet"
     # Norm of the random networks: the paper's ConvNet uses instance norm; the reference
     # forces BatchNorm (train mode, batch statistics over all classes' images at once).
     norm: str = "instance"
@@ -142,6 +158,9 @@ class DataDAMSettings:
         if self.norm not in NORMS:
             raise ValueError(f"DataDAMSettings.norm must be one of {', '.join(NORMS)}, "
                              f"got {self.norm!r}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"DataDAMSettings.network must be one of {', '.join(NETWORKS)}, "
+                             f"got {self.network!r}")
         if self.init not in ("real", "noise", "herding"):
             raise ValueError(f"DataDAMSettings.init must be 'real', 'noise' or 'herding', got {self.init!r}")
         if not 0 <= self.holdout < 1:
@@ -154,10 +173,12 @@ class DataDAMSettings:
         `synthetic` images, in sample-passes of the learner (one image forward and backward
         through it; a forward alone is about a third): every iteration passes real_batch
         real images a class forward and every synthetic image forward and backward through
-        the random network, a ConvNet's cost growing about as its width squared, and with
-        `guide_weight` through the learner too. For a run's time estimate."""
+        the random network, a ConvNet's cost growing about as its width squared (with
+        network "learner", the learner's own cost), and with `guide_weight` through the
+        learner too. For a run's time estimate."""
         per_iteration = classes * self.real_batch / 3 + synthetic
-        networks = (self.width / learner_width) ** 2 + (1 if self.guide_weight > 0 else 0)
+        random = 1.0 if self.network == "learner" else (self.width / learner_width) ** 2
+        networks = random + (1 if self.guide_weight > 0 else 0)
         return iteration_budget(self, real_per_class) * per_iteration * networks
 
 
@@ -313,7 +334,7 @@ def block_activations(net: ConvNet, x: torch.Tensor) -> tuple[list[torch.Tensor]
     return activations, x.flatten(1)
 
 
-def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_groups: int,
+def matching_statistics(net: ConvNet | Tapped, x: torch.Tensor, group: torch.Tensor, num_groups: int,
                         p: float, attention: bool = True, chunk: int = 0,
                         compiled: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """What DataDAM matches, per class: the mean attention map of every block but the last
@@ -322,7 +343,8 @@ def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_
     exists, so under no_grad (the real images) no activation outlives its block.
 
     Args:
-        net: a ConvNet whose blocks are Sequential(conv, norm, relu, pool).
+        net: a ConvNet whose blocks are Sequential(conv, norm, relu, pool), or any network
+            with its intermediate stages tapped (`stage_network`).
         x: (N, C, H, W) images.
         group: (N,) class position of every image, or a (G, N) membership matrix.
         num_groups: number of classes K (groups G); every group needs at least one image.
@@ -330,7 +352,8 @@ def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_
         attention: compute the attention maps (False for DM).
         chunk: images per forward pass; 0 = all at once. Chunks change nothing for
             instance norm, but would change BatchNorm's batch statistics.
-        compiled: run the blocks through torch.compile (see DataDAMSettings.compile).
+        compiled: run the blocks through torch.compile (see DataDAMSettings.compile);
+            ConvNet only.
 
     Returns:
         per intermediate block the (K, H_l*W_l) class-mean attention, and the (K, D)
@@ -338,7 +361,10 @@ def matching_statistics(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_
     """
     n = x.shape[0]
     step = chunk if 0 < chunk < n else n
-    block_sums = _compiled_block_sums() if compiled else _block_sums
+    if isinstance(net, Tapped):
+        block_sums = _stage_sums
+    else:
+        block_sums = _compiled_block_sums() if compiled else _block_sums
     maps: list[torch.Tensor] = []
     embed = None
     for start in range(0, n, step):  # fixed-size pieces, unrelated to classes
@@ -361,6 +387,19 @@ def _block_sums(net: ConvNet, x: torch.Tensor, group: torch.Tensor, num_groups: 
             maps.append(class_sums(attention_map(x, p), group, num_groups))  # (K, H_l*W_l)
         x = block[-1](x)  # pool
     return maps, class_sums(x.flatten(1), group, num_groups)  # (K, D)
+
+
+def _stage_sums(net: Tapped, x: torch.Tensor, group: torch.Tensor, num_groups: int, p: float,
+                attention: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """As `_block_sums`, for a tapped network: each intermediate stage's output is reduced
+    to class sums of its attention map as soon as its hook sees it."""
+    maps: list[torch.Tensor] = []
+
+    def reduce(f: torch.Tensor) -> None:  # f: (N, C_l, H_l, W_l)
+        maps.append(class_sums(attention_map(f, p), group, num_groups))  # (K, H_l*W_l)
+
+    embed = net(x, reduce if attention else None)  # (N, D)
+    return maps, class_sums(embed, group, num_groups)  # (K, D)
 
 
 @functools.cache
@@ -388,11 +427,50 @@ def matching_network(num_classes: int, shape: tuple[int, int, int], settings: Da
     return net.to(memory_format=_memory_format(device))
 
 
-def real_chunk(settings: DataDAMSettings, device: torch.device) -> int:
-    """Images per forward pass over the real batch (0 = all at once); see the setting."""
+def stage_network(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> Tapped:
+    """The random networks of DataDAMSettings.network = "learner": a copy of `model`
+    (weights frozen, train mode, as `matching_network`) with a hook on every stage the SAM
+    term matches: every stage `find_stages` finds but the last, whose information reaches
+    the loss through the embedding (as the last block of the ConvNet path). Every
+    iteration re-initialises it in place, each layer by its own `reset_parameters()`
+    (PyTorch's default initialisation, not a constructor's own scheme such as
+    torchvision's ResNet's).
+
+    Args:
+        model: the learner (copied; never changed).
+        shape: (C, H, W) of the images.
+        device: where it lives.
+    """
+    copy_ = copy.deepcopy(model).to(device)
+    probe = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(device)  # not the global draws
+    plan = find_stages(copy_, probe)
+    kept = [name for name, module in copy_.named_modules()
+            if not hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False))]
+    if kept:
+        warnings.warn(f"DataDAM: {type(model).__name__}'s module(s) {', '.join(kept)} have parameters but no "
+                      "reset_parameters(): every random network keeps the learner's weights there",
+                      RuntimeWarning, stacklevel=3)
+    if len(plan.stages) < 2:
+        warnings.warn(f"DataDAM: {type(model).__name__} has {len(plan.stages)} stage(s) (feature-map resolutions "
+                      "before its embedding), none intermediate: the attention term has nothing to match and the "
+                      "loss is the embedding term alone (as DM)", RuntimeWarning, stacklevel=3)
+    net = Tapped(copy_, plan.stages[:-1], plan.embedding)
+    net.requires_grad_(False)  # the images learn, never the network
+    net.train()  # BatchNorm: batch statistics, as the reference
+    return net.to(memory_format=_memory_format(device))
+
+
+def real_chunk(settings: DataDAMSettings, device: torch.device, network: nn.Module | None = None) -> int:
+    """Images per forward pass over the real batch (0 = all at once); see the setting.
+    With a learner `network`, in one piece where it has BatchNorm (as norm "batch")."""
     if settings.real_chunk is not None:
         return settings.real_chunk
-    return 32 if device.type == "cpu" and settings.norm != "batch" else 0
+    batch_norm = _has_batch_norm(network) if network is not None else settings.norm == "batch"
+    return 32 if device.type == "cpu" and not batch_norm else 0
+
+
+def _has_batch_norm(network: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
@@ -469,7 +547,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              device: torch.device | str, settings: DataDAMSettings = DataDAMSettings(), *,
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None, prefix_sizes: dict[int, list[int]] | None = None,
-             guide: nn.Module | None = None,
+             guide: nn.Module | None = None, network: nn.Module | None = None,
              checkpoint: LoopCheckpoint | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Condense `real` into `budget` synthetic images per class with DataDAM (or DM).
 
@@ -485,13 +563,17 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
         stats: optional dict filled with "setup_s" and "match_s" (seconds), "iterations"
             (done and kept), "iteration_budget" (after `real_epochs`), "loss_curve" (the
             mean loss of every checked span), "loss" (mean over the last checked span), "stopped" (True if a
-            non-finite loss or image ended the run early), "real_chunk" and "lr_images"
-            (the rate used, after `lr_images_side`).
+            non-finite loss or image ended the run early), "real_chunk", "lr_images"
+            (the rate used, after `lr_images_side`) and, with `network`, "stages" (the
+            modules whose outputs the SAM term matched).
         prefix_sizes: with `settings.nested`, {class: sizes}: the first s images of the
             class are matched as a set for every s given, beside the whole budget.
         guide: with `settings.guide_weight > 0`, a network with `embed(x) -> (N, D)`
             (e.g. the replay learner) whose normalised embeddings are matched too; it is
             copied and frozen, never trained.
+        network: with `settings.network == "learner"`, the model whose architecture the
+            random networks take (copied, never changed): SAM at its intermediate stages,
+            MMD on its embedding (`stage_network`; the rule in `ccl.models.stages`).
         checkpoint: optional `LoopCheckpoint`: the iterations' progress (iteration,
             images, their optimiser's momentum, the last finite snapshot, the loss
             sums) is handed to it when a save is due, and taken back from it to resume.
@@ -522,7 +604,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     if settings.guide_weight > 0 and guide is None:
         raise ValueError("DataDAMSettings.guide_weight > 0 needs a guide network (guide=...)")
     guide = _frozen_copy(guide, device) if settings.guide_weight > 0 else None
-    info = {"setup_s": now(device) - began, "real_chunk": real_chunk(settings, device),
+    _check_network(settings, network)
+    info = {"setup_s": now(device) - began, "real_chunk": real_chunk(settings, device, network),
             "iteration_budget": iteration_budget(settings, pool.mean_count)}
     if settings.nested:
         info["matched_sizes"] = {str(c): s for c, s in groups.sizes.items()}
@@ -530,7 +613,7 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
     began = now(device)
     images, progress_info = _optimise(pool, images, groups, bounds, guide, settings,
                                       info["real_chunk"], info["iteration_budget"], progress,
-                                      checkpoint or LoopCheckpoint())
+                                      checkpoint or LoopCheckpoint(), network)
     info.update(progress_info, match_s=now(device) - began)
     if stats is not None:
         stats.update(info)
@@ -571,6 +654,18 @@ class _SyntheticGroups:
         return ((real_means[self.target] - syn_means).pow(2).sum(1) * self.weight).sum()
 
 
+def _check_network(settings: DataDAMSettings, network: nn.Module | None) -> None:
+    if settings.network == "learner" and network is None:
+        raise ValueError("DataDAMSettings.network = 'learner' needs the learner (network=...); "
+                         "ccl.CondensedReplay hands it over")
+    if settings.network != "learner" and network is not None:
+        raise ValueError(f"network= is the learner of DataDAMSettings.network = 'learner'; "
+                         f"the settings say {settings.network!r}")
+    if network is not None and settings.real_chunk and _has_batch_norm(network):
+        raise ValueError(f"DataDAMSettings.real_chunk must be None or 0 with a network that has BatchNorm "
+                         f"({type(network).__name__}): chunks would change its batch statistics")
+
+
 def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
     guide = copy.deepcopy(guide).to(device).eval()  # eval: no BatchNorm statistics updates
     guide = guide.to(memory_format=_memory_format(device))  # as the random networks (12% faster on CPU)
@@ -580,16 +675,19 @@ def _frozen_copy(guide: nn.Module, device: torch.device) -> nn.Module:
 def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
               bounds: tuple[torch.Tensor, torch.Tensor], guide: nn.Module | None,
               settings: DataDAMSettings, chunk: int, iterations: int,
-              progress: bool, checkpoint: LoopCheckpoint) -> tuple[torch.Tensor, dict]:
+              progress: bool, checkpoint: LoopCheckpoint,
+              network: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """The DataDAM iterations; returns the last finite images and what happened. Resumes
-    from, and saves to, `checkpoint` (see `LoopCheckpoint`)."""
+    from, and saves to, `checkpoint` (see `LoopCheckpoint`). The random networks are
+    ccl's ConvNet, or `network`'s architecture where it is given."""
     device = images.device
     k = len(groups.sizes)
     real_group = torch.arange(k, device=device).repeat_interleave(settings.real_batch)  # (K*B,)
     images = images.detach().clone().requires_grad_(True)  # (M, C, H, W), what learns
     lr = image_lr(settings, images.shape[-2:])
     optimizer = torch.optim.SGD([images], lr=lr, momentum=settings.momentum)
-    net = matching_network(k, tuple(images.shape[1:]), settings, device)
+    shape = tuple(images.shape[1:])
+    net = matching_network(k, shape, settings, device) if network is None else stage_network(network, shape, device)
 
     snapshot = images.detach().clone()
     info = {"iterations": 0, "loss": float("nan"), "stopped": False, "lr_images": lr, "loss_curve": []}
@@ -606,9 +704,12 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
         optimizer.load_state_dict(saved["optimizer"])
         snapshot, loss_sum = saved["snapshot"].to(device), saved["loss_sum"].to(device)
         since_check, start, info = saved["since_check"], saved["iteration"], dict(saved["info"])
+    if network is not None:
+        info["stages"] = [tap.module for tap in net.taps]  # where the SAM term matched attention
     name = "DataDAM" if settings.sam_weight > 0 else "DM"
     classes = ",".join(str(c) for c in groups.sizes)
     bar = tqdm(total=iterations, initial=start, disable=not progress, desc=f"{name} classes {classes}", leave=False)
+    began = now(device)
     try:
         for it in range(start, iterations):
             reinitialise(net)
@@ -617,6 +718,8 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
             loss.backward()
             optimizer.step()
             project_(images, bounds)  # projected gradient descent: back into the pixel range
+            if it == start and network is not None:  # the learner's cost, not ConvNet's: say it
+                announce_cost(f"{name} classes {classes}", now(device) - began, iterations - start)
             loss_sum = loss_sum + loss.detach()
             since_check += 1
             if since_check >= settings.progress_every or it == iterations - 1:
@@ -663,7 +766,7 @@ def image_lr(settings: DataDAMSettings, size: tuple[int, int]) -> float:
     return settings.lr_images * (size[0] * size[1] / side ** 2 if side else 1.0)
 
 
-def _iteration_loss(net: ConvNet, pool: _Pool, images: torch.Tensor, real_group: torch.Tensor,
+def _iteration_loss(net: ConvNet | Tapped, pool: _Pool, images: torch.Tensor, real_group: torch.Tensor,
                     groups: _SyntheticGroups, k: int, settings: DataDAMSettings,
                     chunk: int = 0, guide: nn.Module | None = None) -> torch.Tensor:
     """The DataDAM loss of one iteration with the current random network."""

@@ -56,7 +56,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from ccl.condense import Condensed, LoopCheckpoint, progress_problem
+from ccl.condense import Condensed, LoopCheckpoint, announce_cost, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
@@ -504,7 +504,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     non-finite values.
 
     Every `progress_every` iterations (and at the end) the images, lr and loss are
-    checked, which avoids a device sync per iteration. On NaN/inf the images, labels and
+    checked, which avoids a device sync per iteration. The first iteration is timed and
+    what it and the whole update take is logged (`ccl.condense.announce_cost`). On NaN/inf the images, labels and
     lr go back to the last finite check, momentum is dropped, lr_img, lr_labels and lr_lr
     are halved and a warning says so; after `max_recoveries` such restarts the last finite
     values are returned. The learnable lr is kept at or above lr_init / 100: at zero or
@@ -580,6 +581,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             buffer.copy_(saved["buffers"][name])
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc=desc,
                disable=not progress, leave=False)
+    began = now(device)
     for it in bar:
         loss = match_once(student, trajectories, images, labels, lr, settings, keep_from, fixed, soft)
         for opt in steppers:
@@ -591,6 +593,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
             lr.clamp_(min=lr_floor)
         if bounds is not None:
             project_(images, bounds)  # a no-op on NaN, which the check below catches
+        if it == start:  # a large learner's iteration takes minutes: say what the update will take
+            announce_cost(desc, now(device) - began, settings.iterations - start)
         if (it + 1) % settings.progress_every == 0 or it + 1 == settings.iterations:
             value = float(loss.detach())
             if all(torch.isfinite(t).all() for t in learned) and torch.isfinite(lr) and math.isfinite(value):
