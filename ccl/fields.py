@@ -134,7 +134,8 @@ def classes_problem(classes: Any, labels: list[int], seen: set[int] | None, arri
 
 
 # A results file's figures: accuracies are fractions; forgetting and backward transfer
-# differences of two of them; times, sizes and memory figures counts or amounts.
+# differences of two of them; times, sizes and memory figures counts or amounts. A dict
+# gives its keys' ranges; a range holds for every number of a list.
 ACCURACY = (0.0, 1.0)
 DIFFERENCE = (-1.0, 1.0)
 AMOUNT = (0.0, math.inf)
@@ -142,20 +143,25 @@ RESULT_RANGES = {"final_average_accuracy": ACCURACY, "seen_accuracy": ACCURACY, 
                  "accuracy_matrix": ACCURACY, "average_forgetting": DIFFERENCE, "forgetting": DIFFERENCE,
                  "final_bwt": DIFFERENCE, "bwt": DIFFERENCE, "train_seconds": AMOUNT,
                  "memory_update_seconds": AMOUNT, "eval_seconds": AMOUNT, "total_seconds": AMOUNT,
-                 "peak_ram_mib": AMOUNT, "memory_size": AMOUNT}
+                 "peak_ram_mib": AMOUNT, "memory_size": {"images": AMOUNT, "bytes": AMOUNT}}
 
 
-def results_values_problem(results: dict) -> str | None:
+def results_values_problem(results: dict, ranges: dict = RESULT_RANGES, where: str = "") -> str | None:
     """The first figure of a results file (checked for shape already) outside its range
-    (RESULT_RANGES; every number finite), or None."""
-    def first(value: Any, where: str, bounds: tuple[float, float]) -> str | None:
-        if isinstance(value, dict):
-            return next((p for k, v in value.items() if (p := first(v, f"{where}.{k}", bounds))), None)
+    (`ranges`; every number finite), or None."""
+    def first(value: Any, at: str, bounds: tuple[float, float]) -> str | None:
         if isinstance(value, list):
-            return next((p for i, v in enumerate(value) if (p := first(v, f"{where}[{i}]", bounds))), None)
-        return number_problem(value, where, *bounds)
-    return next((p for key, bounds in RESULT_RANGES.items() if key in results
-                 and (p := first(results[key], key, bounds))), None)
+            return next((p for i, v in enumerate(value) if (p := first(v, f"{at}[{i}]", bounds))), None)
+        return number_problem(value, at, *bounds)
+    for key, bounds in ranges.items():
+        if key not in results:
+            continue
+        value, at = results[key], f"{where}{key}"
+        problem = (results_values_problem(value, bounds, f"{at}.") if isinstance(bounds, dict) and isinstance(value, dict)
+                   else None if isinstance(bounds, dict) else first(value, at, bounds))
+        if problem:
+            return problem
+    return None
 
 
 def settings_problem(settings: Any, where: str = "settings") -> str | None:
