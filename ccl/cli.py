@@ -312,8 +312,8 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, d
         raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "
                        f"fit {dataset} ({data.num_classes} classes of {tuple(data.shape)} images)")
     if soft is not None and soft.shape[1] != data.num_classes:  # its images may fit: the labels are to blame
-        raise CclError(f"{set_file}: soft_labels have {soft.shape[1]} columns, one per class, and {dataset} has "
-                       f"{data.num_classes} classes")
+        raise CclError(f"{set_file}: soft_labels have {soft.shape[1]} columns (one per class), which do not fit "
+                       f"{dataset} ({data.num_classes} classes)")
     # A set of some classes (`ccl condense --classes`) is tested on those classes only.
     test_y, set_classes = torch.from_numpy(data.test_y), labels.unique().cpu()
     on_set = torch.isin(test_y, set_classes).numpy()

@@ -139,9 +139,6 @@ class CondensedReplay(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs):
         _refuse_second_replay(self, strategy)
-        if self.mem_batch > max(self.mem_size, strategy.train_mb_size):  # as `ccl run --mem-batch`
-            raise ValueError(f"mem_batch {self.mem_batch} is more than the memory holds (mem_size {self.mem_size}) "
-                             f"and than a stream minibatch (train_mb_size {strategy.train_mb_size})")
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
             self.memory, self.loss = self._build(torch.device(strategy.device))
@@ -172,7 +169,7 @@ class CondensedReplay(SupervisedPlugin):
         if self.spec.class_balanced and len(classes) > self.mem_size:
             raise ValueError(f"mem_size {self.mem_size} cannot give each of the {len(classes)} classes "
                              f"{'of the stream' if schedule else 'seen so far'} a slot: raise mem_size")
-        _refuse_oversized_memory(self.mem_size, experience, strategy.device)
+        _refuse_oversized_memory(self.mem_size, self.mem_batch, experience, strategy.device)
         self._experience = experience
         if isinstance(self.memory, _FeatureMemory):
             self.memory.schedule = schedule
@@ -308,16 +305,17 @@ REPLAYING_PLUGINS = ("ReplayPlugin", "BiCPlugin", "CoPEPlugin", "GDumbPlugin", "
                      "GenerativeReplayPlugin", "MIRPlugin", "RARPlugin")
 
 
-def _refuse_oversized_memory(mem_size: int, experience, device) -> None:
-    """A ValueError, before the experience trains, when `mem_size` of its images (as float32)
-    would not fit the machine's memory (or the device's): `mem_size=10**12` is a typo, not
-    a memory that the stream's images would silently cap."""
+def _refuse_oversized_memory(mem_size: int, mem_batch: int, experience, device) -> None:
+    """A ValueError, before the experience trains, when `mem_size` of its images (as float32),
+    or the `mem_batch` replayed with each minibatch, would not fit the machine's memory (or
+    the device's): `mem_size=10**12` is a typo, not a memory the stream's images would
+    silently cap, and `mem_batch=10**9` would ask the allocator for it at the first step."""
     image = experience.dataset[0][0]  # (C, H, W)
-    try:
-        refuse_oversized(mem_size * image.numel() * 4, f"mem_size {mem_size} of {tuple(image.shape)} images",
-                         torch.device(device))
-    except CclError as e:
-        raise ValueError(str(e)) from None
+    for name, n in (("mem_size", mem_size), ("mem_batch", mem_batch)):
+        try:
+            refuse_oversized(n * image.numel() * 4, f"{name} {n} of {tuple(image.shape)} images", torch.device(device))
+        except CclError as e:
+            raise ValueError(str(e)) from None
 
 
 def _method_settings(method: str, spec, settings: Settings) -> Any:

@@ -60,8 +60,7 @@ def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict
     n = len(p.experience_classes)
     epochs, _ = p.learner_training()  # a position inside an experience counts the strategy's own (GDumb's)
     groups = [list(p.order)] if p.spec.joint else p.experience_classes
-    loop = (p.settings.loop, p.settings.iterations) if p.spec.method is not None and hasattr(p.settings, "loop") \
-        else None
+    loop = (p.settings.loop, p.settings.iterations) if hasattr(p.settings, "loop") else None  # a condensing memory
     run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size,
                    epochs, groups, loop)
     return load_checkpoint(run_dir / CHECKPOINT, model, run)
