@@ -22,21 +22,20 @@ def number_problem(value: Any, where: str, low: float = -math.inf, high: float =
     a float NaN only with `nan`: a figure not measured yet), or None. Booleans are not
     numbers here, and neither is an infinity."""
     kinds = (int,) if integer else NUMBER
-    what = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, kinds):
-        return f"{where} should be {what}, not {_shown(value)}"
+        return f"{where} should be {'an integer' if integer else 'a number'}, not {_shown(value)}"
     if nan and isinstance(value, float) and math.isnan(value):
         return None
     if not (math.isfinite(value) and low <= value <= high):  # NaN fails every comparison
-        bounds = (f" in [{_shown(low)}, {_shown(high)}]" if math.isfinite(low) and math.isfinite(high) else
-                  f" >= {_shown(low)}" if math.isfinite(low) else f" <= {_shown(high)}" if math.isfinite(high) else "")
-        return f"{where} should be a finite {what[2:]}{bounds}, not {_shown(value)}"
+        bounds = (f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else
+                  f" >= {low:g}" if math.isfinite(low) else f" <= {high:g}" if math.isfinite(high) else "")
+        return f"{where} should be {'an integer' if integer else 'a finite number'}{bounds}, not {_shown(value)}"
     return None
 
 
 def _shown(value: Any) -> str:
     """A value as a message quotes it: short, whatever it is."""
-    text = repr(value) if not isinstance(value, float) or not value.is_integer() else f"{value:g}"
+    text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -224,7 +224,7 @@ def test_resnet18_takes_the_scenarios_own_depth_without_complaint():
 @pytest.mark.parametrize("kwargs, message", [
     ({"mem_size": 20.5}, "mem_size must be an integer, got 20.5"),
     ({"mem_size": float("nan")}, "mem_size must be an integer, got nan"),
-    ({"mem_batch": 8.0}, "mem_batch must be an integer, got 8"),
+    ({"mem_batch": 8.0}, "mem_batch must be an integer, got 8.0"),
     ({"mem_size": True}, "mem_size must be an integer, got True"),
     ({"settings": DataDAMSettings(lr_images=float("nan"))}, "settings of 'datadam'.lr_images must be a finite number"),
     ({"strategy": "der++", "strategy_settings": {"alpha": float("nan")}}, "alpha: expected a finite number, got nan"),
