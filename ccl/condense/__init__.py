@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from ccl.fields import dict_problem, number_problem, sgd_state_problem, tensor_problem
+
 
 class Condensed(tuple):
     """What a method that learns labels returns: `(images, labels)`, which unpacks as the
@@ -95,7 +97,6 @@ def progress_problem(progress: dict, loop: str, images: torch.Tensor | None, ite
     `images`: the loop's images, or None where they are not made yet (a run's checkpoint,
     checked as it is read): then any (M, C, H, W) float images, with every other field
     of their shape."""
-    from ccl.fields import dict_problem, number_problem
     if not isinstance(progress, dict):
         return f"it should be a dictionary, not {type(progress).__name__}"
     if progress.get("loop") != loop:
@@ -115,7 +116,6 @@ def _datadam_fields(progress: dict, shape: tuple[int, ...], done: int) -> dict:
     """The fields of DataDAM's progress (`datadam._optimise`) besides its loop, iteration
     and images: the SGD state of the images, the last finite images, the loss summed
     since the last check, and what the loop reports."""
-    from ccl.fields import dict_problem, number_problem, sgd_state_problem, tensor_problem
     info = {"iterations": lambda v, w: number_problem(v, w, 0, done, integer=True),
             "loss": lambda v, w: number_problem(v, w, nan=True), "stopped": _flag,
             "lr_images": lambda v, w: number_problem(v, w, 0),
@@ -132,7 +132,6 @@ def _pad_fields(progress: dict, shape: tuple[int, ...], done: int) -> dict:
     images: the learned tensors (the images, and the soft labels when it learns them)
     with their SGD states and last finite values, the student's learned rate, BatchNorm's
     running statistics, and what the loop reports."""
-    from ccl.fields import dict_problem, number_problem, sgd_state_problem, tensor_problem
     learned = progress.get("learned")
     shapes = [tuple(t.shape) for t in learned] if isinstance(learned, list) and all(
         torch.is_tensor(t) for t in learned) else [shape]
@@ -175,7 +174,6 @@ def _flag(value, where: str) -> str | None:
 
 
 def _numbers(value, where: str, nan: bool) -> str | None:
-    from ccl.fields import number_problem
     if not isinstance(value, list):
         return f"{where} should be a list of numbers"
     return next((p for i, v in enumerate(value) if (p := number_problem(v, f"{where}[{i}]", nan=nan))), None)
