@@ -25,7 +25,6 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -41,7 +40,8 @@ from ccl.training import now, reinitialise
 @dataclass(frozen=True)
 class DataDAMSettings:
     """DataDAM hyperparameters; defaults follow the paper, comments give the reference code."""
-    loop: ClassVar[str] = "datadam"  # the name its saved progress carries (`ccl.condense.progress_problem`)
+    # Not a setting (no annotation): the name its saved progress carries (ccl.condense.progress_problem).
+    loop = "datadam"
 
     iterations: int = 8000      # paper 8,000; reference default 20,000
     # Passes over each class's real images (real_batch of them an iteration), so that the

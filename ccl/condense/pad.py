@@ -49,7 +49,6 @@ import warnings
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +80,8 @@ class PADSettings:
     Defaults are the reference's CIFAR-10 IPC 10 values (the PAD paper's hyperparameter
     table): N 80, M 2, max start epoch 20, lr_img 100, lr_lr 1e-5; IPC 1 and IPC 50 differ.
     """
-    loop: ClassVar[str] = "pad"  # the name its saved progress carries (`ccl.condense.progress_problem`)
+    # Not a setting (no annotation): the name its saved progress carries (ccl.condense.progress_problem).
+    loop = "pad"
 
     # --- distillation (trajectory matching) ---
     iterations: int = 10_000        # matching iterations (reference 10,000)
