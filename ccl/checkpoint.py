@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ccl.condense import progress_problem
 from ccl.errors import CclError
+from ccl.fields import classes_problem, soft_targets_problem, tensor_problem
 from ccl.io import NUMBER, SERIES_SHAPE, load_torch, series_problem, shape_problem
 
 CHECKPOINT = "checkpoint.pt"
@@ -195,10 +197,15 @@ class RunShape:
     num_classes: int
     mem_size: int
     epochs: int = 1                 # per experience
+    # the classes of each step, in the order they arrive (None: not checked)
+    experience_classes: list[list[int]] | None = None
+    # the memory's condensation: the name of its loop and its most iterations (None: none)
+    condensation: tuple[str, int] | None = None
 
 
-def _memory_problem(state, run: RunShape) -> str | None:
-    """What in a memory's checkpoint state (images, labels, classes) does not fit the run."""
+def _memory_problem(state, run: RunShape, done: int, within: bool) -> str | None:
+    """What in a memory's checkpoint state (images, labels, classes, the per-row fields)
+    does not fit the run after `done` steps (and inside the next one, `within`)."""
     if state is None:
         return None  # a run without a memory; one with a memory refuses None when restoring
     if not isinstance(state, dict) or not all(k in state for k in ("images", "labels", "classes")):
@@ -211,6 +218,18 @@ def _memory_problem(state, run: RunShape) -> str | None:
         return f"memory images should be a ({len(labels)}, {', '.join(map(str, run.image_shape))}) tensor"
     if not (isinstance(classes, list) and all(type(c) is int and 0 <= c < run.num_classes for c in classes)):
         return "memory classes should be class indices"
+    groups = run.experience_classes
+    arriving = set(groups[done + 1]) if groups is not None and within else set()
+    seen = {c for g in groups[:done + 1] for c in g} | arriving if groups is not None else None
+    if problem := classes_problem(classes, labels.tolist(), seen, arriving, "memory classes"):
+        return problem
+    if "soft_targets" in state and (problem := soft_targets_problem(state["soft_targets"], len(labels),
+                                                                     run.num_classes, "memory.soft_targets")):
+        return problem
+    logits = state.get("logits")
+    if torch.is_tensor(logits) and logits.numel() and (problem := tensor_problem(logits, "memory.logits",
+                                                                                 finite=True)):
+        return problem
     return _in_flight_problem(state, run)
 
 
@@ -281,13 +300,16 @@ def _position_problem(ckpt: dict, model: torch.nn.Module, run: RunShape) -> str 
             return f"position.fetch_rng: {problem}"
     condensation = position.get("condensation")
     if position["phase"] == "condensing":
-        if not (isinstance(condensation, dict) and type(condensation.get("iteration")) is int):
-            return "position.condensation should hold a condensation's progress"
-        images = condensation.get("images")
+        if run.condensation is None:
+            return "position: it stopped inside a condensation, and this run's memory condenses nothing"
+        images = condensation.get("images") if isinstance(condensation, dict) else None
         if not (torch.is_tensor(images) and images.dim() == 4 and len(images) <= run.mem_size
                 and tuple(images.shape[1:]) == run.image_shape):
             return (f"position.condensation.images should be at most {run.mem_size} images of shape "
                     f"{run.image_shape}")
+        loop, iterations = run.condensation
+        if problem := progress_problem(condensation, loop, None, iterations):  # the images' count: the method's
+            return f"position.condensation: {problem}"
         if problem := _rng_problem(condensation.get("rng")):
             return f"position.condensation: {problem}"
     return (_weights_problem(ckpt.get("experience_start_model"), model)
@@ -314,7 +336,7 @@ def checkpoint_problem(ckpt, model: torch.nn.Module, run: RunShape) -> str | Non
     results = ckpt["results"]
     return (shape_problem(results, SERIES_SHAPE, "results") or series_problem(results, done + 1, run.experiences)
             or _weights_problem(ckpt["model"], model) or _optimizer_problem(ckpt["optimizer"], model)
-            or _memory_problem(ckpt.get("memory"), run) or _metrics_problem(ckpt["metric_states"])
+            or _memory_problem(ckpt.get("memory"), run, done, within) or _metrics_problem(ckpt["metric_states"])
             or _rng_problem(ckpt["rng"]) or _strategy_problem(ckpt.get("strategy"))
             or (_position_problem(ckpt, model, run) if within else None))
 

@@ -310,6 +310,7 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, d
     from ccl.condense.evaluate import EvalSettings, evaluate_synthetic
     from ccl.config import from_dict, parse_override, to_dict
     from ccl.data import load_dataset
+    from ccl.fields import soft_targets_problem
     from ccl.io import load_torch, write_json
     from ccl.training import pick_device, seed_everything
 
@@ -320,17 +321,18 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, d
         raise CclError(f"{set_file}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
     _check_set(set_file, images, labels)
     soft = saved.get("soft_labels")  # learned with the images (PAD's soft_labels): trained on
-    if soft is not None and not (torch.is_tensor(soft) and soft.dim() == 2 and len(soft) == len(images)
-                                 and soft.is_floating_point() and bool(torch.isfinite(soft).all())):
-        raise CclError(f"{set_file}: soft_labels must be a finite (N={len(images)}, classes) float tensor")
+    if soft is not None and (problem := soft_targets_problem(soft, len(images), None, "soft_labels")):
+        raise CclError(f"{set_file}: {problem}")
     settings = from_dict(EvalSettings, {"epochs": epochs, "networks": networks,
                                         **dict(parse_override(o) for o in overrides)}, "evaluation settings")
     dataset = _dataset_name(dataset)
     data = load_dataset(dataset, data_dir, download)
-    if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape) or \
-            (soft is not None and soft.shape[1] != data.num_classes):
+    if int(labels.max()) >= data.num_classes or tuple(images.shape[1:]) != tuple(data.shape):
         raise CclError(f"{set_file}: {tuple(images.shape[1:])} images of classes up to {int(labels.max())} do not "
                        f"fit {dataset} ({data.num_classes} classes of {tuple(data.shape)} images)")
+    if soft is not None and soft.shape[1] != data.num_classes:  # its images may fit: the labels are to blame
+        raise CclError(f"{set_file}: soft_labels have {soft.shape[1]} columns (one per class), which do not fit "
+                       f"{dataset} ({data.num_classes} classes)")
     # A set of some classes (`ccl condense --classes`) is tested on those classes only.
     test_y, set_classes = torch.from_numpy(data.test_y), labels.unique().cpu()
     on_set = torch.isin(test_y, set_classes).numpy()

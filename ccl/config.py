@@ -6,6 +6,7 @@ a config file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tomllib
 import types
 import typing
@@ -16,6 +17,7 @@ from ccl.errors import CclError
 from ccl.io import open_regular
 
 T = TypeVar("T")
+_FLOAT_MAX = sys.float_info.max  # a larger int would become inf as a float
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -55,6 +57,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise CclError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # NaN passes every range check written as a comparison (`lr <= 0` is False):
+            # refused here, for every setting at once; an infinity is no setting either.
+            if not (-_FLOAT_MAX <= value <= _FLOAT_MAX):
+                raise CclError(f"{where}: expected a finite number, got {str(value)[:40]}")
             return float(value)
         raise CclError(f"{where}: expected a number, got {value!r}")
     if hint is str:

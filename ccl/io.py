@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from ccl.fields import NUMBER, results_values_problem
+
 
 def _file_mode() -> int:
     """The mode an ordinary open() gives a new file now (mkstemp's own is 0600)."""
@@ -48,6 +50,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_write` left in `folder` when its process was
+    killed (-9) mid-write; returns them. Call it holding the folder's lock (`folder_lock`):
+    every writer of a run folder holds it, so a temporary found then is no live write's."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if not p.is_dir() or p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
@@ -73,7 +85,6 @@ def save_torch(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
-NUMBER = (int, float)
 # The shapes of the run-folder files ccl reads back: {key: shape} is an object with at
 # least these keys, [shape] a list of such values, a type (or tuple) an instance of it.
 # One number per experience done (a checkpoint holds them too, as far as it got).
@@ -156,7 +167,7 @@ def series_problem(results: dict, steps: int, experiences: int) -> str | None:
             return f"accuracy_matrix[{i}] has {len(row)} accuracies for {experiences} experiences"
         if not all(0 <= a <= 1 for a in row):
             return f"accuracy_matrix[{i}] holds an accuracy outside [0, 1]"
-    return None
+    return results_values_problem(results)  # every figure finite and in its range
 
 
 def results_problem(results: dict) -> str | None:

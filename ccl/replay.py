@@ -21,11 +21,13 @@ from ccl import config as cfgmod
 from ccl.condense import dsa
 from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
+from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
 from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
+from ccl.training import refuse_oversized
 
 Settings = dict[str, Any] | Any  # a dict of overrides over the shipped preset, or the settings dataclass
 
@@ -101,8 +103,8 @@ class CondensedReplay(SupervisedPlugin):
                  augment: str | Callable[[torch.Tensor], torch.Tensor] | None = "dsa", strategy: str | None = "er",
                  strategy_settings: Settings = None, progress: bool = False):
         super().__init__()
-        if mem_size < 1 or mem_batch < 0:
-            raise ValueError(f"mem_size must be >= 1 and mem_batch >= 0, got {mem_size} and {mem_batch}")
+        if problem := size_problem(mem_size, "mem_size", 1) or size_problem(mem_batch, "mem_batch", 0):
+            raise ValueError(problem)  # now, not an experience later (20.5 or NaN is no count)
         self.mem_size, self.mem_batch, self.method, self.progress = mem_size, mem_batch, method, progress
         on_device = [e.name for e in MEMORIES.entries() if e.value.on_device]
         if method not in on_device:  # the registry's own message would offer memories the plugin refuses
@@ -127,6 +129,9 @@ class CondensedReplay(SupervisedPlugin):
         self.strategy_settings = None
         if self.entry is not None:
             self.strategy_settings = _settings(self.entry.settings, strategy_settings, f"strategy {strategy}")
+        if problem := (settings_problem(self.settings, f"settings of {method!r}")
+                       or settings_problem(self.strategy_settings, f"strategy_settings of {strategy!r}")):
+            raise ValueError(problem)  # a dataclass given as it is: NaN passes its own range checks
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
         self.memory: ReplayMemoryPlugin | None = None
         self.loss: SupervisedPlugin | None = None
@@ -169,6 +174,7 @@ class CondensedReplay(SupervisedPlugin):
         if self.spec.class_balanced and len(classes) > self.mem_size:
             raise ValueError(f"mem_size {self.mem_size} cannot give each of the {len(classes)} classes "
                              f"{'of the stream' if schedule else 'seen so far'} a slot: raise mem_size")
+        _refuse_oversized_memory(self.mem_size, self.mem_batch, experience, strategy.device)
         self._experience = experience
         if isinstance(self.memory, _FeatureMemory):
             self.memory.schedule = schedule
@@ -296,6 +302,19 @@ def _refuse_second_replay(plugin: CondensedReplay, strategy) -> None:
 # (its UpdateNCMPlugin and UpdateFeCAMPlugin keep a buffer too, but only for class means).
 REPLAYING_PLUGINS = ("ReplayPlugin", "BiCPlugin", "CoPEPlugin", "GDumbPlugin", "GSS_greedyPlugin",
                      "GenerativeReplayPlugin", "MIRPlugin", "RARPlugin")
+
+
+def _refuse_oversized_memory(mem_size: int, mem_batch: int, experience, device) -> None:
+    """A ValueError, before the experience trains, when `mem_size` of its images (as float32),
+    or the `mem_batch` replayed with each minibatch, would not fit the machine's memory (or
+    the device's): `mem_size=10**12` is a typo, not a memory the stream's images would
+    silently cap, and `mem_batch=10**9` would ask the allocator for it at the first step."""
+    image = experience.dataset[0][0]  # (C, H, W)
+    for name, n in (("mem_size", mem_size), ("mem_batch", mem_batch)):
+        try:
+            refuse_oversized(n * image.numel() * 4, f"{name} {n} of {tuple(image.shape)} images", torch.device(device))
+        except CclError as e:
+            raise ValueError(str(e)) from None
 
 
 def _method_settings(method: str, spec, settings: Settings) -> Any:

@@ -24,8 +24,8 @@ import torch
 
 from ccl.cells import ERROR_FILE
 from ccl.errors import CclError
-from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, STATUS_SHAPE, atomic_write, load_torch, read_json, read_results,
-                    write_json, write_text)
+from ccl.io import (CONFIG_SHAPE, GRID_SHAPE, STATUS_SHAPE, atomic_write, folder_lock, load_torch, read_json,
+                    read_results, write_json, write_text)
 from ccl.experiment import RunConfig
 
 
@@ -799,7 +799,8 @@ def write_memory_picture(run_dir: Path) -> Path | None:
     if not (run_dir / "memory.pt").exists():
         return None
     config = read_json(run_dir / "config.json", CONFIG_SHAPE)["run"]
-    plot_memory(config["memory"], config["seed"], _load_memory(run_dir / "memory.pt"), run_dir / "memory.png")
+    with folder_lock(run_dir, "drawing its memory"):  # as every writer of a run folder (remove_stale_temporaries)
+        plot_memory(config["memory"], config["seed"], _load_memory(run_dir / "memory.pt"), run_dir / "memory.png")
     return run_dir / "memory.png"
 
 

@@ -68,6 +68,8 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.depth > MAX_DEPTH:  # before a learner of a million blocks is built to count its weights
+            raise ValueError(f"--depth must be at most {MAX_DEPTH} (blocks of the convnet), got {self.depth}")
         for name in ("mem_batch", "seed", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
@@ -97,6 +99,9 @@ class RunConfig:
                 raise ValueError(str(unknown_name(kind, value, choices)))
 
 
+# Each convnet block halves the image: 16 take any image ccl reads (at most 2**16 pixels a
+# side) down to one pixel; the papers' ConvNet-D uses 3 to 6.
+MAX_DEPTH = 16
 MAX_LR = 10.0  # SGD beyond this diverges on every learner ccl has: a typo, not a setting
 # --protocol is the older name of two strategies' choice: replay beside the stream (any
 # strategy) or GDumb's fresh learner on the memory alone (--strategy gdumb).
@@ -112,7 +117,12 @@ def given_config(**values: Any) -> RunConfig:
     scenario = values.get("scenario", RunConfig.scenario)
     check_name("scenario", scenario, scenarios())
     defaults = read_toml(resource_dir("scenarios") / f"{scenario}.toml").get("defaults", {})
-    return from_dict(RunConfig, {**defaults, **values}, "run")
+    cfg = from_dict(RunConfig, {**defaults, **values}, "run")
+    sized = [f"--{k}" for k in ("width", "depth") if values.get(k) is not None]
+    if cfg.model != "convnet" and sized:  # given, not a scenario's default: it would be ignored
+        raise CclError(f"{' and '.join(sized)} size{'s' if len(sized) == 1 else ''} the convnet; --model {cfg.model} "
+                       "has its own fixed size")
+    return cfg
 
 
 # What a run preset's table for one strategy (`[strategies.NAME]`) may set beside that

@@ -25,7 +25,7 @@ from ccl.data.augment import crop_flip
 from ccl.errors import CclError
 from ccl.estimate import plan_run
 from ccl.experiment import MEM_DTYPES, Prepared, RunConfig, new_run_dir, prepare, resolved_config
-from ccl.io import folder_lock, refuse_links, save_torch, write_json
+from ccl.io import folder_lock, refuse_links, remove_stale_temporaries, save_torch, write_json
 from ccl.logs import (ACC_EPOCH, ACC_EXP, ACC_STREAM, BWT, CSV_LOGS, FORGETTING, Progress, carry_csv_rows,
                       check_csv_logs, csv_logger, csv_metrics, csv_rows, optional_loggers)
 from ccl.models import build_learner
@@ -55,11 +55,14 @@ def _refuse_linked_logs(run_dir: Path) -> None:
 
 
 def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict:
-    """The run's checkpoint, checked against this run: its learner, stream and class order."""
+    """The run's checkpoint, checked against this run: its learner, stream and class order,
+    and the loop its memory condenses with (its name and its most iterations)."""
     n = len(p.experience_classes)
     epochs, _ = p.learner_training()  # a position inside an experience counts the strategy's own (GDumb's)
+    groups = [list(p.order)] if p.spec.joint else p.experience_classes
+    loop = (p.settings.loop, p.settings.iterations) if hasattr(p.settings, "loop") else None  # a condensing memory
     run = RunShape(1 if p.spec.joint else n, n, p.order, tuple(p.data.shape), p.data.num_classes, p.config.mem_size,
-                   epochs)
+                   epochs, groups, loop)
     return load_checkpoint(run_dir / CHECKPOINT, model, run)
 
 
@@ -208,9 +211,6 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
         results, first = ckpt["results"], ckpt["experience"] + 1
         set_rng_state(ckpt["rng"])  # last: building the strategy above drew from the generators
         if position:
-            if position["phase"] == "condensing" and within.condensation is None:
-                raise CclError(f"{run_dir / CHECKPOINT}: not what ccl wrote there (it stopped inside a "
-                               f"condensation, and memory {p.config.memory!r} condenses nothing)")
             within.resume_from(ckpt)
             epochs_done = position["epoch"]
     if earlier_rows is not None:
@@ -355,6 +355,8 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_star
         raise CclError(f"{run_dir}: not a run folder (no config.json)")
     if (run_dir / "results.json").exists() and status(run_dir).get("status") == "finished":
         read_results(run_dir / "results.json")  # a corrupt results file is an error, not "finished"
+        with folder_lock(run_dir, "a run"):  # a memory picture's draw killed -9 left its temporary
+            remove_stale_temporaries(run_dir)
         return run_dir, False
     config = read_json(run_dir / "config.json", CONFIG_SHAPE)
     try:
@@ -374,8 +376,7 @@ def resume_run(run_dir: Path, progress: bool = True, on_experience=None, on_star
         raise CclError(f"{run_dir}: the data changed since the run started (images, labels or per-class "
                        "counts differ); resuming would mix two data sets, so start a new run")
     with folder_lock(run_dir, "a run"):  # before any clean-up: a second resume touches nothing
-        for leftover in run_dir.glob(".*.tmp"):  # a write cut short by kill -9 (ccl.io writes atomically)
-            leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(run_dir)  # a write cut short by kill -9 (ccl.io writes atomically)
         first, position = 0, None
         if (run_dir / CHECKPOINT).exists():  # checked whole now, while the folder is as it was
             with torch.device("meta"):  # the learner's shapes, without allocating it

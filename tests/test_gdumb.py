@@ -119,7 +119,7 @@ def test_gdumbs_settings_from_the_command_line_and_a_preset_table_land_in_config
     ("epochs=0", "epochs must be at least 1, got 0"),
     ("lr=0", "lr must be in (0, 10.0], got 0.0"),
     ("lr=-0.1", "lr must be in (0, 10.0], got -0.1"),
-    ("lr=nan", "lr must be in (0, 10.0], got nan"),
+    ("lr=nan", "gdumb.lr: expected a finite number, got nan"),  # every setting's NaN, refused as it is read
     ("min_lr=0.1", "min_lr must be in [0, lr = 0.05], got 0.1"),
     ("schedule=step", "unknown schedule 'step'; choose one of: sgdr, cosine, constant"),
     ("batch_size=0", "batch_size must be at least 1, got 0"),

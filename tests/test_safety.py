@@ -90,7 +90,7 @@ def test_a_signal_during_a_deferred_write_is_honoured_right_after_it(how):
 
 def test_a_diverging_run_ends_as_diverged_and_absurd_rates_are_refused(tmp_path, tiny_run, interrupted_run):
     import torch
-    with pytest.raises(CclError, match="lr must be in"):
+    with pytest.raises(CclError, match="lr: expected a finite number, got inf"):
         make_config(**tiny_run, lr=float("inf"))
     with pytest.raises(CclError, match="lr must be in"):
         make_config(**tiny_run, lr=1e10)

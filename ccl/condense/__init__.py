@@ -41,6 +41,8 @@ import logging
 
 import torch
 
+from ccl.fields import dict_problem, number_problem, sgd_state_problem, tensor_problem
+
 log = logging.getLogger(__name__)
 
 # An update projected to take this long or longer is announced as a warning, which
@@ -100,17 +102,95 @@ class LoopCheckpoint:
         pass
 
 
-def progress_problem(progress: dict, loop: str, images: torch.Tensor, iterations: int) -> str | None:
+def progress_problem(progress: dict, loop: str, images: torch.Tensor | None, iterations: int) -> str | None:
     """What makes a loop's saved `progress` not a state of this loop (another method's,
-    other images, an iteration past its end), or None."""
+    other images, an iteration past its end, a field missing or of another kind), or None.
+    `images`: the loop's images, or None where they are not made yet (a run's checkpoint,
+    checked as it is read): then any (M, C, H, W) float images, with every other field
+    of their shape."""
+    if not isinstance(progress, dict):
+        return f"it should be a dictionary, not {type(progress).__name__}"
     if progress.get("loop") != loop:
-        return f"it was saved by {progress.get('loop')!r}, not {loop!r}"
-    if not (type(progress.get("iteration")) is int and 0 <= progress["iteration"] <= iterations):
-        return f"its iteration should be in 0..{iterations}"
+        return f"it was saved by {str(progress.get('loop'))[:40]!r}, not {loop!r}"
+    if number_problem(progress.get("iteration"), "iteration", 0, iterations, integer=True):
+        return f"its iteration should be in 0..{iterations}, not {str(progress.get('iteration'))[:40]}"
     saved = progress.get("images")
-    if not torch.is_tensor(saved) or saved.shape != images.shape:
-        return f"its images should be of shape {tuple(images.shape)}"
-    return None
+    shape = tuple(images.shape) if images is not None else None
+    if not torch.is_tensor(saved) or not saved.is_floating_point() or saved.dim() != 4 \
+            or shape is not None and tuple(saved.shape) != shape:
+        return f"its images should be of shape {shape if shape is not None else '(M, C, H, W)'}"
+    problem = dict_problem(progress, "its", _PROGRESS_FIELDS[loop](progress, tuple(saved.shape), progress["iteration"]))
+    return problem.replace("its.", "its ") if problem else None
+
+
+def _datadam_fields(progress: dict, shape: tuple[int, ...], done: int) -> dict:
+    """The fields of DataDAM's progress (`datadam._optimise`) besides its loop, iteration
+    and images: the SGD state of the images, the last finite images, the loss summed
+    since the last check, and what the loop reports."""
+    info = {"iterations": lambda v, w: number_problem(v, w, 0, done, integer=True),
+            "loss": lambda v, w: number_problem(v, w, nan=True), "stopped": _flag,
+            "lr_images": lambda v, w: number_problem(v, w, 0),
+            "loss_curve": lambda v, w: _numbers(v, w, nan=False)}
+    return {"optimizer": lambda v, w: sgd_state_problem(v, [shape], w),
+            "snapshot": lambda v, w: tensor_problem(v, w, shape, floating=True, finite=True),
+            "loss_sum": lambda v, w: tensor_problem(v, w, (), floating=True),
+            "since_check": lambda v, w: number_problem(v, w, 0, done, integer=True),
+            "info": lambda v, w: dict_problem(v, w, info)}
+
+
+def _pad_fields(progress: dict, shape: tuple[int, ...], done: int) -> dict:
+    """The fields of PAD's progress (`pad.distill`) besides its loop, iteration and
+    images: the learned tensors (the images, and the soft labels when it learns them)
+    with their SGD states and last finite values, the student's learned rate, BatchNorm's
+    running statistics, and what the loop reports."""
+    learned = progress.get("learned")
+    shapes = [tuple(t.shape) for t in learned] if isinstance(learned, list) and all(
+        torch.is_tensor(t) for t in learned) else [shape]
+
+    def learned_problem(value, where):
+        if not (isinstance(value, list) and len(value) in (1, 2)):
+            return f"{where} should list the images and, with soft labels, the labels"
+        return tensor_problem(value[0], f"{where}[0]", shape, floating=True) or (
+            tensor_problem(value[1], f"{where}[1]", (shape[0], None), floating=True) if len(value) == 2 else None)
+
+    def optimisers(value, where):  # the images', the student rate's, the labels'
+        wanted = [shape, (), *shapes[1:]]
+        if not (isinstance(value, list) and len(value) == len(wanted)):
+            return f"{where} should hold {len(wanted)} optimiser states"
+        return next((p for i, (state, s) in enumerate(zip(value, wanted))
+                     if (p := sgd_state_problem(state, [s], f"{where}[{i}]"))), None)
+
+    def last_finite(value, where):
+        if not (isinstance(value, list) and len(value) == len(shapes)):
+            return f"{where} should hold one tensor per learned one"
+        return next((p for i, (t, s) in enumerate(zip(value, shapes))
+                     if (p := tensor_problem(t, f"{where}[{i}]", s, floating=True, finite=True))), None)
+
+    def buffers(value, where):
+        if isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in value.items()):
+            return None
+        return f"{where} should map names to tensors"
+
+    info = {"iterations": lambda v, w: number_problem(v, w, 0, done, integer=True),
+            "loss": lambda v, w: number_problem(v, w, nan=True), "syn_lr": lambda v, w: number_problem(v, w, 0),
+            "recoveries": lambda v, w: number_problem(v, w, 0, integer=True), "stopped": _flag,
+            "lr_img": lambda v, w: number_problem(v, w, 0)}
+    return {"learned": learned_problem, "lr": lambda v, w: number_problem(v, w, nan=True),
+            "optimisers": optimisers, "last_finite": last_finite, "last_lr": lambda v, w: number_problem(v, w, 0),
+            "buffers": buffers, "info": lambda v, w: dict_problem(v, w, info)}
+
+
+def _flag(value, where: str) -> str | None:
+    return None if isinstance(value, bool) else f"{where} should be true or false"
+
+
+def _numbers(value, where: str, nan: bool) -> str | None:
+    if not isinstance(value, list):
+        return f"{where} should be a list of numbers"
+    return next((p for i, v in enumerate(value) if (p := number_problem(v, f"{where}[{i}]", nan=nan))), None)
+
+
+_PROGRESS_FIELDS = {"datadam": _datadam_fields, "pad": _pad_fields}  # loop -> its fields' checks
 
 
 def cost_line(name: str, seconds: float, iterations: int) -> str:

@@ -50,6 +50,8 @@ NETWORKS = ("convnet", "learner")  # DataDAMSettings.network
 @dataclass(frozen=True)
 class DataDAMSettings:
     """DataDAM hyperparameters; defaults follow the paper, comments give the reference code."""
+    # Not a setting (no annotation): the name its saved progress carries (ccl.condense.progress_problem).
+    loop = "datadam"
 
     iterations: int = 8000      # paper 8,000; reference default 20,000
     # Passes over each class's real images (real_batch of them an iteration), so that the
@@ -696,7 +698,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
     start = 0
     saved = checkpoint.resume()
     if saved is not None:
-        problem = progress_problem(saved, "datadam", images, iterations)
+        problem = progress_problem(saved, settings.loop, images, iterations)
         if problem:
             raise ValueError(f"the saved DataDAM progress does not fit this condensation: {problem}")
         with torch.no_grad():
@@ -742,7 +744,7 @@ def _optimise(pool: _Pool, images: torch.Tensor, groups: _SyntheticGroups,
                 loss_sum = torch.zeros((), device=device)
                 since_check = 0
             if it < iterations - 1 and checkpoint.due():
-                checkpoint.save({"loop": "datadam", "iteration": it + 1, "images": images.detach(),
+                checkpoint.save({"loop": settings.loop, "iteration": it + 1, "images": images.detach(),
                                  "optimizer": optimizer.state_dict(), "snapshot": snapshot, "loss_sum": loss_sum,
                                  "since_check": since_check, "info": info})
     finally:

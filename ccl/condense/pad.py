@@ -80,6 +80,8 @@ class PADSettings:
     Defaults are the reference's CIFAR-10 IPC 10 values (the PAD paper's hyperparameter
     table): N 80, M 2, max start epoch 20, lr_img 100, lr_lr 1e-5; IPC 1 and IPC 50 differ.
     """
+    # Not a setting (no annotation): the name its saved progress carries (ccl.condense.progress_problem).
+    loop = "pad"
 
     # --- distillation (trajectory matching) ---
     iterations: int = 10_000        # matching iterations (reference 10,000)
@@ -563,7 +565,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     start = 0
     saved = checkpoint.resume() if checkpoint is not None else None
     if saved is not None:
-        problem = progress_problem(saved, "pad", images, settings.iterations)
+        problem = progress_problem(saved, settings.loop, images, settings.iterations)
         if problem is None and len(saved.get("learned", ())) != len(learned):
             problem = "it holds other learned tensors (soft labels on or off)"
         if problem:
@@ -621,7 +623,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
                               f"(restart {info['recoveries']} of {settings.max_recoveries})",
                               RuntimeWarning, stacklevel=3)
         if checkpoint is not None and it + 1 < settings.iterations and checkpoint.due():
-            checkpoint.save({"loop": "pad", "iteration": it + 1, "images": images.detach(),
+            checkpoint.save({"loop": settings.loop, "iteration": it + 1, "images": images.detach(),
                              "learned": [t.detach() for t in learned], "lr": float(lr.detach()),
                              "optimisers": [opt.state_dict() for opt in steppers], "last_finite": last_finite,
                              "last_lr": last_lr, "info": info, "buffers": dict(student.module.named_buffers())})

@@ -277,6 +277,8 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         self.labels = torch.cat([k[1] for k in kept])
         self.logits = torch.cat([k[2] for k in kept])
         self.soft = torch.cat([k[3] for k in kept])
+        if len(self.soft) and bool(self.soft.isnan().all()):  # no row has one (every class refused): none kept,
+            self.soft = self.soft.new_empty(0)  # as `ccl.fields.soft_targets_problem` reads a checkpoint
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
