@@ -98,7 +98,8 @@ class PADSettings:
     lr_init: float = 0.01           # initial student lr (= the experts' lr)
     # The learnable student lr never falls below min_lr_ratio * lr_init (clamped after
     # each of its steps; the reference has no floor). At zero or below the student would
-    # climb its loss; near it the images take the whole step and saturate.
+    # climb its loss. Raised to 0.1 or 0.25 it did not keep PAD on the learner from
+    # failing under replay on split-digits (docs/memories.md): 0.01 stays the default.
     min_lr_ratio: float = 0.01
     batch_syn: int | None = None    # synthetic minibatch; None = the whole set (reference)
     # Fraction of shallow parameters left out of the loss; None = REFERENCE_ALPHA by the
