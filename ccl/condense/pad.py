@@ -30,9 +30,8 @@ distill.py), each also noted where it happens:
   learner's last snapshot with `expert = "learner"`. Off: hard labels, as MTT. Starting
   from real images the final expert classifies correctly is `init="correct"`.
 - No loss threshold that skips updates (PAD's `threshold`, 1.0 in its configs).
-- The learnable student lr has a floor (`min_lr_ratio` times lr_init, by default
-  lr_init / 100), and NaN/inf restarts from the last finite images with halved rates
-  (`distill`); the reference can diverge.
+- The learnable student lr has a floor (lr_init / 100), and NaN/inf restarts from the
+  last finite images with halved rates (`distill`); the reference can diverge.
 - The backward pass recomputes the student steps one at a time (`recompute_steps`),
   so memory does not grow with the graphs of N steps; the gradients are the same.
 
@@ -98,11 +97,6 @@ class PADSettings:
     lr_img_side: int = 0
     lr_lr: float = 1e-5             # SGD (momentum 0.5) lr on the learnable student lr
     lr_init: float = 0.01           # initial student lr (= the experts' lr)
-    # The learnable student lr never falls below min_lr_ratio * lr_init (clamped after
-    # each of its steps; the reference has no floor). At zero or below the student would
-    # climb its loss. Raised to 0.1 or 0.25 it did not keep PAD on the learner from
-    # failing under replay on split-digits (docs/memories.md): 0.01 stays the default.
-    min_lr_ratio: float = 0.01
     batch_syn: int | None = None    # synthetic minibatch; None = the whole set (reference)
     # Fraction of shallow parameters left out of the loss; None = REFERENCE_ALPHA by the
     # smallest per-class budget (the largest reference IPC <= it).
@@ -197,9 +191,6 @@ class PADSettings:
                 raise ValueError(f"PADSettings.{name} must be > 0, got {getattr(self, name)}")
         if self.lr_lr < 0:
             raise ValueError(f"PADSettings.lr_lr must be >= 0, got {self.lr_lr}")
-        if not 0 < self.min_lr_ratio <= 1:
-            raise ValueError(f"PADSettings.min_lr_ratio must be in (0, 1] (a fraction of lr_init), "
-                             f"got {self.min_lr_ratio}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ValueError(f"PADSettings.batch_syn must be >= 1 or None (whole set), got {self.batch_syn}")
         if self.alpha is not None and not 0.0 <= self.alpha < 1.0:
@@ -519,13 +510,8 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     what it and the whole update take is logged (`ccl.condense.announce_cost`). On NaN/inf the images, labels and
     lr go back to the last finite check, momentum is dropped, lr_img, lr_labels and lr_lr
     are halved and a warning says so; after `max_recoveries` such restarts the last finite
-    values are returned. The learnable lr is kept at or above min_lr_ratio * lr_init (by
-    default lr_init / 100): at zero or below, the student would climb its loss (the
-    reference does not guard it and can diverge). The floor is a clamp after each lr step
-    (projected SGD), not a reparameterisation such as lr_init * (r + (1 - r) * sigmoid(z)):
-    the clamp leaves lr_lr the rate of plain SGD on the lr itself (MTT's), so the presets'
-    lr_lr keep their meaning and the default floor its figures, and at the floor the lr
-    rises again as soon as its gradient turns, where a sigmoid's would vanish.
+    values are returned. The learnable lr is kept at or above lr_init / 100: at zero or
+    below, the student would climb its loss (the reference does not guard it and can diverge).
 
     Args:
         trajectories: expert trajectories on the images' device.
@@ -536,8 +522,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         keep_from: first matched parameter index.
         progress: show a tqdm bar with the loss.
         stats: filled with "iterations" (last finite check), "loss", "syn_lr",
-            "recoveries", "stopped" (recoveries ran out), "lr_img" (after lr_img_side)
-            and "lr_floor" (min_lr_ratio * lr_init).
+            "recoveries", "stopped" (recoveries ran out) and "lr_img" (after lr_img_side).
         fixed: optional (images, local labels) in every student minibatch, not optimised.
         bounds: optional per-channel (low, high) the images are projected into after
             every step (`ccl.condense.bounds`); the reference leaves them unbounded.
@@ -561,7 +546,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
         soft = soft.detach().clone().float().requires_grad_(True)  # (S, K)
         learned.append(soft)
     lr = torch.tensor(settings.lr_init, device=device).requires_grad_(True)  # learnable, scalar
-    lr_floor = settings.min_lr_ratio * settings.lr_init
+    lr_floor = settings.lr_init / 100
     lr_img = image_lr(settings, tuple(images.shape[-2:]))
 
     def optimisers(scale: float) -> list[torch.optim.SGD]:
@@ -576,7 +561,7 @@ def distill(trajectories: list[Trajectory], images: torch.Tensor, labels: torch.
     steppers = optimisers(1.0)
     last_finite, last_lr = [t.detach().clone() for t in learned], settings.lr_init
     info = {"iterations": 0, "loss": float("nan"), "syn_lr": settings.lr_init, "recoveries": 0,
-            "stopped": False, "lr_img": lr_img, "lr_floor": lr_floor}
+            "stopped": False, "lr_img": lr_img}
     start = 0
     saved = checkpoint.resume() if checkpoint is not None else None
     if saved is not None:
