@@ -23,9 +23,8 @@ CONDENSATION_METHODS = {
     "mtt": "MTT: plain trajectory matching (PAD without its two filters)",
 }
 _DATADAM_SETTINGS = ("iterations", "real_epochs", "real_batch", "real_chunk", "p", "sam_weight", "mmd_weight",
-                     "lr_images", "lr_images_side", "momentum", "network", "norm", "width", "depth", "dsa", "dsa_settings",
-                     "init", "nested", "lasting_only", "guide_weight", "holdout", "soft_labels", "learned_labels",
-                     "label_settings", "progress_every", "compile")
+                     "lr_images", "lr_images_side", "momentum", "network", "norm", "width", "depth", "dsa", "dsa_settings", "init",
+                     "nested", "lasting_only", "guide_weight", "holdout", "soft_labels", "progress_every", "compile")
 _PAD_SETTINGS = ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "lr_img",
                  "lr_img_side", "lr_lr", "lr_init", "batch_syn", "alpha", "soft_labels", "lr_labels", "labels_momentum",
                  "expert", "num_experts", "expert_train_epochs", "expert_lr", "expert_batch", "expert_min_steps",

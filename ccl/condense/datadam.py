@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from ccl.condense import LoopCheckpoint, announce_cost, progress_problem
 from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import DSASettings, apply, sample_draw, siamese_slots
-from ccl.condense.labels import LabelSettings
 from ccl.models.convnet import NORMS, ConvNet
 from ccl.models.stages import Tapped, find_stages
 from ccl.training import now, reinitialise
@@ -122,12 +121,6 @@ class DataDAMSettings:
     # `ccl run` only: each condensed image's soft target is the guide network's (the
     # learner's) logits on it, which replay trains toward (ccl.memory.fillers).
     soft_labels: bool = False
-    # `ccl run` only: learn each condensed image's soft target instead (the learner's logits
-    # as the start, by default), so that a step of the learner on the rows lowers its loss on
-    # the experience's real images and the memory's old rows (ccl.condense.labels, after
-    # Bohdal et al. 2020 and Data-Distill-Net). Off: the paper's hard labels.
-    learned_labels: bool = False
-    label_settings: LabelSettings = field(default_factory=LabelSettings)
     progress_every: int = 50    # iterations between host synchronisations (bar, NaN check)
     # torch.compile the per-block work (conv -> norm -> ReLU -> attention -> class sums),
     # fusing the memory-bound steps. On 2 CPU cores it halved the time per iteration after
@@ -184,13 +177,11 @@ class DataDAMSettings:
         real images a class forward and every synthetic image forward and backward through
         the random network, a ConvNet's cost growing about as its width squared (with
         network "learner", the learner's own cost), and with `guide_weight` through the
-        learner too; `learned_labels` adds their outer steps through the learner (the old
-        classes' rows left out). For a run's time estimate."""
+        learner too. For a run's time estimate."""
         per_iteration = classes * self.real_batch / 3 + synthetic
         random = 1.0 if self.network == "learner" else (self.width / learner_width) ** 2
         networks = random + (1 if self.guide_weight > 0 else 0)
-        labels = self.label_settings.work(synthetic, 0) if self.learned_labels else 0.0
-        return iteration_budget(self, real_per_class) * per_iteration * networks + labels
+        return iteration_budget(self, real_per_class) * per_iteration * networks
 
 
 def dm_settings(**overrides) -> DataDAMSettings:

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ccl.condense import Condensed, LoopCheckpoint
-from ccl.condense.labels import learn_labels
 from ccl.condense.methods import random_real
 from ccl.condense.selection import herding_order
 from ccl.training import reinitialise
@@ -142,9 +141,7 @@ class CondenseFiller(Filler):
     and resumes its iterations through it (a run's checkpoints inside a condensation).
 
     A method that learns soft labels (PAD's `soft_labels`), or `soft_labels` on one that
-    learns none (DataDAM: the learner's logits on the condensed images; with `learned_labels`,
-    logits learned for the learner from there, the old classes' rows standing in for
-    their real data: `ccl.condense.labels`), makes `fill` return a
+    learns none (DataDAM: the learner's logits on the condensed images), makes `fill` return a
     `Condensed` whose `soft_labels` are (S, outputs) logits over the learner's outputs,
     NaN on the rows that hold real images (a refused class, the lasting-only tail).
     """
@@ -205,10 +202,6 @@ class CondenseFiller(Filler):
         soft = None  # (S, outputs) over the learner's outputs
         if isinstance(result, Condensed) and result.soft_labels is not None:
             soft = result.soft_targets(learner_features(learner, images[:1], logits=True).shape[1])
-        elif option("learned_labels", False):  # learned for this learner (ccl.condense.labels)
-            old = None if context is None else (context[0].to(self.device), context[1].to(self.device))
-            soft = learn_labels(images, image_labels, real, labels, learner, option("label_settings"),
-                                context=old, stats=stats)
         elif option("soft_labels", False):  # a method that learns none: the learner's logits
             soft = learner_features(learner, images, logits=True).float()
         if holdout > 0:
