@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ccl.condense import LoopCheckpoint
 from ccl.condense.methods import METHODS
+from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
@@ -100,5 +101,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
-__all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+__all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
            "Filler", "slots_per_class"]

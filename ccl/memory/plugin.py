@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
+from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
@@ -82,7 +83,6 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
         # soft labels), NaN rows for the others; empty while no row has one.
         self.soft = torch.empty(0, device=self.device)
-        self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
@@ -108,9 +108,11 @@ class ReplayMemoryPlugin(SupervisedPlugin):
                 and (self.replay_first_experience or len(self.classes) > 0))
 
     def _append(self, strategy, idx: torch.Tensor) -> None:
-        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
-        self.last_draw = idx
+        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device, and
+        hand the strategy the step's `ReplayBatch` (`strategy.replay_batch`)."""
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
+        strategy.replay_batch = ReplayBatch(len(y), self.draws, idx, self.logits[idx] if self.record_logits else None,
+                                            self.soft_targets(idx))
         replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
@@ -118,6 +120,10 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
         strategy.mbatch[1] = torch.cat([y, labels])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(labels)])  # class-incremental: task 0
+
+    def view(self) -> MemoryView:
+        """The whole memory, read-only, for a strategy that needs all of it (iCaRL, BiC, GDumb)."""
+        return MemoryView(tuple(self.classes), self.labels, self.codec.decode, self.images, self.augment)
 
     def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
         """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
@@ -195,7 +201,7 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         super().before_training_iteration(strategy, **kwargs)
 
     def before_forward(self, strategy, **kwargs):
-        self.last_draw = None
+        strategy.replay_batch = None  # until a draw hands one
         reservoir = self._reservoir
         if not self._replays_now():
             return
@@ -341,7 +347,7 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
         self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
 
     def before_forward(self, strategy, **kwargs):
-        self.last_draw = None
+        strategy.replay_batch = None  # until a draw hands one
         filled = len(self.labels)
         if not self._replays_now():
             return
