@@ -5,6 +5,9 @@ bit-for-bit check.
     python benchmarks/memory_matrices.py check matrices.json    # after: pair -> identical
     JOBS=2 python benchmarks/memory_matrices.py check matrices.json der   # 2 at a time, pairs with "der"
 
+A record writes matrices.partial.json as it goes (and a cut-short record goes on from
+it); a check writes matrices.check.json, and follows a record that is still running.
+
 Each pair runs the real CLI (`ccl run ... --epochs 1 --seed 0` on split-digits, small
 per-class counts and short condensations, so all pairs take minutes) in a child forked
 from one process that imported ccl once: the import is paid once, and no state leaks
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -84,46 +88,58 @@ def pairs() -> dict[str, list[str]]:
     return EXTRA | out
 
 
-def record(only: str | None = None, jobs: int = 1, partial: Path | None = None) -> dict:
-    """Each pair's results, `jobs` children at a time (each on one thread)."""
-    chosen = {name: args for name, args in pairs().items() if not only or only in name}
-    results, running = {}, []
-    if partial is not None and partial.exists():  # a record cut short goes on where it stopped
-        results = json.loads(partial.read_text())
-    todo = {name: args for name, args in chosen.items() if name not in results}
+def record(names: list[str], jobs: int = 1, partial: Path | None = None) -> dict:
+    """The named pairs' results, `jobs` children at a time (each on one thread); with
+    `partial`, written there as each finishes, and those already there are not run again."""
+    results = json.loads(partial.read_text()) if partial is not None and partial.exists() else {}
+    todo = {name: pairs()[name] for name in names if name not in results}
+    running: list = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, args in [*todo.items(), *[(None, None)] * jobs]:
-            if len(running) == jobs or name is None:
-                if running:
-                    done, pid, read = running.pop(0)
-                    results[done] = _finish(pid, read)
-                    print(done, "error" if "error" in results[done] else "ok", file=sys.stderr, flush=True)
-                    if partial is not None:  # what has finished so far, in case the record is cut short
-                        partial.write_text(json.dumps(results, indent=1))
+            if running and (len(running) == jobs or name is None):
+                done, pid, read = running.pop(0)
+                results[done] = _finish(pid, read)
+                print(done, "error" if "error" in results[done] else "ok", file=sys.stderr, flush=True)
+                if partial is not None:
+                    partial.write_text(json.dumps(results, indent=1))
             if name is not None:
                 runs = Path(tmp) / name.replace("/", "_")
                 runs.mkdir()
                 running.append((name, *_start(args, runs)))
-    return {name: results[name] for name in chosen}
+    return {name: results[name] for name in names}
+
+
+def check(path: Path, only: str | None, jobs: int) -> bool:
+    """Run the pairs `path` recorded (following a record still being written, through its
+    .partial.json) and print pair -> identical; True when every one is."""
+    partial, out = path.with_suffix(".partial.json"), path.with_suffix(".check.json")
+    while True:
+        finished = path.exists()
+        before = json.loads((path if finished else partial).read_text())
+        now = json.loads(out.read_text()) if out.exists() else {}
+        todo = [n for n in before if n not in now and (not only or only in n)]
+        if todo:
+            record(todo, jobs, out)
+        elif finished:
+            break
+        else:
+            time.sleep(30)
+    now = {n: r for n, r in json.loads(out.read_text()).items() if n in before}
+    same = 0
+    for name, result in now.items():
+        identical = before[name] == result
+        same += identical
+        print(f"{name:40s} {'identical' if identical else 'DIFFERENT'}")
+    print(f"{same}/{len(now)} identical")
+    return same == len(now)
 
 
 if __name__ == "__main__":
     mode, path = sys.argv[1], Path(sys.argv[2])
     only = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None
-    now = record(only, jobs=int(os.environ.get("JOBS", "1")),
-                 partial=path.with_suffix(".partial.json") if mode == "record" else None)
+    jobs = int(os.environ.get("JOBS", "1"))
     if mode == "record":
-        path.write_text(json.dumps(now, indent=1))
+        names = [n for n in pairs() if not only or only in n]
+        path.write_text(json.dumps(record(names, jobs, path.with_suffix(".partial.json")), indent=1))
     else:
-        before = json.loads(path.read_text())
-        same = 0
-        compared = {name: result for name, result in now.items() if name in before}
-        for name, result in now.items():
-            if name not in before:  # a memory or strategy added since the record
-                print(f"{name:40s} new: {'error ' + result['error'] if 'error' in result else 'runs'}")
-                continue
-            identical = before[name] == result
-            same += identical
-            print(f"{name:40s} {'identical' if identical else 'DIFFERENT'}")
-        print(f"{same}/{len(compared)} identical")
-        sys.exit(0 if same == len(compared) else 1)
+        sys.exit(0 if check(path, only, jobs) else 1)

@@ -9,7 +9,7 @@ from typing import Any
 from ccl.errors import CclError
 from ccl.resources import resource_dir
 
-MEMORIES = ("none", "joint", "reservoir", "avalanche-reservoir", "random", "herding", "herding-soft", "dm", "datadam", "mtt", "pad")
+MEMORIES = ("none", "joint", "reservoir", "class-balanced-reservoir", "avalanche-reservoir", "random", "herding", "herding-soft", "dm", "datadam", "mtt", "pad")
 STRATEGIES = ("er", "a-gem", "bic", "der", "der++", "er-ace", "gdumb", "icarl")
 # each strategy's own settings (its registry entry's dataclass fields, `--strategy-set` keys)
 STRATEGY_SETTINGS = {"er": ("temperature",), "a-gem": (), "bic": ("temperature", "bias_steps", "bias_lr"),

@@ -142,7 +142,8 @@ class CondensedReplay(SupervisedPlugin):
     def _build(self, device: torch.device) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
-            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs)
+            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
+                                           buffer=self.spec.buffer)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
             memory = _FeatureMemory(self.mem_size, self.mem_batch,

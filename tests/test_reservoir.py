@@ -87,7 +87,7 @@ def test_a_replayed_row_overwritten_in_the_same_step_keeps_its_old_logits_as_tar
         model.classifier.weight.add_(1.0)  # the learner moves on: a new forward gives other logits
     # Force the reservoir to give row 1 to the first stream sample of the next step; with
     # mem_batch = mem_size every row is replayed, row 1 included.
-    monkeypatch.setattr("ccl.memory.plugin.reservoir_slots", lambda nth, cap: torch.tensor([1, -1]))
+    monkeypatch.setattr("ccl.memory.buffers.reservoir_slots", lambda nth, cap: torch.tensor([1, -1]))
     x, y = torch.randn(2, 1, 8, 8), torch.tensor([2, 3])
     strategy = _step(memory, model, x, y, loss=der)
     drawn, out = strategy.replay_batch.rows, strategy.mb_output.detach()

@@ -17,6 +17,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ccl.memory.batch import MemoryView, ReplayBatch
+from ccl.memory.buffers import ReservoirBuffer, last_wins, reservoir_slots
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
 from ccl.memory.slots import future_shares, slots_per_class
@@ -328,10 +329,11 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
 
 class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """The buffer of the ER, ER-ACE and DER papers (mammoth's `Buffer`), on the device:
-    every stream sample is offered to one reservoir of `mem_size` slots over the whole
-    stream (Vitter's algorithm R), so the memory is a uniform sample of everything seen,
-    whatever its class, and a sample enters after the optimiser step of the minibatch
-    that brought it, with the logits that step's forward gave it (DER's). Replay draws `mem_batch` distinct samples
+    every stream sample is offered to one buffer of `mem_size` rows over the whole stream,
+    whose policy (`buffer`, by default Vitter's algorithm R, so the memory is a uniform
+    sample of everything seen, whatever its class; `ccl.memory.buffers`) says which row it
+    takes; a sample enters after the optimiser step of the minibatch that brought it, with
+    the logits that step's forward gave it (DER's). Replay draws `mem_batch` distinct samples
     (mammoth: `np.random.choice(..., replace=False)`), `draws` times independently.
 
     Departs from mammoth: the samples of one minibatch are offered together (two that
@@ -341,10 +343,16 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """
 
     def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds()):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds(),
+                 buffer: type[ReservoirBuffer] = ReservoirBuffer):
         super().__init__(mem_size, mem_batch, device, codec, augment, needs)
-        self.seen = 0  # stream samples offered so far
+        self.buffer = buffer(mem_size)  # which row each stream sample takes
         self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
+
+    @property
+    def seen(self) -> int:
+        """Stream samples offered so far."""
+        return self.buffer.seen
 
     def before_forward(self, strategy, **kwargs):
         strategy.replay_batch = None  # until a draw hands one
@@ -366,9 +374,7 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
         x, y = self._stream
         if self._rows is None:  # allocated at the first sample, when its shape is known
             self._allocate(x.shape[1:], strategy.mb_output.shape[1])
-        nth = self.seen + torch.arange(1, len(y) + 1, device=y.device)  # (B,)
-        self.seen += len(y)
-        rows = last_wins(reservoir_slots(nth, self.mem_size))  # (B,) -1: not kept
+        rows = self.buffer.rows(y)  # (B,) -1: not kept
         # Every sample is written, those not kept to the spare row past the memory: a
         # boolean selection of the kept ones would wait for the device (a host sync).
         rows = torch.where(rows >= 0, rows, self.mem_size)
@@ -402,11 +408,12 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
                                 "per_class": {str(c): counts[c] for c in self.classes}})
 
     def checkpoint(self) -> dict:
-        return {**self.state(), "seen": self.seen, "logits": self.logits}
+        return {**self.state(), **self.buffer.state(), "logits": self.logits}
 
     def restore(self, state: dict) -> None:
-        self.classes, self.seen = list(state["classes"]), int(state["seen"])
+        self.classes = list(state["classes"])
         images, labels, logits = state["images"], state["labels"], state["logits"]
+        self.buffer.restore(state, labels)
         if len(labels):
             self._allocate(images.shape[1:], logits.shape[1] if self.record_logits else 1)
             for rows, stored in zip(self._rows, (images, labels, logits if self.record_logits else None)):
@@ -462,26 +469,6 @@ class StreamReservoir:
         self.seen += onehot.sum(0)
         slot = reservoir_slots(nth, self.caps[k])
         return last_wins(torch.where(new & (slot >= 0), self.starts[k] + slot, -1))
-
-
-def reservoir_slots(nth: torch.Tensor, cap: torch.Tensor | int) -> torch.Tensor:
-    """Vitter's algorithm R for a batch: the slot the n-th sample offered to a reservoir of
-    `cap` slots takes (nth counts from 1), or -1. The first `cap` samples fill the slots in
-    order; the n-th after them replaces a uniform one of them with probability cap / n
-    (mammoth's `reservoir`: randint(0, n) < cap)."""
-    slot = torch.where(nth <= cap, nth - 1, (torch.rand(nth.shape, device=nth.device) * nth).long())
-    return torch.where(slot < cap, slot, -1)
-
-
-def last_wins(rows: torch.Tensor) -> torch.Tensor:
-    """`rows` with all but the last of the samples that take the same row set to -1: two
-    samples of one minibatch offered one after the other, the later one overwrites."""
-    order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=rows.device))
-    last = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
-    last[:-1] = rows[order][:-1] != rows[order][1:]
-    wins = torch.zeros_like(last)
-    wins[order] = last
-    return torch.where(wins, rows, -1)
 
 
 class AugmentPlugin(SupervisedPlugin):
