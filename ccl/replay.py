@@ -70,7 +70,8 @@ class CondensedReplay(SupervisedPlugin):
         method: a memory ccl has: datadam (the default; its preset condenses a Split
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
             mtt, random, herding, herding-soft (class-balanced, filled at each experience's
-            end) or reservoir (one reservoir over the stream, as the ER and DER papers).
+            end), reservoir (one reservoir over the stream, as the ER and DER papers) or
+            class-balanced-reservoir (CBRS over the stream).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
             that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass

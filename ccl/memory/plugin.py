@@ -5,7 +5,10 @@ device. `ReplayMemoryPlugin` holds the rows and replays them; its two kinds are 
 
 Avalanche's ReplayPlugin collates memory samples on the CPU through its own data
 loader; here the memory is a tensor on the device and its samples are appended to each
-minibatch after the minibatch has been moved there, so replay costs one gather.
+minibatch after the minibatch has been moved there, so replay costs one gather. The
+plugin hands the strategy what it replayed as a `ReplayBatch` (`strategy.replay_batch`);
+the rows are plain data (`Rows`), and which row a stream sample takes is a buffer policy
+(`ccl.memory.buffers`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.buffers import ReservoirBuffer, last_wins, reservoir_slots
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
+from ccl.memory.rows import Rows
 from ccl.memory.slots import future_shares, slots_per_class
 from ccl.memory.trajectory import TrajectoryRecorder
 
@@ -112,12 +116,12 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         """Append memory rows `idx` (decoded, augmented) to the minibatch on the device, and
         hand the strategy the step's `ReplayBatch` (`strategy.replay_batch`)."""
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
-        strategy.replay_batch = ReplayBatch(len(y), self.draws, idx, self.logits[idx] if self.record_logits else None,
-                                            self.soft_targets(idx))
-        replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
+        drawn = self.rows.take(idx)  # one gather
+        strategy.replay_batch = ReplayBatch(len(y), self.draws, idx, drawn.logits, drawn.soft)
+        replayed = self.codec.decode(drawn.images)  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
-        labels = self.labels[idx]  # (len(idx),)
+        labels = drawn.labels  # (len(idx),)
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
         strategy.mbatch[1] = torch.cat([y, labels])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(labels)])  # class-incremental: task 0
@@ -126,16 +130,23 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         """The whole memory, read-only, for a strategy that needs all of it (iCaRL, BiC, GDumb)."""
         return MemoryView(tuple(self.classes), self.labels, self.codec.decode, self.images, self.augment)
 
-    def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
-        while no row of the memory has one."""
-        return self.soft[rows] if len(self.soft) else None
+    @property
+    def rows(self) -> Rows:
+        """Every row, with the columns this memory holds (logits where a strategy asked
+        for them, soft targets once a row has one)."""
+        return Rows(self.images, self.labels, self.logits if self.record_logits else None,
+                    self.soft if len(self.soft) else None)
+
+    def _keep(self, rows: Rows) -> None:
+        """Make `rows` the memory's rows."""
+        self.images, self.labels = rows.images, rows.labels
+        if rows.logits is not None:
+            self.logits = rows.logits
+        if rows.soft is not None:
+            self.soft = rows.soft
 
     def state(self) -> dict:
-        state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
-        if len(self.soft):
-            state["soft_targets"] = self.soft
-        return {**state, "logits": self.logits} if self.record_logits else state
+        return {**self.rows.state(), "classes": list(self.classes)}
 
     def checkpoint(self) -> dict:
         return self.state()
@@ -184,13 +195,13 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
                                           self.device)
         shape = strategy.experience.dataset[0][0].shape
         empty = self.codec.encode(torch.zeros(self._reservoir.size, *shape, device=self.device))
-        self.images = torch.cat([k[0] for k in kept] + [empty])
-        self.labels = torch.cat([k[1] for k in kept] + [self._reservoir.labels])
+        self.images = torch.cat([k.images for k in kept] + [empty])
+        self.labels = torch.cat([k.labels for k in kept] + [self._reservoir.labels])
         if self.record_logits and kept:
-            self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
+            self.logits = torch.cat([k.logits for k in kept])  # the stream slots' rows join at the first forward
         if len(self.soft):  # stream samples are real: no soft target
-            self.soft = torch.cat([k[3] for k in kept] + [self.soft.new_full((self._reservoir.size,
-                                                                              self.soft.shape[1]), float("nan"))])
+            self.soft = torch.cat([k.soft for k in kept] + [self.soft.new_full((self._reservoir.size,
+                                                                                self.soft.shape[1]), float("nan"))])
 
     def after_training_epoch(self, strategy, **kwargs):
         if self.recorder is not None:
@@ -256,13 +267,13 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         start = time.perf_counter()
         self.classes += new_classes
         budget = slots_per_class(self.mem_size, self.classes)
-        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]  # (images, labels, logits)
+        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]
         stats: dict = {}
         if new_classes:
             real, labels = self.real_images(new_classes)
             context = None
             if kept:
-                context = (self.codec.decode(torch.cat([k[0] for k in kept])), torch.cat([k[1] for k in kept]))
+                context = (self.codec.decode(torch.cat([k.images for k in kept])), torch.cat([k.labels for k in kept]))
             seen = set(self.classes)
             upcoming = [g for g in self.schedule if not seen.issuperset(g)]
             later = future_shares(self.mem_size, self.classes, upcoming)
@@ -272,35 +283,24 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
             images, image_labels = filled
             stats = dict(self.filler.stats)
             stored = self.codec.encode(images.to(self.device))
-            soft = getattr(filled, "soft_labels", None)
-            if soft is None and len(self.soft):
-                soft = self.soft.new_full((len(image_labels), self.soft.shape[1]), float("nan"))
-            kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner),
-                         soft.to(self.device) if soft is not None else self.soft))
-            if soft is not None and not len(self.soft):  # the first soft rows: the older ones get NaN
-                kept = [k[:3] + (soft.new_full((len(k[1]), soft.shape[1]), float("nan"), device=self.device),)
-                        for k in kept[:-1]] + kept[-1:]
-        self.images = torch.cat([k[0] for k in kept])
-        self.labels = torch.cat([k[1] for k in kept])
-        self.logits = torch.cat([k[2] for k in kept])
-        self.soft = torch.cat([k[3] for k in kept])
+            soft = getattr(filled, "soft_labels", None)  # rows without one get NaN (Rows.cat)
+            kept.append(Rows(stored, image_labels.to(self.device), self._logits_of(stored, learner),
+                             soft.to(self.device) if soft is not None else None))
+        self._keep(Rows.cat(kept))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
                                 "slots": {str(c): n for c, n in budget.items()}, **stats})
 
-    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class c's first k rows: (images, labels, logits, soft targets); a field the
-        memory does not hold comes back empty."""
-        idx = torch.nonzero(self.labels == c).flatten()[:k]
-        return (self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits,
-                self.soft[idx] if len(self.soft) else self.soft)
+    def _first(self, c: int, k: int) -> Rows:
+        """Class c's first k rows."""
+        return self.rows.take(torch.nonzero(self.labels == c).flatten()[:k])
 
-    def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
+    def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor | None:
         """(n, classes) logits of the images as stored (after the codec), as DER records
-        them when a sample enters its buffer; empty unless a strategy asks for them."""
+        them when a sample enters its buffer; None unless a strategy asks for them."""
         if not self.record_logits:
-            return self.logits
+            return None
         return learner_features(learner, self.codec.decode(stored), logits=True).float()
 
     def checkpoint(self) -> dict:
