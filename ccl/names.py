@@ -43,6 +43,8 @@ MEMORIES = {
     "joint": "all training data at once, no stream: the upper bound",
     "reservoir": "a uniform sample of the whole stream by reservoir sampling, with DER's logits as each sample "
                  "enters, on the device (the ER and DER papers' buffer, as mammoth's)",
+    "class-balanced-reservoir": "class-balanced reservoir sampling of the stream (CBRS: no class above its share, "
+                                "however imbalanced the stream), with DER's logits, on the device (2020)",
     "avalanche-reservoir": "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)",
     "random": "class-balanced random real images, on the device",
     "herding": "iCaRL herding on the learner's features, on the device",

@@ -74,7 +74,8 @@ class CondensedReplay(SupervisedPlugin):
         method: a memory ccl has: datadam (the default; its preset condenses a Split
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
             mtt, random, herding, herding-soft (class-balanced, filled at each experience's
-            end) or reservoir (one reservoir over the stream, as the ER and DER papers).
+            end), reservoir (one reservoir over the stream, as the ER and DER papers) or
+            class-balanced-reservoir (CBRS over the stream).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
             that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass
@@ -149,7 +150,8 @@ class CondensedReplay(SupervisedPlugin):
     def _build(self, device: torch.device, model: nn.Module) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
-            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs)
+            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
+                                           buffer=self.spec.buffer)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
             spec = self.spec

@@ -83,6 +83,16 @@ def test_the_memory_does_not_know_pad():
     assert not sorted(m for m, deps in graph.items() if m.startswith("ccl.memory") and "ccl.condense.pad" in deps)
 
 
+def test_the_memorys_plain_data_and_buffer_policies_do_not_import_avalanche():
+    """The rows, the replay batch and the buffer policies are plain data and plain rules:
+    a new policy is one class, written and tested without Avalanche (issue 45)."""
+    for name in ("rows", "batch", "buffers"):
+        tree = ast.parse((PACKAGE / "memory" / f"{name}.py").read_text())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not sorted(m for m in imported if m.split(".")[0] == "avalanche" or m.startswith("ccl")), name
+
+
 def test_the_runner_re_exports_nothing():
     """Every name ccl.runner imports it uses itself, and no module takes from ccl.runner a
     name it did not define (experiment's names come from ccl.experiment; issue 37)."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.memory import MemoryNeeds, ReservoirMemoryPlugin
+from ccl.memory import MemoryNeeds, ReplayBatch, ReservoirMemoryPlugin
 from ccl.memory.plugin import last_wins, reservoir_slots
 from ccl.models import build_learner
 from ccl.experiment import make_config, prepare
@@ -37,14 +37,14 @@ def test_reservoir_slots_keep_a_uniform_sample_of_the_stream():
 
 def _step(memory, model, x, y, loss=None):
     """What Avalanche does around the memory's hooks for one minibatch (without the
-    optimiser step itself); `loss(output, y)`, if given, is computed where Avalanche
+    optimiser step itself); `loss(output, y, batch)`, if given, is computed where Avalanche
     computes the loss, and the strategy gets it as `.loss`."""
     strategy = SimpleNamespace(mbatch=[x, y, torch.zeros_like(y)])
     memory.before_training_iteration(strategy)
     memory.before_forward(strategy)
     strategy.mb_output = model(strategy.mbatch[0])
     memory.after_forward(strategy)
-    strategy.loss = loss(strategy.mb_output, strategy.mbatch[1]) if loss is not None else None
+    strategy.loss = loss(strategy.mb_output, strategy.mbatch[1], strategy.replay_batch) if loss is not None else None
     memory.after_update(strategy)
     return strategy
 
@@ -55,15 +55,17 @@ def test_a_sample_enters_with_its_logits_of_that_moment_and_replay_draws_distinc
     memory = ReservoirMemoryPlugin(6, 4, torch.device("cpu"), needs=MemoryNeeds(logits=True))  # DER's
     DERPlugin(memory)
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
-    out = _step(memory, model, x, y).mb_output
-    assert memory.last_draw is None  # nothing to replay before the first sample
+    strategy = _step(memory, model, x, y)
+    out = strategy.mb_output
+    assert strategy.replay_batch is None  # nothing to replay before the first sample
     assert torch.equal(memory.images, x) and torch.equal(memory.labels, y)
     assert torch.equal(memory.logits, out.detach())  # the outputs of the forward that saw them
     with torch.no_grad():
         model.classifier.weight.add_(1.0)  # the learner moves on: stored logits must not
     x2 = torch.randn(4, 1, 8, 8)
-    out2 = _step(memory, model, x2, torch.tensor([0, 1, 2, 3])).mb_output
-    assert len(memory.last_draw) == 4 and len(memory.last_draw.unique()) == 4  # without replacement
+    strategy = _step(memory, model, x2, torch.tensor([0, 1, 2, 3]))
+    out2, drawn = strategy.mb_output, strategy.replay_batch.rows
+    assert len(drawn) == 4 and len(drawn.unique()) == 4  # without replacement
     for image, logits in zip(memory.images, memory.logits):  # each row: the logits its image entered with
         first = (x == image).flatten(1).all(1)
         entered = out[first] if first.any() else out2[:4][(x2 == image).flatten(1).all(1)]  # stream rows first
@@ -85,10 +87,10 @@ def test_a_replayed_row_overwritten_in_the_same_step_keeps_its_old_logits_as_tar
         model.classifier.weight.add_(1.0)  # the learner moves on: a new forward gives other logits
     # Force the reservoir to give row 1 to the first stream sample of the next step; with
     # mem_batch = mem_size every row is replayed, row 1 included.
-    monkeypatch.setattr("ccl.memory.plugin.reservoir_slots", lambda nth, cap: torch.tensor([1, -1]))
+    monkeypatch.setattr("ccl.memory.buffers.reservoir_slots", lambda nth, cap: torch.tensor([1, -1]))
     x, y = torch.randn(2, 1, 8, 8), torch.tensor([2, 3])
     strategy = _step(memory, model, x, y, loss=der)
-    drawn, out = memory.last_draw, strategy.mb_output.detach()
+    drawn, out = strategy.replay_batch.rows, strategy.mb_output.detach()
     assert sorted(drawn.tolist()) == [0, 1]
     assert torch.equal(memory.images[1], x[0]) and torch.equal(memory.logits[1], out[0])  # row 1 was overwritten
     assert not torch.equal(out[0], old_logits[1])
@@ -117,10 +119,10 @@ def test_agem_projects_a_step_that_would_raise_the_memory_loss():
     memory = ReservoirMemoryPlugin(4, 2, torch.device("cpu"))
     plugin = AGEMPlugin(memory)
     plugin.before_training_exp(SimpleNamespace(model=model))
-    memory.last_draw = torch.tensor([0, 1])
+    batch = ReplayBatch(stream=2, draws=1, rows=torch.tensor([0, 1]))
     x = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
     y = torch.tensor([0, 0, 1, 1])  # the stream wants class 0, the memory class 1: opposed gradients
-    loss = plugin(model(x), y)
+    loss = plugin(model(x), y, batch)
     loss.backward()
     plugin.after_backward(None)
     g = model.weight.grad.flatten()

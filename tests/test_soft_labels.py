@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from ccl.condense import Condensed, pad
-from ccl.memory import DeviceMemoryPlugin, MemoryNeeds
+from ccl.memory import DeviceMemoryPlugin, MemoryNeeds, ReplayBatch
 from ccl.memory.fillers import Filler
 from ccl.experiment import make_config, prepare
 from ccl.runner import resume_run, run
@@ -127,23 +127,23 @@ def test_the_memory_keeps_soft_targets_per_row_and_er_and_der_replay_them():
 
     output = torch.randn(5, 4, requires_grad=True)
     y = torch.tensor([3, 3, 3, 1, 2])  # 3 stream rows, 2 memory rows
-    memory.last_draw = torch.tensor([0, 5])
+    batch = ReplayBatch(stream=3, draws=1, rows=torch.tensor([0, 5]), logits=memory.logits[[0, 5]],
+                        soft=memory.soft[[0, 5]])  # as the memory hands it
     er = ERPlugin(memory, SoftTargetSettings(temperature=2.0))
     target = torch.softmax(memory.soft[[0, 5]] / 2.0, 1)
     expected = torch.cat([F.cross_entropy(output[:3], y[:3], reduction="none"),
                           -(target * output[3:].log_softmax(1)).sum(1)]).mean()
-    assert er.training_loss(output, y, template=lambda: "the template's").item() == pytest.approx(expected.item())
+    assert er.training_loss(output, y, batch, template=lambda: "the template's").item() == pytest.approx(expected.item())
 
-    memory.last_draw = torch.tensor([0, 5])
-    loss = der(output, y)
+    loss = der(output, y, batch)
     assert float(loss) == pytest.approx(float(F.cross_entropy(output[:3], y[:3]) + F.mse_loss(output[3:], memory.soft[[0, 5]])))
 
 
 def test_er_leaves_the_criterion_alone_without_soft_targets():
     memory = DeviceMemoryPlugin(4, 2, None, None, torch.device("cpu"))
-    memory.last_draw = torch.tensor([0, 1])
+    batch = ReplayBatch(stream=2, draws=1, rows=torch.tensor([0, 1]))  # rows without soft targets
     loss = ERPlugin(memory, SoftTargetSettings()).training_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]),
-                                                                 template=lambda: "the template's")
+                                                                 batch, template=lambda: "the template's")
     assert loss == "the template's"
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayBatch
 from ccl.memory.fillers import RandomFiller
 from ccl.experiment import make_config, prepare
 from ccl.runner import resume_run, run
@@ -27,20 +27,20 @@ def test_ace_hides_old_classes_absent_from_the_stream_batch_and_sums_the_terms_a
     memory = memory_with(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), torch.empty(0), mem_batch=2)
     memory.classes = [0, 1]  # the earlier experiences' classes
     plugin = ACEPlugin(memory)
-    memory.last_draw = torch.tensor([1, 2])
+    batch = ReplayBatch(stream=3, draws=1, rows=torch.tensor([1, 2]))
     out, y = torch.randn(5, 5), torch.tensor([2, 3, 3, 1, 0])  # 3 stream samples (classes 2, 3), 2 replayed
     # stream: cross-entropy over every logit but the old classes 0 and 1 (the unseen class
     # 4 stays, as in mammoth's mask); memory: over all five; summed, as mammoth sums them
     stream = F.cross_entropy(out[:3, 2:], y[:3] - 2)
     replay = F.cross_entropy(out[3:], y[3:])
-    assert plugin(out, y).item() == pytest.approx((stream + replay).item(), rel=1e-6)
+    assert plugin(out, y, batch).item() == pytest.approx((stream + replay).item(), rel=1e-6)
     # an old class present in the stream batch keeps its logit
     y_old = torch.tensor([2, 3, 1, 1, 0])
     stream = F.cross_entropy(out[:3, 1:], y_old[:3] - 1)
-    assert plugin(out, y_old).item() == pytest.approx((stream + F.cross_entropy(out[3:], y_old[3:])).item(), rel=1e-6)
+    assert plugin(out, y_old, batch).item() == pytest.approx((stream + F.cross_entropy(out[3:], y_old[3:])).item(),
+                                                             rel=1e-6)
     # before anything is in memory: the plain cross-entropy
-    memory.last_draw = None
-    assert plugin(out[:3], y[:3]).item() == pytest.approx(F.cross_entropy(out[:3], y[:3]).item(), rel=1e-6)
+    assert plugin(out[:3], y[:3], None).item() == pytest.approx(F.cross_entropy(out[:3], y[:3]).item(), rel=1e-6)
 
 
 def test_ace_replays_from_the_second_experience_on_as_mammoth():
@@ -63,7 +63,7 @@ def test_ace_replays_from_the_second_experience_on_as_mammoth():
             getattr(memory, hook)(strategy)
         strategy.mb_output = model(strategy.mbatch[0])
         memory.after_forward(strategy)
-        loss = plugin(strategy.mb_output, strategy.mbatch[1])
+        loss = plugin(strategy.mb_output, strategy.mbatch[1], strategy.replay_batch)
         memory.after_update(strategy)
         return strategy, loss
 
@@ -71,14 +71,14 @@ def test_ace_replays_from_the_second_experience_on_as_mammoth():
     for _ in range(2):  # the first experience: the memory fills, but nothing is replayed
         x = torch.randn(4, 1, 2, 2)
         strategy, loss = step(x, first)
-        assert memory.last_draw is None and len(strategy.mbatch[0]) == 4
+        assert strategy.replay_batch is None and len(strategy.mbatch[0]) == 4
         assert loss.item() == pytest.approx(F.cross_entropy(model(x), first).item(), rel=1e-6)
     assert len(memory.labels) == 4  # full of the first experience's samples
     memory.after_training_exp(SimpleNamespace(experience=SimpleNamespace(classes_in_this_experience=[0, 1])))
     x, y = torch.randn(4, 1, 2, 2), torch.tensor([2, 3, 2, 3])  # the second experience: masked stream + memory
     strategy, loss = step(x, y)
-    drawn = memory.last_draw
-    assert len(drawn) == 2 and len(strategy.mbatch[0]) == 6
+    batch = strategy.replay_batch
+    assert (batch.stream, len(batch.rows)) == (4, 2) and len(strategy.mbatch[0]) == 6
     out = strategy.mb_output.detach()
     expected = F.cross_entropy(out[:4, 2:], y - 2) + F.cross_entropy(out[4:], strategy.mbatch[1][4:])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -93,13 +93,14 @@ def test_der_adds_the_mse_to_the_stored_logits(beta):
     assert needs == MemoryNeeds(draws=2 if beta else 1, logits=True)
     memory = memory_with(torch.zeros(6, 1, 2, 2), torch.tensor([0, 1, 0, 1, 0, 1]), stored, mem_batch=2, needs=needs)
     plugin = DERPlugin(memory, settings)
-    memory.last_draw = torch.tensor([4, 1, 0, 3])[: 2 * memory.draws]
-    n = 3 + 2 * memory.draws
+    rows = torch.tensor([4, 1, 0, 3])[: 2 * needs.draws]
+    batch = ReplayBatch(stream=3, draws=needs.draws, rows=rows, logits=stored[rows])  # as the memory hands it
+    n = 3 + 2 * needs.draws
     out, y = torch.randn(n, 4), torch.tensor([2, 3, 3, 0, 1, 0, 1])[:n]
     expected = F.cross_entropy(out[:3], y[:3]) + 0.3 * ((out[3:5] - stored[[4, 1]]) ** 2).mean()
     if beta:
         expected = expected + beta * F.cross_entropy(out[5:], y[5:])
-    assert plugin(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert plugin(out, y, batch).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["random", "reservoir"])
@@ -151,8 +152,10 @@ def test_no_strategy_assigns_an_attribute_of_the_memory():
 
 def test_der_refuses_a_memory_built_without_its_needs():
     memory = memory_with(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), torch.empty(0), mem_batch=2)
+    plugin = DERPlugin(memory, DERSettings(beta=0.5))
+    batch = ReplayBatch(stream=2, draws=1, rows=torch.tensor([0, 1]))  # one draw, no logits: plain replay's
     with pytest.raises(ValueError, match="needs a memory built with"):
-        DERPlugin(memory, DERSettings(beta=0.5))
+        plugin(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), batch)
 
 
 def test_stored_logits_survive_shrinking_and_resume(tmp_path, tiny_run, interrupted_run):
@@ -235,8 +238,8 @@ def test_stream_slots_replay_new_classes_while_they_stream(tmp_path, tiny_run):
             seen.append(set())
 
         def after_forward(self, strategy, **kw):
-            if memory.last_draw is not None:
-                seen[-1] |= set(memory.labels[memory.last_draw].tolist())
+            if strategy.replay_batch is not None:
+                seen[-1] |= set(strategy.mbatch[1][strategy.replay_batch.stream:].tolist())
 
     from ccl.runner import _build
     p = prepare(make_config(**tiny_run, strategy="der++", stream_slots=True))
@@ -291,7 +294,7 @@ def test_icarl_distils_old_classes_and_classifies_by_the_nearest_memory_mean():
     old = torch.sigmoid(plugin.old(x))
     targets = torch.stack([old[:, 0], old[:, 1], (y == 2).float()], dim=1)  # class 3 is unseen: left out
     expected = F.binary_cross_entropy_with_logits(out[:, :3], targets)
-    assert plugin(out, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert plugin(out, y, None).item() == pytest.approx(expected.item(), rel=1e-6)
 
     plugin.before_eval(strategy)
     scorer = strategy.model

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from ccl.condense import LoopCheckpoint
 from ccl.condense.methods import METHODS
+from ccl.memory.batch import MemoryView, ReplayBatch
+from ccl.memory.buffers import ClassBalancedReservoirBuffer, ReservoirBuffer
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
@@ -31,6 +33,8 @@ class MemorySpec:
     # the settings preset `ccl run` replays with when no --memory-config is given (None:
     # the method's own, configs/<name>.toml, which `ccl condense` and GDumb use)
     replay_preset: str | None = None
+    # policy "stream": which row each stream sample takes (ccl.memory.buffers)
+    buffer: type[ReservoirBuffer] = ReservoirBuffer
 
     def __post_init__(self):
         if self.kind not in KINDS or self.policy not in POLICIES:
@@ -70,7 +74,7 @@ class MemorySpec:
         if not self.on_device:
             return None
         if self.policy == "stream":
-            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs)
+            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
         filler = self.make_filler(device, settings, progress, checkpoint)
         return DeviceMemoryPlugin(mem_size, mem_batch, filler, real_images, device, codec, augment,
                                   schedule=schedule, stream_slots=stream_slots, needs=needs)
@@ -82,6 +86,9 @@ MEMORIES.register("joint", "all training data at once, no stream: the upper boun
 MEMORIES.register("reservoir", "a uniform sample of the whole stream by reservoir sampling, with DER's logits "
                   "as each sample enters, on the device (the ER and DER papers' buffer, as mammoth's)")(
     MemorySpec("device", policy="stream"))
+MEMORIES.register("class-balanced-reservoir", "class-balanced reservoir sampling of the stream (CBRS: no class above "
+                  "its share, however imbalanced the stream), with DER's logits, on the device (2020)")(
+    MemorySpec("device", policy="stream", buffer=ClassBalancedReservoirBuffer))
 MEMORIES.register("avalanche-reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
     MemorySpec("avalanche"))
 MEMORIES.register("random", "class-balanced random real images, on the device")(
@@ -100,5 +107,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
-__all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+__all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
            "Filler", "slots_per_class"]

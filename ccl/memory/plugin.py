@@ -5,7 +5,10 @@ device. `ReplayMemoryPlugin` holds the rows and replays them; its two kinds are 
 
 Avalanche's ReplayPlugin collates memory samples on the CPU through its own data
 loader; here the memory is a tensor on the device and its samples are appended to each
-minibatch after the minibatch has been moved there, so replay costs one gather.
+minibatch after the minibatch has been moved there, so replay costs one gather. The
+plugin hands the strategy what it replayed as a `ReplayBatch` (`strategy.replay_batch`);
+the rows are plain data (`Rows`), and which row a stream sample takes is a buffer policy
+(`ccl.memory.buffers`).
 """
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ from typing import Callable
 import torch
 from avalanche.core import SupervisedPlugin
 
+from ccl.memory.batch import MemoryView, ReplayBatch
+from ccl.memory.buffers import ReservoirBuffer, last_wins, reservoir_slots
 from ccl.memory.codec import MemoryCodec
 from ccl.memory.fillers import Filler, learner_features
+from ccl.memory.rows import Rows
 from ccl.memory.slots import future_shares, slots_per_class
 from ccl.memory.trajectory import TrajectoryRecorder
 
@@ -82,7 +88,6 @@ class ReplayMemoryPlugin(SupervisedPlugin):
         # (N, num_classes) soft-target logits of condensed rows that learned them (PAD's
         # soft labels), NaN rows for the others; empty while no row has one.
         self.soft = torch.empty(0, device=self.device)
-        self.last_draw: torch.Tensor | None = None  # indices replayed in the current minibatch
         self.classes: list[int] = []  # seen classes, in arrival order
         self.images = torch.empty(0, device=self.device)
         self.labels = torch.empty(0, dtype=torch.long, device=self.device)
@@ -108,27 +113,42 @@ class ReplayMemoryPlugin(SupervisedPlugin):
                 and (self.replay_first_experience or len(self.classes) > 0))
 
     def _append(self, strategy, idx: torch.Tensor) -> None:
-        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device."""
-        self.last_draw = idx
+        """Append memory rows `idx` (decoded, augmented) to the minibatch on the device, and
+        hand the strategy the step's `ReplayBatch` (`strategy.replay_batch`)."""
         x, y, t = strategy.mbatch[0], strategy.mbatch[1], strategy.mbatch[-1]
-        replayed = self.codec.decode(self.images[idx])  # (len(idx), C, H, W)
+        drawn = self.rows.take(idx)  # one gather
+        strategy.replay_batch = ReplayBatch(len(y), self.draws, idx, drawn.logits, drawn.soft)
+        replayed = self.codec.decode(drawn.images)  # (len(idx), C, H, W)
         if self.augment is not None:
             replayed = self.augment(replayed)
-        labels = self.labels[idx]  # (len(idx),)
+        labels = drawn.labels  # (len(idx),)
         strategy.mbatch[0] = torch.cat([x, replayed])  # (B + len(idx), C, H, W)
         strategy.mbatch[1] = torch.cat([y, labels])
         strategy.mbatch[-1] = torch.cat([t, torch.zeros_like(labels)])  # class-incremental: task 0
 
-    def soft_targets(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """(len(rows), classes) soft-target logits of memory rows (NaN: none), or None
-        while no row of the memory has one."""
-        return self.soft[rows] if len(self.soft) else None
+    def view(self) -> MemoryView:
+        """The whole memory, read-only, for a strategy that needs all of it (iCaRL, BiC, GDumb)."""
+        return MemoryView(tuple(self.classes), self.labels, self.codec.decode, self.images, self.augment)
+
+    @property
+    def rows(self) -> Rows:
+        """Every row, with the columns this memory holds (logits where a strategy asked
+        for them, soft targets once a row has one)."""
+        return Rows(self.images, self.labels, self.logits if self.record_logits else None,
+                    self.soft if len(self.soft) else None)
+
+    def _keep(self, rows: Rows) -> None:
+        """Make `rows` the memory's rows."""
+        self.images, self.labels = rows.images, rows.labels
+        if rows.logits is not None:
+            self.logits = rows.logits
+        if rows.soft is not None:
+            self.soft = rows.soft
+            if len(self.soft) and bool(self.soft.isnan().all()):  # no row has one (every class refused): none
+                self.soft = self.soft.new_empty(0)  # kept, as `ccl.fields.soft_targets_problem` reads a checkpoint
 
     def state(self) -> dict:
-        state = {"images": self.images, "labels": self.labels, "classes": list(self.classes)}
-        if len(self.soft):
-            state["soft_targets"] = self.soft
-        return {**state, "logits": self.logits} if self.record_logits else state
+        return {**self.rows.state(), "classes": list(self.classes)}
 
     def checkpoint(self) -> dict:
         return self.state()
@@ -177,13 +197,13 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
                                           self.device)
         shape = strategy.experience.dataset[0][0].shape
         empty = self.codec.encode(torch.zeros(self._reservoir.size, *shape, device=self.device))
-        self.images = torch.cat([k[0] for k in kept] + [empty])
-        self.labels = torch.cat([k[1] for k in kept] + [self._reservoir.labels])
+        self.images = torch.cat([k.images for k in kept] + [empty])
+        self.labels = torch.cat([k.labels for k in kept] + [self._reservoir.labels])
         if self.record_logits and kept:
-            self.logits = torch.cat([k[2] for k in kept])  # the stream slots' rows join at the first forward
+            self.logits = torch.cat([k.logits for k in kept])  # the stream slots' rows join at the first forward
         if len(self.soft):  # stream samples are real: no soft target
-            self.soft = torch.cat([k[3] for k in kept] + [self.soft.new_full((self._reservoir.size,
-                                                                              self.soft.shape[1]), float("nan"))])
+            self.soft = torch.cat([k.soft for k in kept] + [self.soft.new_full((self._reservoir.size,
+                                                                                self.soft.shape[1]), float("nan"))])
 
     def after_training_epoch(self, strategy, **kwargs):
         if self.recorder is not None:
@@ -195,7 +215,7 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         super().before_training_iteration(strategy, **kwargs)
 
     def before_forward(self, strategy, **kwargs):
-        self.last_draw = None
+        strategy.replay_batch = None  # until a draw hands one
         reservoir = self._reservoir
         if not self._replays_now():
             return
@@ -249,13 +269,13 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         start = time.perf_counter()
         self.classes += new_classes
         budget = slots_per_class(self.mem_size, self.classes)
-        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]  # (images, labels, logits)
+        kept = [self._first(c, budget[c]) for c in self.classes if c not in new_classes]
         stats: dict = {}
         if new_classes:
             real, labels = self.real_images(new_classes)
             context = None
             if kept:
-                context = (self.codec.decode(torch.cat([k[0] for k in kept])), torch.cat([k[1] for k in kept]))
+                context = (self.codec.decode(torch.cat([k.images for k in kept])), torch.cat([k.labels for k in kept]))
             seen = set(self.classes)
             upcoming = [g for g in self.schedule if not seen.issuperset(g)]
             later = future_shares(self.mem_size, self.classes, upcoming)
@@ -265,37 +285,24 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
             images, image_labels = filled
             stats = dict(self.filler.stats)
             stored = self.codec.encode(images.to(self.device))
-            soft = getattr(filled, "soft_labels", None)
-            if soft is None and len(self.soft):
-                soft = self.soft.new_full((len(image_labels), self.soft.shape[1]), float("nan"))
-            kept.append((stored, image_labels.to(self.device), self._logits_of(stored, learner),
-                         soft.to(self.device) if soft is not None else self.soft))
-            if soft is not None and not len(self.soft):  # the first soft rows: the older ones get NaN
-                kept = [k[:3] + (soft.new_full((len(k[1]), soft.shape[1]), float("nan"), device=self.device),)
-                        for k in kept[:-1]] + kept[-1:]
-        self.images = torch.cat([k[0] for k in kept])
-        self.labels = torch.cat([k[1] for k in kept])
-        self.logits = torch.cat([k[2] for k in kept])
-        self.soft = torch.cat([k[3] for k in kept])
-        if len(self.soft) and bool(self.soft.isnan().all()):  # no row has one (every class refused): none kept,
-            self.soft = self.soft.new_empty(0)  # as `ccl.fields.soft_targets_problem` reads a checkpoint
+            soft = getattr(filled, "soft_labels", None)  # rows without one get NaN (Rows.cat)
+            kept.append(Rows(stored, image_labels.to(self.device), self._logits_of(stored, learner),
+                             soft.to(self.device) if soft is not None else None))
+        self._keep(Rows.cat(kept))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
                                 "slots": {str(c): n for c, n in budget.items()}, **stats})
 
-    def _first(self, c: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class c's first k rows: (images, labels, logits, soft targets); a field the
-        memory does not hold comes back empty."""
-        idx = torch.nonzero(self.labels == c).flatten()[:k]
-        return (self.images[idx], self.labels[idx], self.logits[idx] if self.record_logits else self.logits,
-                self.soft[idx] if len(self.soft) else self.soft)
+    def _first(self, c: int, k: int) -> Rows:
+        """Class c's first k rows."""
+        return self.rows.take(torch.nonzero(self.labels == c).flatten()[:k])
 
-    def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor:
+    def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor | None:
         """(n, classes) logits of the images as stored (after the codec), as DER records
-        them when a sample enters its buffer; empty unless a strategy asks for them."""
+        them when a sample enters its buffer; None unless a strategy asks for them."""
         if not self.record_logits:
-            return self.logits
+            return None
         return learner_features(learner, self.codec.decode(stored), logits=True).float()
 
     def checkpoint(self) -> dict:
@@ -324,10 +331,11 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
 
 class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """The buffer of the ER, ER-ACE and DER papers (mammoth's `Buffer`), on the device:
-    every stream sample is offered to one reservoir of `mem_size` slots over the whole
-    stream (Vitter's algorithm R), so the memory is a uniform sample of everything seen,
-    whatever its class, and a sample enters after the optimiser step of the minibatch
-    that brought it, with the logits that step's forward gave it (DER's). Replay draws `mem_batch` distinct samples
+    every stream sample is offered to one buffer of `mem_size` rows over the whole stream,
+    whose policy (`buffer`, by default Vitter's algorithm R, so the memory is a uniform
+    sample of everything seen, whatever its class; `ccl.memory.buffers`) says which row it
+    takes; a sample enters after the optimiser step of the minibatch that brought it, with
+    the logits that step's forward gave it (DER's). Replay draws `mem_batch` distinct samples
     (mammoth: `np.random.choice(..., replace=False)`), `draws` times independently.
 
     Departs from mammoth: the samples of one minibatch are offered together (two that
@@ -337,13 +345,19 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
     """
 
     def __init__(self, mem_size: int, mem_batch: int, device: torch.device, codec: MemoryCodec | None = None,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds()):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None, needs: MemoryNeeds = MemoryNeeds(),
+                 buffer: type[ReservoirBuffer] = ReservoirBuffer):
         super().__init__(mem_size, mem_batch, device, codec, augment, needs)
-        self.seen = 0  # stream samples offered so far
+        self.buffer = buffer(mem_size)  # which row each stream sample takes
         self._rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # all mem_size rows
 
+    @property
+    def seen(self) -> int:
+        """Stream samples offered so far."""
+        return self.buffer.seen
+
     def before_forward(self, strategy, **kwargs):
-        self.last_draw = None
+        strategy.replay_batch = None  # until a draw hands one
         filled = len(self.labels)
         if not self._replays_now():
             return
@@ -362,9 +376,7 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
         x, y = self._stream
         if self._rows is None:  # allocated at the first sample, when its shape is known
             self._allocate(x.shape[1:], strategy.mb_output.shape[1])
-        nth = self.seen + torch.arange(1, len(y) + 1, device=y.device)  # (B,)
-        self.seen += len(y)
-        rows = last_wins(reservoir_slots(nth, self.mem_size))  # (B,) -1: not kept
+        rows = self.buffer.rows(y)  # (B,) -1: not kept
         # Every sample is written, those not kept to the spare row past the memory: a
         # boolean selection of the kept ones would wait for the device (a host sync).
         rows = torch.where(rows >= 0, rows, self.mem_size)
@@ -398,11 +410,12 @@ class ReservoirMemoryPlugin(ReplayMemoryPlugin):
                                 "per_class": {str(c): counts[c] for c in self.classes}})
 
     def checkpoint(self) -> dict:
-        return {**self.state(), "seen": self.seen, "logits": self.logits}
+        return {**self.state(), **self.buffer.state(), "logits": self.logits}
 
     def restore(self, state: dict) -> None:
-        self.classes, self.seen = list(state["classes"]), int(state["seen"])
+        self.classes = list(state["classes"])
         images, labels, logits = state["images"], state["labels"], state["logits"]
+        self.buffer.restore(state, labels)
         if len(labels):
             self._allocate(images.shape[1:], logits.shape[1] if self.record_logits else 1)
             for rows, stored in zip(self._rows, (images, labels, logits if self.record_logits else None)):
@@ -458,26 +471,6 @@ class StreamReservoir:
         self.seen += onehot.sum(0)
         slot = reservoir_slots(nth, self.caps[k])
         return last_wins(torch.where(new & (slot >= 0), self.starts[k] + slot, -1))
-
-
-def reservoir_slots(nth: torch.Tensor, cap: torch.Tensor | int) -> torch.Tensor:
-    """Vitter's algorithm R for a batch: the slot the n-th sample offered to a reservoir of
-    `cap` slots takes (nth counts from 1), or -1. The first `cap` samples fill the slots in
-    order; the n-th after them replaces a uniform one of them with probability cap / n
-    (mammoth's `reservoir`: randint(0, n) < cap)."""
-    slot = torch.where(nth <= cap, nth - 1, (torch.rand(nth.shape, device=nth.device) * nth).long())
-    return torch.where(slot < cap, slot, -1)
-
-
-def last_wins(rows: torch.Tensor) -> torch.Tensor:
-    """`rows` with all but the last of the samples that take the same row set to -1: two
-    samples of one minibatch offered one after the other, the later one overwrites."""
-    order = torch.argsort(rows * len(rows) + torch.arange(len(rows), device=rows.device))
-    last = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
-    last[:-1] = rows[order][:-1] != rows[order][1:]
-    wins = torch.zeros_like(last)
-    wins[order] = last
-    return torch.where(wins, rows, -1)
 
 
 class AugmentPlugin(SupervisedPlugin):

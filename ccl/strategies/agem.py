@@ -20,7 +20,8 @@ class AGEMPlugin(ReplayLoss):
     forward would give. The reference gradient takes the memory's hard labels; soft
     targets (PAD's learned labels) are not used."""
 
-    def loss(self, output, y, stream):
+    def loss(self, output, y, batch):
+        stream = batch.stream
         memory_loss = F.cross_entropy(output[stream:], y[stream:])
         self.reference = torch.autograd.grad(memory_loss, self.params, retain_graph=True, allow_unused=True)
         return F.cross_entropy(output[:stream], y[:stream])

@@ -3,15 +3,17 @@ on-device memory's minibatch split.
 
 A strategy is an Avalanche plugin over an on-device memory (`ReplayMemoryPlugin`,
 class-balanced or reservoir), which appends memory samples to each minibatch once it is on
-the device: the minibatch is the stream's B samples followed by `draws` memory batches of
-`mem_batch` each, and the memory records which images it drew (`last_draw`). A loss
-strategy's loss over that split is the Avalanche strategy's criterion for training steps
-(`ReplayLoss.before_training`); evaluation keeps the template's own criterion, and every
-other plugin's additions to `strategy.loss` stay.
+the device and hands the strategy the step's `ReplayBatch` (`strategy.replay_batch`): the
+stream's B samples come first, then `draws` memory batches, with the drawn rows' logits
+and soft targets. A loss strategy's loss is a function of (output, targets, batch), the
+Avalanche strategy's criterion for training steps (`ReplayLoss.before_training`);
+evaluation keeps the template's own criterion, and every other plugin's additions to
+`strategy.loss` stay.
 
 What a strategy needs of the memory (`draws`, the learner's logits per row) its registry
-entry declares (`memory_needs`), and the memory is built with it: the strategy reads the
-memory and never sets its attributes.
+entry declares (`memory_needs`), and the memory is built with it. A strategy never reads
+or writes the memory's attributes: beside the batch it sees the whole memory only through
+a read-only `MemoryView` (`ReplayLoss.memory()`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from ccl.memory import MemoryNeeds, ReplayMemoryPlugin
+from ccl.memory import MemoryNeeds, MemoryView, ReplayBatch, ReplayMemoryPlugin
 from ccl.registry import Registry
 from ccl.training import soft_cross_entropy
 
@@ -82,9 +84,10 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 class ReplayLoss(SupervisedPlugin):
-    """Base: `loss(output, y, stream)` is the criterion of every training step, where
-    `stream` is the number of stream samples at the front of the minibatch (the rest came
-    from memory).
+    """Base: `loss(output, y, batch)` is the criterion of every training step that
+    replayed, where `batch` (a `ReplayBatch`) says how many stream samples are at the
+    front of the minibatch and carries the replayed rows' logits and soft targets; a step
+    that replayed nothing takes plain cross-entropy.
 
     Avalanche's training step is `loss = 0; loss += strategy.criterion(); before_backward
     (plugins add their terms); backward`, and `criterion()` is the template's criterion on
@@ -100,7 +103,8 @@ class ReplayLoss(SupervisedPlugin):
 
     def __init__(self, memory: ReplayMemoryPlugin, settings: Any = None):
         super().__init__()
-        self.memory, self.settings = memory, settings
+        self.memory: Callable[[], MemoryView] = memory.view  # the whole memory, read-only
+        self.settings = settings
 
     def before_training(self, strategy, **kwargs):
         if not isinstance(vars(strategy).get("criterion"), TrainingCriterion):  # not in place from a failed train()
@@ -111,26 +115,24 @@ class ReplayLoss(SupervisedPlugin):
         if isinstance(installed, TrainingCriterion) and installed.loss is self:
             installed.remove()
 
-    def training_loss(self, output: torch.Tensor, y: torch.Tensor, template: Callable[[], torch.Tensor]
-                      ) -> torch.Tensor:
-        """The loss of a training step over (output, y), the minibatch with its memory rows;
-        `template()` is the template's own criterion on it (ER keeps it)."""
-        return self(output, y)
+    def training_loss(self, output: torch.Tensor, y: torch.Tensor, batch: ReplayBatch | None,
+                      template: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The loss of a training step over (output, y), the minibatch with its memory rows
+        (`batch`: what was replayed, None: nothing); `template()` is the template's own
+        criterion on it (ER keeps it)."""
+        return self(output, y, batch)
 
-    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        drawn = self.memory.last_draw
-        stream = len(y) - (0 if drawn is None else len(drawn))
-        if drawn is None:  # nothing in memory yet (first experience): plain cross-entropy
+    def __call__(self, output: torch.Tensor, y: torch.Tensor, batch: ReplayBatch | None) -> torch.Tensor:
+        if batch is None:  # nothing in memory yet (first experience): plain cross-entropy
             return F.cross_entropy(output, y)
-        return self.loss(output, y, stream)
+        return self.loss(output, y, batch)
 
-    def loss(self, output: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
+    def loss(self, output: torch.Tensor, y: torch.Tensor, batch: ReplayBatch) -> torch.Tensor:
         raise NotImplementedError
 
-    def memory_cross_entropy(self, output: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of replayed memory rows `rows`: to their soft targets where
-        the memory holds them (`SoftTargetSettings.temperature`), else to their labels."""
-        soft = self.memory.soft_targets(rows)
+    def memory_cross_entropy(self, output: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        """Mean cross-entropy of replayed memory rows: to their soft targets `soft` where
+        they have one (`SoftTargetSettings.temperature`; None: no row has), else to their labels."""
         if soft is None:
             return F.cross_entropy(output, y)
         return soft_cross_entropy(output, y, soft, self.settings.temperature).mean()
@@ -142,23 +144,21 @@ class ERPlugin(ReplayLoss):
     rows take cross-entropy to softmax(target / temperature) and the rest their labels,
     averaged over the whole minibatch as the criterion is."""
 
-    def training_loss(self, output, y, template):
-        soft = self.soft_loss(output, y)
+    def training_loss(self, output, y, batch, template):
+        soft = self.soft_loss(output, y, batch)
         return template() if soft is None else soft
 
-    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        soft = self.soft_loss(output, y)
+    def __call__(self, output: torch.Tensor, y: torch.Tensor, batch: ReplayBatch | None) -> torch.Tensor:
+        soft = self.soft_loss(output, y, batch)
         return F.cross_entropy(output, y) if soft is None else soft
 
-    def soft_loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    def soft_loss(self, output: torch.Tensor, y: torch.Tensor, batch: ReplayBatch | None) -> torch.Tensor | None:
         """The minibatch's mean cross-entropy with the replayed rows' soft targets, or None
         where no replayed row has one."""
-        drawn = self.memory.last_draw
-        soft = None if drawn is None else self.memory.soft_targets(drawn)
-        if soft is None:
+        if batch is None or batch.soft is None:
             return None
-        stream = len(y) - len(drawn)
-        soft = torch.cat([soft.new_full((stream, soft.shape[1]), float("nan")), soft])  # stream rows: none
+        soft = batch.soft
+        soft = torch.cat([soft.new_full((batch.stream, soft.shape[1]), float("nan")), soft])  # stream rows: none
         return soft_cross_entropy(output, y, soft, self.settings.temperature).mean()
 
 
@@ -177,7 +177,9 @@ class TrainingCriterion:
         strategy = self.strategy
         if not strategy.is_training:
             return self.template()
-        return self.loss.training_loss(strategy.mb_output, strategy.mb_y, self.template)
+        # the memory plugin's hand-over of this step (before_forward); none from a plugin that never replays
+        batch = getattr(strategy, "replay_batch", None)
+        return self.loss.training_loss(strategy.mb_output, strategy.mb_y, batch, self.template)
 
     def remove(self) -> None:
         if self.shadowed is None:

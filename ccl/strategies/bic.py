@@ -53,13 +53,13 @@ class BiCPlugin(ReplayLoss):
 
     def before_training_exp(self, strategy, **kwargs):
         self.strategy = strategy
-        self.old = list(self.memory.classes)
+        self.old = list(self.memory().classes)
         self.new = sorted(set(strategy.experience.classes_in_this_experience) - set(self.old))
         self.teacher = None
         if self.old:
             self.teacher = BiasCorrected(copy.deepcopy(strategy.model), *self.bias).eval().requires_grad_(False)
 
-    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, output: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
         ce = F.cross_entropy(output, y)
         if self.teacher is None:
             return ce
@@ -72,17 +72,18 @@ class BiCPlugin(ReplayLoss):
 
     def after_training_exp(self, strategy, **kwargs):
         """Fit alpha and beta on the memory (after its update: this plugin goes after it)."""
-        if not self.old or not len(self.memory.labels):
+        memory = self.memory()
+        if not self.old or not len(memory.labels):
             return
         with torch.no_grad():
-            logits = learner_features(strategy.model, self.memory.codec.decode(self.memory.images), logits=True)
+            logits = learner_features(strategy.model, memory.images, logits=True)
         cols = torch.tensor(self.new, device=logits.device)
         alpha = torch.ones((), device=logits.device, requires_grad=True)
         beta = torch.zeros((), device=logits.device, requires_grad=True)
         optimiser = torch.optim.SGD([alpha, beta], lr=self.settings.bias_lr, momentum=0.9)
         for _ in range(self.settings.bias_steps):
             corrected = logits.index_copy(1, cols, alpha * logits[:, cols] + beta)
-            loss = F.cross_entropy(corrected, self.memory.labels)
+            loss = F.cross_entropy(corrected, memory.labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -42,25 +42,25 @@ class DERPlugin(ReplayLoss):
     logits instead of the learner's, and DER++'s cross-entropy to its softmax."""
 
     def __init__(self, memory, settings: DERSettings = DERSettings()):
-        needs = der_memory(settings)
-        if (memory.draws, memory.record_logits) != (needs.draws, needs.logits):
-            raise ValueError(f"DER with beta={settings.beta} needs a memory built with {needs} "
-                             f"(its strategy entry's memory_needs), not draws={memory.draws}, "
-                             f"logits={memory.record_logits}")
         super().__init__(memory, settings)
         self.alpha, self.beta = settings.alpha, settings.beta
+        self.needs = der_memory(settings)
 
-    def loss(self, output, y, stream):
-        drawn = self.memory.last_draw  # (draws * n,) memory indices
-        n = len(drawn) // self.memory.draws  # mem_batch, or fewer while a reservoir holds fewer
+    def loss(self, output, y, batch):
+        if (batch.draws, batch.logits is not None) != (self.needs.draws, self.needs.logits):
+            raise ValueError(f"DER with beta={self.beta} needs a memory built with {self.needs} (its strategy "
+                             f"entry's memory_needs), not one that draws {batch.draws} batches "
+                             f"{'with' if batch.logits is not None else 'without'} logits")
+        stream, n = batch.stream, batch.per_draw  # n: mem_batch, or fewer while a reservoir holds fewer
         loss = F.cross_entropy(output[:stream], y[:stream])
-        target = self.memory.logits[drawn[:n]]  # (n, classes)
-        soft = self.memory.soft_targets(drawn[:n])
+        target = batch.logits[:n]  # (n, classes)
+        soft = batch.soft
         if soft is not None:
-            target = torch.where(soft.isnan(), target, soft)
+            target = torch.where(soft[:n].isnan(), target, soft[:n])
         loss = loss + self.alpha * F.mse_loss(output[stream:stream + n], target)
         if self.beta > 0:
-            loss = loss + self.beta * self.memory_cross_entropy(output[stream + n:], y[stream + n:], drawn[n:])
+            loss = loss + self.beta * self.memory_cross_entropy(output[stream + n:], y[stream + n:],
+                                                                None if soft is None else soft[n:])
         return loss
 
 

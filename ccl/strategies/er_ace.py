@@ -42,18 +42,19 @@ class ACEPlugin(ReplayLoss):
     def old_classes(self, output: torch.Tensor) -> torch.Tensor:
         """(num_classes,) bool: the classes of earlier experiences, built again only when
         an experience has added some (not a new tensor from a list at every step)."""
-        classes = tuple(self.memory.classes)
+        classes = self.memory().classes
         if self._old is None or self._old[0] != classes or self._old[1].device != output.device:
             mask = torch.zeros(output.shape[1], dtype=torch.bool, device=output.device)
             mask[list(classes)] = True
             self._old = (classes, mask)
         return self._old[1]
 
-    def loss(self, output, y, stream):
+    def loss(self, output, y, batch):
+        stream = batch.stream
         hidden = self.old_classes(output).index_fill(0, y[:stream], False)  # old classes this batch does not hold
         stream_logits = output[:stream].masked_fill(hidden, torch.finfo(output.dtype).min)
         return (F.cross_entropy(stream_logits, y[:stream])
-                + self.memory_cross_entropy(output[stream:], y[stream:], self.memory.last_draw))
+                + self.memory_cross_entropy(output[stream:], y[stream:], batch.soft))
 
 
 STRATEGIES.register("er-ace", "ER with asymmetric cross-entropy (Caccia et al. 2022)")(

@@ -15,12 +15,12 @@ class FinetunePlugin(SupervisedPlugin):
 
     def __init__(self, memory, epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int):
         super().__init__()
-        self.memory, self.epochs, self.batch_size = memory, epochs, batch_size
+        self.memory, self.epochs, self.batch_size = memory.view, epochs, batch_size  # the memory, read-only
         self.optimiser_settings = dict(lr=lr / 10, momentum=momentum, weight_decay=weight_decay)
 
     def after_training_exp(self, strategy, **kwargs):
-        memory, model = self.memory, strategy.model
-        images, labels = memory.codec.decode(memory.images), memory.labels  # (M, C, H, W), (M,)
+        memory, model = self.memory(), strategy.model
+        images, labels = memory.images, memory.labels  # (M, C, H, W), (M,)
         everything = torch.arange(len(labels), device=labels.device)  # (M,)
         optimizer = torch.optim.SGD(model.parameters(), **self.optimiser_settings)
         for _ in range(self.epochs):

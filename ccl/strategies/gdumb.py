@@ -123,12 +123,14 @@ class GDumbPlugin(SupervisedPlugin):
 
     def __init__(self, memory, settings: GDumbSettings = GDumbSettings()):
         super().__init__()
-        self.memory, self.settings = memory, settings
+        # the whole memory, read-only, and the one thing GDumb asks of it: fill the new classes'
+        # slots (a class-balanced memory's `update`; the runner refuses GDumb over the others)
+        self.memory, self.fill, self.settings = memory.view, getattr(memory, "update", None), settings
         self.run_training: tuple[int, int] | None = None  # the strategy's epochs and minibatch size
 
     def before_train_dataset_adaptation(self, strategy, **kwargs):
-        new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.memory.classes)
-        self.memory.update(new, strategy.model)
+        new = sorted(c for c in strategy.experience.classes_in_this_experience if c not in self.memory().classes)
+        self.fill(new, strategy.model)
         reinitialise(strategy.model)
         strategy.optimized_param_id = None  # a fresh learner: Avalanche resets the optimiser too
         # Before Avalanche builds the data loader and the other plugins read the epochs
@@ -141,8 +143,8 @@ class GDumbPlugin(SupervisedPlugin):
     def after_train_dataset_adaptation(self, strategy, **kwargs):
         from avalanche.benchmarks.utils.classification_dataset import \
             _make_taskaware_tensor_classification_dataset as tensor_dataset
-        images = self.memory.codec.decode(self.memory.images).cpu()
-        labels = self.memory.labels.cpu()
+        memory = self.memory()
+        images, labels = memory.images.cpu(), memory.labels.cpu()
         strategy.adapted_dataset = tensor_dataset(images, labels, targets=labels, task_labels=0)
 
     def before_training_iteration(self, strategy, **kwargs):
@@ -153,8 +155,9 @@ class GDumbPlugin(SupervisedPlugin):
             group["lr"] = lr
 
     def before_forward(self, strategy, **kwargs):
-        if self.memory.augment is not None:
-            strategy.mbatch[0] = self.memory.augment(strategy.mbatch[0])
+        augment = self.memory().augment
+        if augment is not None:
+            strategy.mbatch[0] = augment(strategy.mbatch[0])
 
     def before_update(self, strategy, **kwargs):
         if self.settings.clip > 0:

@@ -28,11 +28,12 @@ class ICaRLPlugin(ReplayLoss):
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
         self.strategy = strategy
-        self.old_classes = torch.tensor(self.memory.classes, dtype=torch.long)
-        self.seen = sorted(set(self.memory.classes) | set(strategy.experience.classes_in_this_experience))
-        self.old = copy.deepcopy(strategy.model).eval().requires_grad_(False) if self.memory.classes else None
+        old_classes = list(self.memory().classes)
+        self.old_classes = torch.tensor(old_classes, dtype=torch.long)
+        self.seen = sorted(set(old_classes) | set(strategy.experience.classes_in_this_experience))
+        self.old = copy.deepcopy(strategy.model).eval().requires_grad_(False) if old_classes else None
 
-    def __call__(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, output: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
         targets = F.one_hot(y, output.shape[1]).float()  # (B, C)
         if self.old is not None:
             with torch.no_grad():
@@ -43,15 +44,16 @@ class ICaRLPlugin(ReplayLoss):
         return F.binary_cross_entropy_with_logits(output[:, seen], targets[:, seen])
 
     def before_eval(self, strategy, **kwargs):
-        if not len(self.memory.labels):
+        memory = self.memory()
+        if not len(memory.labels):
             return
-        learner, images = strategy.model, self.memory.codec.decode(self.memory.images)
+        learner, images = strategy.model, memory.images
         features = F.normalize(learner_features(learner, images), dim=1)  # (M, d)
         classes = learner_features(learner, images[:1], logits=True).shape[1]
         means = torch.zeros(classes, features.shape[1], device=features.device)  # (C, d)
         present = torch.zeros(len(means), dtype=torch.bool, device=features.device)
-        means.index_add_(0, self.memory.labels, features)
-        present[self.memory.labels] = True
+        means.index_add_(0, memory.labels, features)
+        present[memory.labels] = True
         means = F.normalize(means, dim=1)
         self.model, strategy.model = learner, NearestMean(learner, means, present)
 
