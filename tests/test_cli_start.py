@@ -49,7 +49,7 @@ COMMANDS = [
      "--strategy-set alfa: strategy 'der' has no such setting (did you mean alpha?); its settings: alpha, beta"),
     (["run", "--epochs", "x"], 2, "'x' is not a valid integer"),
     (["run", "--mem-size", "0"], 2, "--mem-size must be at least 1, got 0"),
-    (["run", "--lr", "nan"], 2, "--lr must be in"),
+    (["run", "--lr", "nan"], 2, "run.lr: expected a finite number"),
     (["compare", "--memory", "herding,datadm"], 2, "unknown memory 'datadm' (did you mean datadam?)"),
     (["compare", "--memory", "random,herding", "--set", "iterations=2"], 2,
      "--set iterations: none of the memories random, herding has a setting 'iterations'"),
