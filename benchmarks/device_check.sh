@@ -40,17 +40,19 @@ logs=$work/logs sets=$work/sets
 rm -rf "$logs" "$sets" "$work/mammoth" && mkdir -p "$logs" "$sets"
 : > "$out/steps.tsv"
 
-# step NAME SECONDS COMMAND...: COMMAND under a time limit, its output in logs/NAME.log, and
-# a line "NAME exit-status seconds" in steps.tsv whatever it did.
+# step NAME SECONDS COMMAND...: COMMAND under a time limit (never past the deadline; under
+# TINY the deadline alone, as a loaded CPU is slow everywhere), its output in logs/NAME.log,
+# and a line "NAME exit-status seconds" in steps.tsv whatever it did.
 step() {
   local name=$1 limit=$2 began=$(date +%s) rc; shift 2
+  [ -n "${TINY:-}" ] || [ "$limit" -gt "$(left)" ] && limit=$(left)
   timeout "$limit" "$@" > "$logs/$name.log" 2>&1; rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - began ))" >> "$out/steps.tsv"
   return $rc
 }
 
 if [ -n "${TINY:-}" ]; then  # seconds on a CPU, every command as on the GPU
-  run_size="--epochs 1 --train-per-class 6"
+  run_size="--epochs 1 --train-per-class 6 --mem-size 20"
   set_size="--train-per-class 10"; datadam_size="--set iterations=2"; eval_size="--epochs 2 --networks 1"
   pad_size="--train-per-class 10 --set width=16 --set num_experts=1 --set score_networks=1 --set score_epochs=1
             --set max_start_epoch=1 --set expert_epochs=1 --set syn_steps=2 --set iterations=2"
@@ -73,7 +75,7 @@ if [ -f "$data" ]; then
 fi
 
 { command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  step versions 60 "$py" -c "import sys, torch, avalanche, ccl.cli
+  step versions 60 "$py" -c "import sys, ccl.cli, torch, avalanche  # ccl first: it stands in for the wandb avalanche imports
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
       'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None, 'avalanche', avalanche.__version__)"
   cat "$logs/versions.log"

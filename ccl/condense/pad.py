@@ -847,7 +847,8 @@ def _given_experts(experts: list[Trajectory], settings: PADSettings, num_classes
                    shape: tuple[int, ...], device: torch.device | str) -> list[Trajectory]:
     """`condense`'s experts= on `device`, or ValueError where they cannot be these settings'
     networks on these classes, or are too short for the segments matching draws."""
-    size = parameter_count(settings, num_classes, shape)
+    with torch.random.fork_rng(devices=[]):  # counting builds a network: its init draws nothing of the run's
+        size = parameter_count(settings, num_classes, shape)
     needed = settings.max_start_epoch + settings.expert_epochs + 1
     if not experts:
         raise ValueError("experts= is empty: pass trajectories, or None to train them")
