@@ -29,9 +29,13 @@
 # to seconds on a CPU (tests/test_device_check.py runs it so, end to end, on generated
 # data): a GPU call then fails only for what the GPU brings.
 set -uo pipefail
-data=${1:?CIFAR-10 folder or .tar.gz}; out=${2:?output folder}
+data=$(realpath "${1:?CIFAR-10 folder or .tar.gz}"); out=${2:?output folder}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
+[ -n "${WHEELS:-}" ] && WHEELS=$(realpath "$WHEELS"); [ -n "${EXPERTS:-}" ] && EXPERTS=$(realpath "$EXPERTS")
+cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
+# This tree's ccl, for the scripts run by path too: the GPU machine has none installed.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2  # many runs share the machine's cores
 deadline=$(( $(date +%s) + ${BUDGET:-510} ))
 left() { local s=$(( deadline - $(date +%s) - ${1:-0} )); echo $(( s > 5 ? s : 5 )); }
@@ -67,7 +71,7 @@ fi
 if [ -n "${WHEELS:-}" ]; then  # no registry there: only what the folder holds, nothing pulled in
   step install 120 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --find-links "$WHEELS" --target "$work/site" --upgrade -r "$WHEELS/requirements.txt"
-  export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$PYTHONPATH:$work/site"
 fi
 if [ -f "$data" ]; then
   rm -rf "$work/data" && mkdir -p "$work/data" && step unpack 60 tar -xzf "$data" -C "$work/data"
@@ -107,7 +111,8 @@ done
 
 workers=$("$py" -c "import xdist" 2>/dev/null && echo "-n 6")  # pytest-xdist, where installed
 ( step cuda-tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-  step suite "$(left 30)" "$py" -m pytest -q -p no:cacheprovider $workers $suite ) &
+  # not tests/test_device_check.py: it runs this script
+  step suite "$(left 30)" "$py" -m pytest -q -p no:cacheprovider $workers --ignore=tests/test_device_check.py $suite ) &
 wait
 
 # Every run's figures, finished or cut (results.json, else the checkpoint's rows so far),
