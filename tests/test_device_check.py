@@ -85,7 +85,7 @@ def test_device_check_runs_every_step_at_a_tiny_budget(tmp_path):
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     assert "avalanche" in (out / "device.txt").read_text()
     runs = json.loads((out / "runs.json").read_text())
-    assert sorted(r["config"]["strategy"] for r in runs.values()) == ["der++", "er"]
+    assert sorted(r["config"]["run"]["strategy"] for r in runs.values()) == ["der++", "er"]
     assert all(len(r["accuracy_matrix"]) == 5 for r in runs.values())  # every experience of Seq-CIFAR-10
     sets = json.loads((out / "sets.json").read_text())
     assert set(sets) == {"datadam-ipc1", "datadam-ipc10", "random-ipc1", "random-ipc10", "pad-ipc10"}
