@@ -6,6 +6,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 import pytest
 import torch
 
+import ccl  # noqa: F401  before any test module imports avalanche: ccl stands in for the wandb
+#            avalanche imports, which a machine with wandb but not its dependencies (the GPU
+#            image with benchmarks/device-requirements.txt) could not import
+
 warnings.filterwarnings("ignore", message="no QP solver")
 
 

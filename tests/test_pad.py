@@ -280,6 +280,52 @@ def test_condense_budget_shapes_and_finite():
     assert stats["score_s"] > 0 and stats["iterations"] == 3 and not stats["stopped"]
 
 
+def test_train_experts_prefix_is_the_start_of_the_whole_trajectory():
+    real, labels = two_class_data(n_per_class=20, classes=(0, 1))
+    order = {0: torch.arange(20), 1: torch.arange(20, 40)}
+    settings = tiny(expert_train_epochs=10, num_experts=1)
+    torch.manual_seed(0)
+    (whole,) = train_experts(real, labels, 2, "cpu", settings, order)
+    torch.manual_seed(0)
+    (prefix,) = train_experts(real, labels, 2, "cpu", settings, order, epochs=4)
+    assert len(prefix) == 5 and all(torch.equal(a, b) for a, b in zip(prefix, whole[:5]))  # the same schedule
+    with pytest.raises(ValueError, match="1..expert_train_epochs"):
+        train_experts(real, labels, 2, "cpu", settings, order, epochs=11)
+
+
+def test_condense_from_given_experts_is_condense_that_trains_them():
+    real, labels = two_class_data(size=16)  # classes 3 and 7: the networks see them as 0 and 1
+    settings, budget = tiny(scheduler=True, expert_train_epochs=4), {3: 2, 7: 2}
+    torch.manual_seed(0)
+    trained = condense(real, labels, budget, "cpu", settings, progress=False)
+    torch.manual_seed(0)
+    local = (labels == 7).long()
+    order = order_by_difficulty(el2n_scores(real, local, 2, "cpu", settings), local)
+    experts = train_experts(real, local, 2, "cpu", settings, order)
+    stats: dict = {}
+    given = condense(real, labels, budget, "cpu", settings, progress=False, stats=stats, experts=experts)
+    assert torch.equal(given[0], trained[0]) and torch.equal(given[1], trained[1])
+    assert stats["score_s"] == stats["experts_s"] == 0.0  # none trained
+    # matching reads no epoch past max_start_epoch + expert_epochs (2 here): a prefix does as well
+    prefix = [trajectory[:3] for trajectory in experts]
+    runs = []
+    for cached in (experts, prefix):
+        torch.manual_seed(1)
+        runs.append(condense(real, labels, budget, "cpu", settings, progress=False, experts=cached)[0])
+    assert torch.equal(*runs)
+
+
+def test_given_experts_that_do_not_fit_are_refused():
+    real, labels = two_class_data(size=16)
+    settings = tiny(scheduler=False)
+    three_classes = train_experts(real, torch.arange(24) % 3, 3, "cpu", settings)  # another output layer
+    with pytest.raises(ValueError, match="does not fit"):
+        condense(real, labels, {3: 2, 7: 2}, "cpu", settings, progress=False, experts=three_classes)
+    short = [t[:2] for t in train_experts(real, (labels == 7).long(), 2, "cpu", settings)]  # needs 3 vectors
+    with pytest.raises(ValueError, match="at least 3 vectors"):
+        condense(real, labels, {3: 2, 7: 2}, "cpu", settings, progress=False, experts=short)
+
+
 def test_fixed_images_join_the_minibatches_without_gradient():
     _, student, start, target, images, labels, lr = _student_setup()
     settings = tiny(max_start_epoch=0, expert_train_epochs=1, syn_steps=3, batch_syn=4)

@@ -191,8 +191,8 @@ def flat_parameters(net: nn.Module) -> torch.Tensor:
 
 def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  device: torch.device | str, settings: ExpertSettings,
-                 order: dict[int, torch.Tensor] | None = None) -> Trajectory:
-    """Train one expert and return its trajectory theta*_0 .. theta*_E on `device`.
+                 order: dict[int, torch.Tensor] | None = None, epochs: int | None = None) -> Trajectory:
+    """Train one expert and return its trajectory theta*_0 .. theta*_epochs on `device`.
 
     Args: as `train_experts`.
     """
@@ -200,15 +200,15 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     # Reference: SGD lr 0.01, no momentum, no weight decay.
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.expert_lr)
     dsa = augmenter(settings.dsa_settings if settings.dsa else None)
-    epochs = settings.expert_train_epochs
+    length = settings.expert_train_epochs  # the schedule's phases are fractions of it
     everything = torch.arange(images.shape[0], device=device)  # (N,)
     batch = expert_batch(settings, images.shape[0])  # one size for every epoch, from all N
     trajectory = [flat_parameters(net)]
-    for epoch in range(epochs):
+    for epoch in range(length if epochs is None else epochs):
         if order is None:
             indices = everything
         else:
-            indices = kept_indices(epoch, epochs, order, settings.schedule)
+            indices = kept_indices(epoch, length, order, settings.schedule)
         sgd_epoch(net, images, labels, indices, optimizer, batch, dsa)
         trajectory.append(flat_parameters(net))
     return trajectory
@@ -216,7 +216,7 @@ def train_expert(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   device: torch.device | str, settings: ExpertSettings,
-                  order: dict[int, torch.Tensor] | None = None) -> list[Trajectory]:
+                  order: dict[int, torch.Tensor] | None = None, epochs: int | None = None) -> list[Trajectory]:
     """Train `settings.num_experts` experts on the real data.
 
     Args:
@@ -228,10 +228,16 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
             expert_min_steps, dsa, scheduler, network shape).
         order: {class: indices easiest first} from `order_by_difficulty`; required when
             `settings.scheduler` is on, ignored (all data every epoch) when it is off.
+        epochs: train only the first `epochs` epochs of each expert's expert_train_epochs
+            (its schedule unchanged), a prefix of the whole trajectory: matching reads no
+            epoch past max_start_epoch + expert_epochs, and the rest is most of the cost.
+            None: all of them.
 
     Returns:
-        num_experts trajectories, each expert_train_epochs + 1 flat (P,) vectors.
+        num_experts trajectories, each epochs + 1 (expert_train_epochs + 1) flat (P,) vectors.
     """
+    if epochs is not None and not 1 <= epochs <= settings.expert_train_epochs:
+        raise ValueError(f"epochs must be in 1..expert_train_epochs ({settings.expert_train_epochs}), got {epochs}")
     if settings.scheduler and order is None:
         raise ValueError("settings.scheduler is on but no difficulty order was given; pass "
                          "order=order_by_difficulty(el2n_scores(...), labels) or set scheduler=False")
@@ -239,7 +245,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     if order is not None:
         order = {c: idx.to(device) for c, idx in order.items()}
     use_order = order if settings.scheduler else None
-    return [train_expert(images, labels, num_classes, device, settings, use_order)
+    return [train_expert(images, labels, num_classes, device, settings, use_order, epochs)
             for _ in range(settings.num_experts)]
 
 

@@ -61,7 +61,7 @@ from ccl.condense.bounds import channel_range, project_
 from ccl.condense.dsa import Draw, DSASettings, apply, sample_draw
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import (ExpertSchedule, LearnerTrajectory, Trajectory, expert_batch, flat_parameters,
-                                make_network, train_experts)
+                                make_network, parameter_count, train_experts)
 from ccl.models.convnet import NORMS
 from ccl.training import now, soft_cross_entropy
 
@@ -719,7 +719,8 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
              init: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              stats: dict | None = None,
              context: tuple[torch.Tensor, torch.Tensor] | None = None,
-             trajectory: LearnerTrajectory | None = None, checkpoint: LoopCheckpoint | None = None) -> Condensed:
+             trajectory: LearnerTrajectory | None = None, checkpoint: LoopCheckpoint | None = None,
+             experts: list[Trajectory] | None = None) -> Condensed:
     """Condense `real` into `budget` images per class with PAD (or MTT, see `mtt_settings`).
 
     Phases: EL2N scoring (only with the scheduler on), expert training on the given real
@@ -745,6 +746,11 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
             instead of trained experts (`match_learner`).
         checkpoint: optional `LoopCheckpoint` of the matching iterations (`distill`); the
             scoring and the experts are trained again on a resume, from the same draws.
+        experts: trajectories trained earlier (`train_experts` on these real images, their
+            classes relabelled 0..K-1 in budget order, under these settings), e.g. read
+            from a cache: no scoring and no expert training then. Each needs at least
+            max_start_epoch + expert_epochs + 1 vectors (a prefix, `train_experts(epochs=)`,
+            will do; soft labels and init "correct" then read its last vector).
 
     Returns:
         a `Condensed`: images (sum(budget), C, H, W) float32 on `device`, grouped by class
@@ -797,16 +803,19 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                       "lower syn_steps or raise expert_epochs", RuntimeWarning, stacklevel=2)
     timings = {"score_s": 0.0, "experts_s": 0.0, "match_s": 0.0}
 
-    began = now(device)
-    order = None
-    if settings.scheduler:
-        scores = el2n_scores(train_x, train_y, num_classes, device, settings)  # (N',)
-        order = order_by_difficulty(scores, train_y)
-    timings["score_s"] = now(device) - began
+    if experts is None:
+        began = now(device)
+        order = None
+        if settings.scheduler:
+            scores = el2n_scores(train_x, train_y, num_classes, device, settings)  # (N',)
+            order = order_by_difficulty(scores, train_y)
+        timings["score_s"] = now(device) - began
 
-    began = now(device)
-    trajectories = train_experts(train_x, train_y, num_classes, device, settings, order)
-    timings["experts_s"] = now(device) - began
+        began = now(device)
+        trajectories = train_experts(train_x, train_y, num_classes, device, settings, order)
+        timings["experts_s"] = now(device) - began
+    else:
+        trajectories = _given_experts(experts, settings, num_classes, tuple(real.shape[1:]), device)
 
     local_budget = {k: budget[c] for k, c in enumerate(classes)}
     syn_labels = torch.cat([torch.full((n,), k, dtype=torch.long, device=device)
@@ -838,6 +847,23 @@ def condense(real: torch.Tensor, labels: torch.Tensor, budget: dict[int, int],
                      depth=len(network.blocks),
                      context_images=0 if context is None else len(context_x), **info)
     return Condensed(images, out_labels, soft, all_ids if soft is not None else None)
+
+
+def _given_experts(experts: list[Trajectory], settings: PADSettings, num_classes: int,
+                   shape: tuple[int, ...], device: torch.device | str) -> list[Trajectory]:
+    """`condense`'s experts= on `device`, or ValueError where they cannot be these settings'
+    networks on these classes, or are too short for the segments matching draws."""
+    with torch.random.fork_rng(devices=[]):  # counting builds a network: its init draws nothing of the run's
+        size = parameter_count(settings, num_classes, shape)
+    needed = settings.max_start_epoch + settings.expert_epochs + 1
+    if not experts:
+        raise ValueError("experts= is empty: pass trajectories, or None to train them")
+    for trajectory in experts:
+        if len(trajectory) < needed or any(v.shape != (size,) for v in trajectory):
+            got = tuple(trajectory[0].shape) if len(trajectory) else ()
+            raise ValueError(f"an expert of {len(trajectory)} vectors of {got} does not fit: "
+                             f"these settings and {num_classes} classes need at least {needed} vectors of ({size},)")
+    return [[v.to(device).float() for v in trajectory] for trajectory in experts]
 
 
 @torch.no_grad()
