@@ -194,7 +194,8 @@ def cpu_advice(p: Prepared) -> str | None:
     if p.device.type != "cpu" or per_class <= CPU_IMAGES_PER_CLASS:
         return None
     return (f"note: no GPU, and {per_class:,} training images a class at width {p.config.width} are sized for "
-            "one (45 min or more on 2 CPU cores); on a CPU use --config cpu-protocol "
+            "one (an hour or more on 2 CPU cores: the estimate follows once minibatches are timed); on a CPU use "
+            "--config cpu-protocol "
             "(1,000 a class, a few minutes) or --config cpu-quick (under a minute)")
 
 

@@ -11,6 +11,16 @@ from ccl.estimate import RunClock, RunPlan
 from ccl.io import open_regular
 
 
+def shows_bar(stream) -> bool:
+    """Whether a progress bar on `stream` (tqdm's is stderr) is seen: a terminal with a
+    width. A terminal reporting zero columns draws no bar, so the run's estimate goes out
+    as a line instead."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or not a terminal
+        return False
+
+
 class Progress:
     """Avalanche plugin drawing one tqdm bar per experience with the running loss and,
     once the first minibatches are timed, the whole run's estimate (`ccl.estimate`); one
@@ -26,7 +36,7 @@ class Progress:
                 super().__init__()
                 self.bar = None
                 self.clock = RunClock(plan) if plan is not None else None
-                self.estimate_printed = sys.stdout.isatty()  # a terminal has the bar
+                self.estimate_printed = shows_bar(sys.stderr) and sys.stdout.isatty()  # a terminal has the bar
 
             def before_training_exp(self, strategy, **kw):
                 if self.clock:

@@ -1,6 +1,8 @@
 """The whole-run estimate's arithmetic (ccl.estimate), on a fake clock: no timing."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ccl.estimate import FORWARD_SHARE, READY_STEPS, SETTLED_SECONDS, WARMUP_STEPS, RunClock, RunPlan, duration
@@ -148,3 +150,22 @@ def test_a_condensation_counts_its_iterations_images_and_networks():
     assert settings.work(2, 200, 100, 128) == pytest.approx(10 * (2 * 64 / 3 + 200) * (0.25 + 1))  # real_epochs
     from ccl.condense.pad import PADSettings  # on the learner's trajectory: N student steps, and back through them
     assert PADSettings(iterations=10, syn_steps=5, expert="learner").work(2, 20, 100, 128) == 10 * 5 * 20 * 2
+
+
+def test_a_terminal_of_zero_columns_shows_no_bar_so_the_estimate_goes_out_as_a_line(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from ccl.logs import shows_bar
+
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        assert shows_bar(terminal)
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        assert not shows_bar(terminal)
+    os.close(leader)
+    with open(tmp_path / "log", "w") as log:
+        assert not shows_bar(log)

@@ -140,9 +140,15 @@ def test_a_tampered_checkpoint_is_one_line_and_the_folder_is_left_as_it_was(stop
     (lambda r: r.pop("memory_size"), "memory_size is missing"),
     (lambda r: r["forgetting"].pop(), "forgetting has 1 entries for 2 experiences done"),
     (lambda r: r["accuracy_matrix"][0].pop(), "accuracy_matrix[0] has 1 accuracies for 2 experiences"),
+    (lambda r: r.update(final_average_accuracy=1e308), "final_average_accuracy should be a finite number in [0, 1], "
+                                                       "not 1e+308"),
+    (lambda r: r["seen_accuracy"].__setitem__(0, -0.5), "seen_accuracy[0] should be a finite number in [0, 1]"),
+    (lambda r: r["forgetting"].__setitem__(1, 3.0), "forgetting[1] should be a finite number in [-1, 1]"),
+    (lambda r: r.update(total_seconds=float("nan")), "total_seconds should be a finite number >= 0, not nan"),
+    (lambda r: r["memory_size"].update(bytes=-1), "memory_size.bytes should be a finite number >= 0"),
 ])
-def test_a_results_file_missing_a_series_is_one_line_and_report_skips_that_run(tmp_path, finished, change,
-                                                                               problem):
+def test_a_results_file_missing_a_series_or_out_of_range_is_one_line_and_report_fails_that_run(
+        tmp_path, finished, change, problem):
     good, bad = tmp_path / "runs" / "good", tmp_path / "runs" / "bad"
     shutil.copytree(finished, good)
     shutil.copytree(finished, bad)
