@@ -86,7 +86,7 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
                            f"{values['memory_config']})")
         check_settings(values, [given.memory])
     from ccl.report import summary_table
-    from ccl.guards import Interrupted
+    from ccl.guards import Interrupted, signals_raise_interrupted
     from ccl.experiment import cpu_advice, device_description, make_config, new_run_dir, prepare
     from ccl.runner import resume_run, run as run_experiment
 
@@ -112,17 +112,20 @@ def run(config_file, overrides, no_download, class_order, runs_dir, quiet, resum
         else:
             cfg = make_config(**values)
             prepared = prepare(cfg)
-            run_dir = new_run_dir(runs_dir, cfg)
-            click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
-                       f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images), strategy {cfg.strategy}, "
-                       f"on {device_description(prepared.device)}; run folder {run_dir}")
-            if advice := cpu_advice(prepared):
-                click.echo(advice)
-            unused = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "batch_size") if flags.get(k) is not None]
-            if unused and prepared.strategy.own_training is not None:  # GDumb's fresh learner
-                click.echo(f"note: {', '.join(unused)} do not train the fresh learner of {cfg.strategy}, which "
-                           "has its own settings (--strategy-set epochs=N, lr=..., batch_size=...)", err=True)
-            run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
+            # From the folder on, SIGINT and SIGTERM leave it a status (`interrupted`), never none;
+            # before it (loading the data) a Ctrl-C simply stops.
+            with signals_raise_interrupted():
+                run_dir = new_run_dir(runs_dir, cfg)
+                click.echo(f"{cfg.scenario}: {len(prepared.experience_classes)} experiences, classes in order "
+                           f"{prepared.order}; memory {cfg.memory} ({cfg.mem_size} images), strategy {cfg.strategy}, "
+                           f"on {device_description(prepared.device)}; run folder {run_dir}")
+                if advice := cpu_advice(prepared):
+                    click.echo(advice)
+                unused = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "batch_size") if flags.get(k) is not None]
+                if unused and prepared.strategy.own_training is not None:  # GDumb's fresh learner
+                    click.echo(f"note: {', '.join(unused)} do not train the fresh learner of {cfg.strategy}, which "
+                               "has its own settings (--strategy-set epochs=N, lr=..., batch_size=...)", err=True)
+                run_dir = run_experiment(prepared, progress=not quiet, run_dir=run_dir, on_experience=_experience_line)
     except KeyboardInterrupt as e:
         folder = getattr(e, "run_dir", resume_dir)
         if not getattr(e, "finished", False):

@@ -115,6 +115,7 @@ def signals_deferred():
 class _Stop:
     """The first signal of a run, which asks it to stop at its next checkpoint (None: none yet)."""
     signum: int | None = None
+    depth = 0  # nested `signals_raise_interrupted` blocks: only the outermost installs and resets
 
 
 def stop_requested() -> bool:
@@ -149,14 +150,16 @@ def _interrupt(signum, frame):
 def signals_raise_interrupted():
     """For the duration of a run: the first SIGINT or SIGTERM asks it to stop at its next
     checkpoint (`stop_requested`), a second raises `Interrupted` at once."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _Stop.depth:
+        # Nested (the CLI installs them before it makes the run folder, the runner again
+        # around the run): the outer block's handlers stay, and a stop asked between keeps.
         yield
         return
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    _Stop.signum = None
+    _Stop.signum, _Stop.depth = None, 1
     try:
         yield
     finally:
-        _Stop.signum = None  # a later run in this process starts without a stop asked
+        _Stop.signum, _Stop.depth = None, 0  # a later run in this process starts without a stop asked
         for s, h in old.items():
             signal.signal(s, h)

@@ -300,11 +300,14 @@ def run(p: Prepared, runs_dir: Path = Path("runs"), progress: bool = True, run_d
     """Run a prepared experiment into a new folder under `runs_dir` (or `run_dir`, which must
     not exist yet, or be empty); returns the folder. `resume_run` continues one.
     `checkpoint_clock`: see `train_and_evaluate`."""
-    if run_dir is None:
-        run_dir = new_run_dir(runs_dir, p.config)
-    with folder_lock(run_dir, "a run"):
-        write_json(run_dir / "config.json", resolved_config(p))
-        return _run_locked(p, run_dir, progress, on_experience, resume=False, checkpoint_clock=checkpoint_clock)
+    # The handlers go in before the folder is made: a signal from here on leaves a folder
+    # with its configuration and the status `interrupted`, never one without a status.
+    with signals_raise_interrupted():
+        if run_dir is None:
+            run_dir = new_run_dir(runs_dir, p.config)
+        with folder_lock(run_dir, "a run"):
+            write_json(run_dir / "config.json", resolved_config(p))
+            return _run_locked(p, run_dir, progress, on_experience, resume=False, checkpoint_clock=checkpoint_clock)
 
 
 def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resume: bool,
@@ -313,6 +316,7 @@ def _run_locked(p: Prepared, run_dir: Path, progress: bool, on_experience, resum
     start = time.perf_counter()
     try:
         with signals_raise_interrupted():
+            stop_if_requested()  # a signal while the folder was being made: stop before any training
             results, mem_state = train_and_evaluate(p, run_dir, progress, on_experience, resume, checkpoint_clock)
             results = {"scenario": p.config.scenario, "memory": p.config.memory, "seed": p.config.seed,
                        "class_order": p.order, "experience_classes": p.experience_classes,

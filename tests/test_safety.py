@@ -172,3 +172,37 @@ def test_class_names_are_drawn_as_text(tmp_path):
     save_image_grid(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), (0, 0, 0), (1, 1, 1),
                     ["$\\foo$", "caf\udce9"], tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_a_sigterm_right_after_the_folder_is_made_leaves_it_interrupted_and_resumable(tmp_path):
+    """The signal lands between `new_run_dir` and the run's start: the handlers are already
+    in, so the folder gets its configuration and the status `interrupted` (before, SIGTERM
+    took its default action there and left a folder with no status), and its resume ends
+    with the matrix of an uninterrupted run."""
+    import subprocess
+    import sys
+    args = ["run", "--scenario", "split-digits", "--epochs", "1", "--train-per-class", "20", "--mem-size", "20",
+            "--width", "16", "--seed", "0", "--quiet", "--device", "cpu"]
+    signal_after_mkdir = (
+        "import os, signal, sys\n"
+        "import ccl.experiment as experiment\n"
+        "made = experiment.new_run_dir\n"
+        "def new_run_dir(*a, **k):\n"
+        "    folder = made(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return folder\n"
+        "experiment.new_run_dir = new_run_dir\n"
+        "from ccl.cli import main\n"
+        "main(sys.argv[1:])\n")
+    stopped = subprocess.run([sys.executable, "-c", signal_after_mkdir, *args, "--runs-dir", str(tmp_path / "a")],
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    (run_dir,) = (tmp_path / "a").iterdir()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "config.json").exists() and not (run_dir / "checkpoint.pt").exists()
+    assert "nothing to resume" in stopped.stderr and "resume with" not in stopped.stderr
+    assert CliRunner().invoke(main, ["run", "--resume", str(run_dir)]).exit_code == 0
+    assert CliRunner().invoke(main, [*args, "--runs-dir", str(tmp_path / "b")]).exit_code == 0
+    (whole,) = (tmp_path / "b").iterdir()
+    matrix = [json.loads((d / "results.json").read_text())["accuracy_matrix"] for d in (run_dir, whole)]
+    assert matrix[0] == matrix[1]
