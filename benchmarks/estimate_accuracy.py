@@ -34,11 +34,11 @@ BAR = re.compile(r"run: (\S+) left of (\S+?)[,\s]")
 
 
 def seconds(text: str) -> float:
-    """'45s', '8m', '1h12m' (ccl.estimate.duration, compact) in seconds."""
+    """'4.5s', '45s', '8m', '1h12m' (ccl.units.duration, compact) in seconds."""
     h = re.search(r"(\d+)h", text)
     m = re.search(r"(\d+)m", text)
-    s = re.search(r"(\d+)s", text)
-    return sum(int(x.group(1)) * k for x, k in ((h, 3600), (m, 60), (s, 1)) if x)
+    s = re.search(r"([\d.]+)s", text)
+    return sum(float(x.group(1)) * k for x, k in ((h, 3600), (m, 60), (s, 1)) if x)
 
 
 def measure(args: str, data_dir: str, runs_dir: str, at: float) -> tuple[float | None, float, int]:

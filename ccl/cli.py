@@ -55,7 +55,7 @@ def _ago(saved: float) -> str:
     """How long ago the time `saved` (seconds since the epoch) was, in words."""
     import time
 
-    from ccl.estimate import duration
+    from ccl.units import duration
     return f"{duration(time.time() - saved)} ago"
 
 

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ccl.units import duration
+
 WARMUP_STEPS = 5        # an experience's first minibatches (allocation, data-loader start): not timed
 READY_STEPS = 20        # timed minibatches before the first estimate...
 READY_SECONDS = 3.0     # ...spanning at least this long (a fast GPU's 20 steps are noise)
@@ -63,16 +65,6 @@ class Estimate:
         return (f"estimate: the whole run about {duration(self.total)}, {duration(self.left)} left (training "
                 f"{duration(self.training)}, memory updates {duration(self.memory)}, testing "
                 f"{duration(self.testing)}{guess})")
-
-
-def duration(seconds: float, compact: bool = False) -> str:
-    """45 s, 8 min, 1 h 12 min (compact: 45s, 8m, 1h12m): as precise as an estimate is."""
-    seconds = max(0.0, seconds)
-    s, m, h = ("s", "m", "h") if compact else (" s", " min", " h ")
-    if seconds < 90:
-        return f"{seconds:.0f}{s}"
-    minutes = round(seconds / 60)
-    return f"{minutes}{m}" if minutes < 60 else f"{minutes // 60}{h}{minutes % 60}{m}"
 
 
 class RunClock:

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from ccl.estimate import FORWARD_SHARE, READY_STEPS, SETTLED_SECONDS, WARMUP_STEPS, RunClock, RunPlan, duration
+from ccl.estimate import FORWARD_SHARE, READY_STEPS, SETTLED_SECONDS, WARMUP_STEPS, RunClock, RunPlan
+from ccl.units import duration
 
 
 class FakeClock:
@@ -118,8 +119,8 @@ def test_a_short_experience_is_timed_at_its_end():
 
 
 def test_durations_read_as_estimates():
-    assert [duration(s) for s in (-3, 45, 89, 90, 600, 3599, 3600, 4320)] == \
-        ["0 s", "45 s", "89 s", "2 min", "10 min", "1 h 0 min", "1 h 0 min", "1 h 12 min"]
+    assert [duration(s) for s in (-3, 0.25, 4.5, 45, 89, 90, 600, 3599, 3600, 4320)] == \
+        ["0 s", "0.25 s", "4.5 s", "45 s", "89 s", "2 min", "10 min", "1 h 0 min", "1 h 0 min", "1 h 12 min"]
     assert duration(4320, compact=True) == "1h12m" and duration(45, compact=True) == "45s"
 
 

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parent.parent / "ccl"
 
 # bottom to top; a module may import its own layer and those before it
 LAYERS = [
-    {"errors", "resources", "registry", "config", "fields", "io", "names", "run_config"},
+    {"errors", "resources", "registry", "config", "fields", "io", "names", "run_config", "units"},
     {"data", "training", "guards"},
     {"models"},
     {"condense"},

@@ -601,15 +601,15 @@ def test_the_first_iteration_is_timed_and_the_updates_cost_said_before_the_secon
     finally:
         logger.removeHandler(counting)
     lines = [r.getMessage() for r in caplog.records if r.name == "ccl.condense"]
-    said = r"PAD classes \[3, 7\]: ~\S+ (s|min|h) an iteration, ~\S+ (s|min|h) for this update"
+    said = r"PAD classes \[3, 7\]: ~[\d.]+ (s|min)( \d+ min)? an iteration, ~[\d.]+ (s|min|h)( \d+ min)? for this update"
     assert len(lines) == 1 and re.fullmatch(said, lines[0]), lines
     assert seen_after == [1]
 
 
 def test_the_cost_line_reads_as_an_estimate_and_a_long_update_is_a_warning(caplog):
-    assert cost_line("PAD", 190.0, 10) == "PAD: ~190 s an iteration, ~32 min for this update"
+    assert cost_line("PAD", 190.0, 10) == "PAD: ~3 min an iteration, ~32 min for this update"
     assert cost_line("PAD", 0.25, 3) == "PAD: ~0.25 s an iteration, ~0.75 s for this update"
-    assert cost_line("PAD", 700.0, 40) == "PAD: ~12 min an iteration, ~7.8 h for this update"
+    assert cost_line("PAD", 700.0, 40) == "PAD: ~12 min an iteration, ~7 h 47 min for this update"
     with caplog.at_level(logging.INFO, logger="ccl.condense"):
         announce_cost("PAD", 190.0, 10)  # 32 min: said even where logging was never configured
         announce_cost("PAD", 0.25, 3)

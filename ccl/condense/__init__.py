@@ -42,6 +42,7 @@ import logging
 import torch
 
 from ccl.fields import dict_problem, number_problem, sgd_state_problem, tensor_problem
+from ccl.units import duration
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,9 @@ _PROGRESS_FIELDS = {"datadam": _datadam_fields, "pad": _pad_fields}  # loop -> i
 
 
 def cost_line(name: str, seconds: float, iterations: int) -> str:
-    """"PAD: ~190 s an iteration, ~32 min for this update": one iteration's time and the
+    """"PAD: ~3 min an iteration, ~32 min for this update": one iteration's time and the
     time of `iterations` of them, as rough as one timed iteration makes them."""
-    return f"{name}: ~{_about(seconds, 600)} an iteration, ~{_about(seconds * iterations)} for this update"
+    return f"{name}: ~{duration(seconds)} an iteration, ~{duration(seconds * iterations)} for this update"
 
 
 def announce_cost(name: str, seconds: float, iterations: int) -> None:
@@ -205,13 +206,3 @@ def announce_cost(name: str, seconds: float, iterations: int) -> None:
     update of hours (PAD on a ResNet-18 on CPU) is said before it runs, progress bar or not."""
     level = logging.WARNING if seconds * iterations >= LONG_UPDATE_S else logging.INFO
     log.log(level, "%s", cost_line(name, seconds, iterations))
-
-
-def _about(seconds: float, in_seconds_below: float = 90) -> str:
-    if seconds < 10:
-        return f"{seconds:.2g} s"
-    if seconds < in_seconds_below:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
