@@ -157,3 +157,23 @@ def test_lasting_only_condenses_what_the_next_cut_keeps_and_keeps_the_rest_real(
     for c in range(2):  # per class: two condensed images, then herding's next two, untouched
         assert not torch.equal(images[4 * c:4 * c + 2], start[4 * c:4 * c + 2])
         assert torch.equal(images[4 * c + 2:4 * c + 4], start[4 * c + 2:4 * c + 4])
+
+
+@pytest.mark.parametrize("memory", ["pad", "mtt"])
+def test_a_class_with_fewer_images_than_slots_fills_what_it_has(tmp_path, tiny_run, memory):
+    """16 training images a class and 40 slots: the first experience's two classes have 20
+    slots each. The condenser starts from herding's exemplars, of which there are 16 (mtt's
+    preset holds a fifth out first: 13 left); it condenses those, as the herding memory
+    keeps its 16, instead of refusing that the start does not fill the slots."""
+    from ccl.runner import _build
+    settings = {"iterations": 2, "expert_epochs": 1, "num_experts": 1}
+    p = prepare(make_config(**{**tiny_run, "train_per_class": 16, "mem_size": 40}, memory=memory,
+                            memory_settings=settings))
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    strategy.train(bench.train_stream[0])
+    memory_plugin = parts.memory
+    first = p.experience_classes[0]
+    assert memory_plugin.update_log[0]["slots"] == {str(c): 20 for c in first}
+    held_out = round(0.2 * 16) if memory == "mtt" else 0  # mtt's preset: holdout = 0.2
+    assert torch.bincount(memory_plugin.labels, minlength=10)[first].tolist() == [16 - held_out] * 2
+    assert torch.isfinite(memory_plugin.codec.decode(memory_plugin.images)).all()

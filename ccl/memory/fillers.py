@@ -178,6 +178,10 @@ class CondenseFiller(Filler):
         holdout = option("holdout", 0.0)
         if holdout > 0:
             (real, labels), held = _split_per_class(real, labels, holdout)
+        # A class never fills more slots than it has real images (left after the holdout), as
+        # in the herding and random memories: a condensed set summarises its class's images
+        # (`ccl condense` refuses an --ipc above them), and a herding start has no more to give.
+        budget = {c: min(k, int((labels == c).sum())) for c, k in budget.items()}
         # on the learner's trajectory always: its minibatches mixed in the old classes
         if (option("memory_context", False) or self.matches_learner) and context is not None and len(context[1]):
             extra["context"] = context
