@@ -48,7 +48,8 @@ def test_same_seed_same_numbers(tmp_path, tiny_run):
 def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
     p = prepare(make_config(**tiny_run, memory="random"))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     seen = []
 
     class Spy(SupervisedPlugin):
@@ -72,7 +73,8 @@ def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
 def test_replayed_samples_are_augmented_only_when_asked(tmp_path, tiny_run, augment):
     p = prepare(make_config(**tiny_run, memory="random", mem_augment=augment))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     strategy.train(bench.train_stream[0])
     replayed = []
 
@@ -94,7 +96,8 @@ def test_gdumb_trains_on_the_memory_alone_augmented_when_asked(tmp_path, tiny_ru
     p = prepare(make_config(**tiny_run, memory="random", protocol="gdumb", mem_augment=augment,
                             strategy_settings={"epochs": 2}))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     seen = []
 
     class Spy(SupervisedPlugin):
@@ -112,7 +115,8 @@ def test_gdumb_trains_on_the_memory_alone_augmented_when_asked(tmp_path, tiny_ru
 def test_memory_stays_within_budget_and_balanced(tmp_path, tiny_run):
     p = prepare(make_config(**{**tiny_run, "mem_size": 23}, memory="herding"))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     for i, exp in enumerate(bench.train_stream):
         strategy.train(exp)
         counts = torch.bincount(memory.labels, minlength=10)
@@ -191,7 +195,8 @@ def test_pad_with_memory_context_condenses_against_the_old_classes(tmp_path, tin
 def test_gdumb_protocol_trains_on_the_memory_alone(tmp_path, tiny_run):
     p = prepare(make_config(**tiny_run, memory="random", protocol="gdumb", strategy_settings={"epochs": 32}))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     assert memory not in strategy.plugins  # nothing is appended to minibatches
     run_dir = run(p, tmp_path, progress=False)
     r = json.loads((run_dir / "results.json").read_text())

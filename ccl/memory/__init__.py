@@ -61,13 +61,17 @@ class MemorySpec:
             return CondenseFiller(device, settings, self.method, progress, checkpoint)
         return self.filler(device, settings, progress)
 
-    def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
+    def make_plugin(self, *, mem_size: int, mem_batch: int, device, codec=None, augment=None, settings: Any = None,
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
                     batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds(),
-                    checkpoint: LoopCheckpoint | None = None):
+                    checkpoint: LoopCheckpoint | None = None,
+                    device_memory: type[DeviceMemoryPlugin] = DeviceMemoryPlugin):
         """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
         the replay strategy asks of an on-device memory (its entry's `memory_needs`);
-        `checkpoint`: how a condensing filler's iterations are saved and resumed."""
+        `checkpoint`: how a condensing filler's iterations are saved and resumed;
+        `device_memory`: the class of a class-balanced on-device memory (a subclass that
+        hands its fillers a view of the learner, `ccl.assembly.FeatureMemory`). Built by
+        `ccl.assembly.build_replay`, for `ccl run` and `ccl.CondensedReplay` alike."""
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
@@ -76,8 +80,8 @@ class MemorySpec:
         if self.policy == "stream":
             return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
         filler = self.make_filler(device, settings, progress, checkpoint)
-        return DeviceMemoryPlugin(mem_size, mem_batch, filler, real_images, device, codec, augment,
-                                  schedule=schedule, stream_slots=stream_slots, needs=needs)
+        return device_memory(mem_size, mem_batch, filler, real_images, device, codec, augment,
+                             schedule=schedule, stream_slots=stream_slots, needs=needs)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")
