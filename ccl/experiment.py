@@ -126,9 +126,6 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"{name} with expert = \"learner\" matches the learner's training on each experience, "
                        f"and --strategy {cfg.strategy} fills the memory before the learner trains: "
                        "use expert = \"trained\" (--set expert=trained)")
-    if getattr(settings, "network", None) == "learner":
-        raise CclError(f"{name} with network = \"learner\" matches on the architecture of the model "
-                       "ccl.CondensedReplay is given; `ccl run` matches on ccl's ConvNet (network = \"convnet\")")
     replays = spec.on_device and not entry.memory_alone
     if entry.needs_replay and not replays:
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; {name} under "
