@@ -19,7 +19,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from ccl.condense import LoopCheckpoint
-from ccl.memory import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, MemorySpec
+from ccl.memory import AugmentPlugin, DeviceMemoryPlugin, FillerSettings, MemoryNeeds, MemorySpec
 from ccl.memory.codec import MemoryCodec
 from ccl.models.stages import last_linear
 from ccl.strategies import Strategy
@@ -88,6 +88,7 @@ def check_plugin_order(plugins: list, parts: ReplayParts) -> None:
 
 
 def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, strategy_settings: Any,
+                 filler_settings: FillerSettings = FillerSettings(),
                  mem_size: int, mem_batch: int, device: torch.device, learner: nn.Module,
                  real_images: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]] | None,
                  codec: MemoryCodec | None = None, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -100,6 +101,7 @@ def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, 
     Args:
         spec: the memory's registry entry (`ccl.memory.MEMORIES`).
         settings: its method's settings (None for a memory without).
+        filler_settings: what a condensing memory does around its method (holdout, ...).
         strategy: the replay strategy's registry entry (`ccl.strategies.STRATEGIES`), or
             None for the template's own criterion.
         strategy_settings: its hyperparameters.
@@ -125,7 +127,7 @@ def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, 
     memory = spec.make_plugin(mem_size=mem_size, mem_batch=mem_batch, device=device, codec=codec, augment=augment,
                               settings=settings, progress=progress, real_images=real_images, schedule=schedule,
                               stream_slots=stream_slots, batch_size=batch_size, needs=needs, checkpoint=checkpoint,
-                              device_memory=FeatureMemory)
+                              filler_settings=filler_settings, device_memory=FeatureMemory)
     loss = strategy.plugin(memory, strategy_settings) if strategy is not None and strategy.plugin is not None else None
     return ReplayParts(memory=memory, loss=loss, memory_replays=strategy is None or not strategy.memory_alone,
                        guard=guard, stream_augment=AugmentPlugin(stream_augment) if stream_augment else None)

@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Subset
 from ccl import config as cfgmod
 from ccl.assembly import FeatureMemory, ReplayParts, WithEmbed, build_replay  # noqa: F401 (WithEmbed: public here)
 from ccl.condense import dsa
-from ccl.condense.methods import METHODS, method_settings
+from ccl.condense.methods import METHODS
 from ccl.errors import CclError
 from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
-from ccl.memory import MEMORIES, ReplayMemoryPlugin
+from ccl.memory import MEMORIES, FillerSettings, ReplayMemoryPlugin, split_settings
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
@@ -78,8 +78,10 @@ class CondensedReplay(SupervisedPlugin):
             class-balanced-reservoir (CBRS over the stream).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
-            that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass
-            (`ccl.condense.datadam.DataDAMSettings`, ...).
+            that preset (e.g. {"iterations": 20}; the keys of the memory's filler, such as
+            "holdout", too: `ccl.memory.fillers.FillerSettings`), or an instance of its
+            settings dataclass (`ccl.condense.datadam.DataDAMSettings`, ...; the filler's
+            defaults then).
         mem_batch: memory images appended to every training minibatch (0: none).
         augment: "dsa" (differentiable Siamese augmentation, one random family a call),
             "none", or a function x -> x applied to the replayed images of a minibatch.
@@ -112,7 +114,7 @@ class CondensedReplay(SupervisedPlugin):
             what = "is not an on-device memory" if method in MEMORIES.names() else "is not a memory ccl has"
             raise ValueError(f"method {method!r} {what}; choose one of: {', '.join(on_device)}")
         self.spec = MEMORIES.get(method).value
-        self.settings = _method_settings(method, self.spec, settings)
+        self.settings, self.filler_settings = _method_settings(method, self.spec, settings)
         if callable(augment) or augment is None:
             self.augment = augment
         elif augment in AUGMENTS:
@@ -151,7 +153,8 @@ class CondensedReplay(SupervisedPlugin):
 
     def _build(self, device: torch.device, model: nn.Module) -> ReplayParts:
         stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
-        return build_replay(spec=self.spec, settings=self.settings, strategy=self.entry,
+        return build_replay(spec=self.spec, settings=self.settings, filler_settings=self.filler_settings,
+                            strategy=self.entry,
                             strategy_settings=self.strategy_settings, mem_size=self.mem_size, mem_batch=self.mem_batch,
                             device=device, learner=model, real_images=self._real_images, augment=self.augment,
                             stream_slots=stream_slots, progress=self.progress,
@@ -277,20 +280,21 @@ def _refuse_oversized_memory(mem_size: int, mem_batch: int, experience, device) 
             raise ValueError(str(e)) from None
 
 
-def _method_settings(method: str, spec, settings: Settings) -> Any:
-    """The method's settings: the preset `ccl run` replays with (its `replay_preset`, else
-    its own) with `settings` over it, or the dataclass given (with the variant's defining
-    values: DM is DataDAM without attention)."""
+def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, FillerSettings]:
+    """The method's settings and its filler's: the preset `ccl run` replays with (its
+    `replay_preset`, else its own) with `settings` over it, split as `ccl run` splits them
+    (`ccl.memory.split_settings`), or the dataclass given (with the variant's defining
+    values: DM is DataDAM without attention) and the filler's defaults."""
     cls = spec.settings
     if cls is None:
         if settings:
             raise ValueError(f"method {method!r} takes no settings")
-        return None
+        return None, FillerSettings()
     if isinstance(settings, cls):
-        return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
+        return dataclasses.replace(settings, **METHODS.get(method).value.fixed), FillerSettings()
     if settings is None or isinstance(settings, dict):
         try:
-            return method_settings(method, spec.replay_preset, dict(settings or {}))
+            return split_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
     raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")

@@ -107,7 +107,8 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
         return train_x[mask], train_y[mask]
     clock = clock or CheckpointClock()
     condensation = CondensationCheckpoint(clock) if p.spec.method is not None else None
-    parts = build_replay(spec=p.spec, settings=p.settings, strategy=p.strategy, strategy_settings=p.strategy_settings,
+    parts = build_replay(spec=p.spec, settings=p.settings, filler_settings=p.filler_settings, strategy=p.strategy,
+                         strategy_settings=p.strategy_settings,
                          mem_size=cfg.mem_size, mem_batch=cfg.mem_batch, device=p.device, learner=model,
                          real_images=real_images, codec=MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                          augment=augments[cfg.mem_augment], stream_augment=augments[cfg.stream_augment],

@@ -238,7 +238,9 @@ def test_condense_turns_off_what_needs_the_replay_learner(tmp_path):
     saved = torch.load(out, weights_only=True)
     assert saved["settings"]["guide_weight"] == 0.0 and saved["dataset"] == "digits"  # the scenario's data set
     result = CliRunner().invoke(main, [*args, "--set", "guide_weight=5"])
-    assert result.exit_code == 2 and "need the replay learner" in result.output
+    assert result.exit_code == 2 and "needs the replay learner" in result.output
+    result = CliRunner().invoke(main, [*args, "--set", "holdout=0.1"])  # the memory's filler: `ccl run` only
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "`ccl run` only" in result.output
     result = CliRunner().invoke(main, [*args, "--set", "network=learner"])
     assert result.exit_code == 2 and "`ccl condense` has none" in result.output
 

@@ -135,20 +135,16 @@ def test_pad_on_the_learner_refuses_a_memory_filled_before_training(tiny_run):
         prepare(make_config(**tiny_run, strategy="gdumb", memory="pad", memory_settings={"expert": "learner"}))
 
 
-def test_datadam_on_the_learners_architecture_is_the_python_plugins(tiny_run):
-    from ccl.errors import CclError
-    with pytest.raises(CclError, match="`ccl run` matches on ccl's ConvNet"):
-        prepare(make_config(**tiny_run, memory="datadam", memory_settings={"network": "learner"}))
-
-
 def test_lasting_only_condenses_what_the_next_cut_keeps_and_keeps_the_rest_real():
     from ccl.condense import datadam
-    from ccl.memory.fillers import CondenseFiller, herding_exemplars
+    from ccl.memory.fillers import CondenseFiller, FillerSettings, herding_exemplars
     torch.manual_seed(0)
     learner = ConvNet(num_classes=2, channels=1, image_size=8, width=8, depth=2)
     real, labels = torch.rand(40, 1, 8, 8), torch.arange(2).repeat_interleave(20)
-    settings = datadam.DataDAMSettings(**{**TINY_DATADAM, "holdout": 0.0, "lasting_only": True, "lr_images": 10.0})
-    filler = CondenseFiller(torch.device("cpu"), settings, datadam.condense, progress=False)
+    settings = datadam.DataDAMSettings(**{**{k: v for k, v in TINY_DATADAM.items() if k != "holdout"},
+                                          "lr_images": 10.0})
+    filler = CondenseFiller(torch.device("cpu"), settings, datadam.condense, progress=False,
+                            filler_settings=FillerSettings(lasting_only=True))
     budget, later = {0: 4, 1: 4}, {0: [2, 1], 1: [2, 1]}
     images, image_labels = filler.fill(real, labels, budget, learner, later=later)
     start, _ = herding_exemplars(real, labels, budget, learner)
