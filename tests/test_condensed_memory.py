@@ -173,3 +173,19 @@ def test_a_class_with_fewer_images_than_slots_fills_what_it_has(tmp_path, tiny_r
     held_out = round(0.2 * 16) if memory == "mtt" else 0  # mtt's preset: holdout = 0.2
     assert torch.bincount(memory_plugin.labels, minlength=10)[first].tolist() == [16 - held_out] * 2
     assert torch.isfinite(memory_plugin.codec.decode(memory_plugin.images)).all()
+
+
+def test_a_presets_filler_keys_go_to_the_filler_and_the_rest_to_the_method():
+    """One preset and one `--set` write both; `split_settings` parts them, and a key of
+    another memory's filler is as unknown as any typo."""
+    from ccl.errors import CclError
+    from ccl.memory import split_settings
+    from ccl.memory.fillers import FillerSettings
+    settings, filler = split_settings("mtt", None, {})  # configs/mtt.toml extends pad.toml: holdout = 0.2
+    assert filler == FillerSettings(holdout=0.2) and not hasattr(settings, "holdout") and settings.alpha == 0.0
+    settings, filler = split_settings("datadam", None, {"holdout": 0.1, "iterations": 3})
+    assert filler == FillerSettings(holdout=0.1, lasting_only=True) and settings.iterations == 3
+    with pytest.raises(CclError, match="unknown key 'memory_context'"):
+        split_settings("datadam", None, {"memory_context": True})  # PAD's filler takes the old classes, DataDAM's not
+    with pytest.raises(CclError, match=r"holdout must be in \[0, 1\)"):
+        split_settings("pad", None, {"holdout": 1.0})

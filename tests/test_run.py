@@ -255,9 +255,9 @@ def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
 def test_a_variant_keeps_its_defining_settings_whatever_the_preset():
     from ccl.memory import MEMORIES
     from ccl.experiment import memory_settings
-    dm = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
+    dm, _ = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
     assert dm.sam_weight == 0.0  # the preset's attention weight (1.0) does not make dm DataDAM
-    mtt = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))
+    mtt, _ = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))
     assert mtt.scheduler is False and mtt.alpha == 0.0
     with pytest.raises(CclError, match="dm is defined by sam_weight = 0.0"):
         memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_settings={"sam_weight": 1.0}))

@@ -126,7 +126,7 @@ class FillerSettings:
     """What a condensing memory does around its method under `ccl run`, where there is a
     learner, an old classes' memory and a schedule of cuts; a standalone condensation
     (`ccl condense`) has none of them. Presets carry these keys beside the method's
-    (`ccl.memory.memory_settings` splits them); which of them a memory takes is its
+    (`ccl.memory.split_settings` splits them); which of them a memory takes is its
     registry entry's `filler_keys`."""
     # Hold out this share of each class's real images and keep a class's condensed images
     # only where they represent the held-out ones better than the real images they started
