@@ -25,7 +25,7 @@ def fill_and_measure(self, real, labels, budget, learner, context=None, later=No
         print("movement: needs init = herding and nested = true; nothing measured", flush=True)
         return images, image_labels
     real, labels = real.to(self.device), labels.to(self.device)
-    if getattr(self.settings, "holdout", 0) > 0:
+    if self.filler_settings.holdout > 0:
         print("movement: holdout > 0 starts from a subset; set holdout=0 to measure", flush=True)
         return images, image_labels
     start, _ = fillers.herding_exemplars(real, labels, budget, learner)

@@ -227,6 +227,10 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"--ipc must be at least 1, got {ipc}")
     given = dict(parse_override(o) for o in overrides)
     known.check_memory_preset(preset)
+    run_only = [k for k in given if k in known.FILLER_SETTINGS.get(method, ())]
+    if run_only:  # a preset made for `ccl run` may carry them: there they are left out, given here refused
+        raise CclError(f"{', '.join(run_only)}: a setting of the replay memory around its method, for `ccl run` only "
+                       "(`ccl condense` has no learner, old classes or cuts)")
     known.check_settings("--set", "condensation method", [method], known.METHOD_SETTINGS, given)
     dataset = _dataset_name(dataset)
     wanted = int_list(classes)
@@ -245,19 +249,16 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     from ccl.training import pick_device, refuse_oversized, seed_everything
 
     entry = METHODS.get(method).value
-    settings = method_settings(method, preset, given)
-    if getattr(settings, "memory_context", False):
-        raise CclError("memory_context needs a replay memory's old classes: it applies to `ccl run` only")
+    settings = method_settings(method, preset, given, aside=known.FILLER_SETTINGS.get(method, ()))
     if getattr(settings, "network", None) == "learner":
         raise CclError("network = \"learner\" matches on the architecture of the model ccl.CondensedReplay is "
                        "given; `ccl condense` has none (use network = \"convnet\")")
-    # A preset made for `ccl run` may match the replay learner's features or hold images
-    # out to choose against it; standalone there is no learner, so those settings are off
-    # (asked for explicitly, they are an error).
-    learner_only = [k for k in ("guide_weight", "holdout") if getattr(settings, k, 0.0) > 0]
-    if any(k in given for k in learner_only):
-        raise CclError(f"{' and '.join(learner_only)} need the replay learner: they apply to `ccl run` only")
-    settings = dataclasses.replace(settings, **{k: 0.0 for k in learner_only})
+    # A preset made for `ccl run` may match the replay learner's features; standalone there
+    # is no learner, so the guide is off (asked for explicitly, it is an error).
+    if getattr(settings, "guide_weight", 0.0) > 0:
+        if "guide_weight" in given:
+            raise CclError("guide_weight needs the replay learner: it applies to `ccl run` only")
+        settings = dataclasses.replace(settings, guide_weight=0.0)
     dev = pick_device(device)
     data = load_dataset(dataset, data_dir, download)
     if train_per_class:

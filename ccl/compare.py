@@ -90,14 +90,14 @@ def memory_values(values: dict[str, Any], memory: str) -> dict[str, Any]:
     """Run values for one memory: `--set` overrides and a `--memory-config` preset go only to
     memories with settings, and of the overrides only the keys its settings have (a grid mixes
     methods: `--set iterations=200` is meant for the condensing ones)."""
-    settings_cls = MEMORIES.get(memory).value.settings
+    spec = MEMORIES.get(memory).value
     out = {**values, "memory": memory}
     overrides = values.get("memory_settings") or {}
-    if settings_cls is None:
+    if spec.settings is None:
         out["memory_settings"] = {}
         out.pop("memory_config", None)
-    else:
-        known = {f.name for f in dataclasses.fields(settings_cls)}
+    else:  # its method's keys and its filler's (`--set holdout=0.2` is meant for the memories that hold out)
+        known = {f.name for f in dataclasses.fields(spec.settings)} | set(spec.filler_keys)
         out["memory_settings"] = {k: v for k, v in overrides.items() if k in known}
     return out
 
@@ -115,9 +115,9 @@ def check_overrides(grid: Grid) -> None:
     `--strategy-set` key at least one strategy, or it is a typo."""
     known: set[str] = set()
     for memory in grid.memories:
-        settings_cls = MEMORIES.get(memory).value.settings
-        if settings_cls is not None:
-            known |= {f.name for f in dataclasses.fields(settings_cls)}
+        spec = MEMORIES.get(memory).value
+        if spec.settings is not None:
+            known |= {f.name for f in dataclasses.fields(spec.settings)} | set(spec.filler_keys)
     for key in grid.values.get("memory_settings") or {}:
         if key not in known:
             raise CclError(f"--set {key}: none of the memories {', '.join(grid.memories)} has a setting {key!r}")

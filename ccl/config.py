@@ -135,10 +135,19 @@ def preset_settings(cls: type[T], preset: str, overrides: dict[str, Any], explic
         explicit: the user named the preset, so a missing file is an error (a method's
             own default preset may not exist).
     """
+    return from_dict(cls, {**preset_values(preset, explicit), **overrides}, preset_where(preset))
+
+
+def preset_values(preset: str, explicit: bool = False) -> dict[str, Any]:
+    """A preset's values as written (its `extends` chain resolved), for a caller that splits
+    them among settings dataclasses; {} for a method's own preset that does not exist."""
+    return _preset_values(preset) if _preset_path(preset).exists() or explicit else {}
+
+
+def preset_where(preset: str) -> str:
+    """How an error names the preset's settings."""
     path = _preset_path(preset)
-    values = _preset_values(preset) if path.exists() or explicit else {}
-    values.update(overrides)
-    return from_dict(cls, values, f"settings ({path.name if path.exists() else preset})")
+    return f"settings ({path.name if path.exists() else preset})"
 
 
 def _preset_path(preset: str) -> Path:

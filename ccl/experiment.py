@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from ccl import config as cfgmod
-from ccl.condense.methods import method_settings
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
-from ccl.memory import MEMORIES, MemorySpec
+from ccl.memory import MEMORIES, FillerSettings, MemorySpec, split_settings
 from ccl.models import build_learner
 from ccl.run_config import MAX_LR, MEM_AUGMENTS, PROTOCOLS, STREAM_AUGMENTS, RunConfig, given_config  # noqa: F401
 from ccl.strategies import STRATEGIES, Strategy
@@ -62,17 +61,17 @@ def make_config(**values: Any) -> RunConfig:
     return cfg
 
 
-def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> Any:
-    """The memory method's settings: dataclass defaults <- preset <- overrides <- the
-    variant's fixed settings (every memory with settings is a condensation method). The
-    preset is --memory-config, else under replay the memory's own (`replay_preset`),
-    else the method's."""
+def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> tuple[Any, FillerSettings]:
+    """The memory method's settings (dataclass defaults <- preset <- overrides <- the
+    variant's fixed settings; every memory with settings is a condensation method) and its
+    filler's (`FillerSettings`), split from the same preset and overrides. The preset is
+    --memory-config, else under replay the memory's own (`replay_preset`), else the method's."""
     if spec.settings is None:
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
-        return None
+        return None, FillerSettings()
     preset = cfg.memory_config or (spec.replay_preset if replay else None)
-    return method_settings(cfg.memory, preset, cfg.memory_settings)
+    return split_settings(cfg.memory, preset, cfg.memory_settings)
 
 
 def strategy_settings(entry: Strategy, cfg: RunConfig) -> Any:
@@ -93,6 +92,7 @@ class Prepared:
     device: torch.device
     order: list[int]
     experience_classes: list[list[int]]
+    filler_settings: FillerSettings = FillerSettings()  # a condensing memory's, around its method
 
     def learner_training(self) -> tuple[int, int]:
         """The epochs and minibatch size the learner trains each experience with: the
@@ -105,7 +105,8 @@ class Prepared:
 def prepare(cfg: RunConfig) -> Prepared:
     scenario = get_scenario(cfg.scenario)
     spec, entry = MEMORIES.get(cfg.memory).value, STRATEGIES.get(cfg.strategy).value
-    settings, hyper = memory_settings(spec, cfg, not entry.memory_alone), strategy_settings(entry, cfg)
+    settings, filler_settings = memory_settings(spec, cfg, not entry.memory_alone)
+    hyper = strategy_settings(entry, cfg)
     device = pick_device(cfg.device)
     for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if getattr(cfg, flag):
@@ -126,9 +127,6 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"{name} with expert = \"learner\" matches the learner's training on each experience, "
                        f"and --strategy {cfg.strategy} fills the memory before the learner trains: "
                        "use expert = \"trained\" (--set expert=trained)")
-    if getattr(settings, "network", None) == "learner":
-        raise CclError(f"{name} with network = \"learner\" matches on the architecture of the model "
-                       "ccl.CondensedReplay is given; `ccl run` matches on ccl's ConvNet (network = \"convnet\")")
     replays = spec.on_device and not entry.memory_alone
     if entry.needs_replay and not replays:
         raise CclError(f"--strategy {cfg.strategy} replays from the on-device memory; {name} under "
@@ -160,7 +158,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise CclError(f"--mem-size {cfg.mem_size} is more than all the training images ({len(data.train_y)})")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
-    return Prepared(cfg, scenario, spec, settings, entry, hyper, data, device, order, groups)
+    return Prepared(cfg, scenario, spec, settings, entry, hyper, data, device, order, groups, filler_settings)
 
 
 def versions() -> dict[str, str]:
@@ -212,7 +210,7 @@ def new_run_dir(runs_dir: Path, cfg: RunConfig) -> Path:
 
 def resolved_config(p: Prepared) -> dict[str, Any]:
     return {"run": dataclasses.asdict(p.config),
-            "memory_settings": cfgmod.to_dict(p.settings),
+            "memory_settings": p.spec.recorded_settings(p.settings, p.filler_settings),
             "strategy_settings": cfgmod.to_dict(p.strategy_settings),
             "scenario": dataclasses.asdict(p.scenario),
             "class_order": p.order, "experience_classes": p.experience_classes,

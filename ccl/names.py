@@ -24,14 +24,13 @@ CONDENSATION_METHODS = {
 }
 _DATADAM_SETTINGS = ("iterations", "real_epochs", "real_batch", "real_chunk", "p", "sam_weight", "mmd_weight",
                      "lr_images", "lr_images_side", "momentum", "network", "norm", "width", "depth", "dsa", "dsa_settings", "init",
-                     "nested", "lasting_only", "guide_weight", "holdout", "soft_labels", "progress_every", "compile")
+                     "nested", "guide_weight", "soft_labels", "progress_every", "compile")
 _PAD_SETTINGS = ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "min_start_epoch", "lr_img",
                  "lr_img_side", "lr_lr", "lr_init", "batch_syn", "alpha", "soft_labels", "lr_labels", "labels_momentum",
                  "expert", "num_experts", "expert_train_epochs", "expert_lr", "expert_batch", "expert_min_steps",
                  "scheduler", "schedule_init_ratio", "schedule_add_end", "schedule_rm_first", "schedule_rm_second",
                  "schedule_rm_ratio_first", "schedule_rm_ratio_second", "score_networks", "score_epochs", "width",
-                 "depth", "norm", "dsa", "dsa_settings", "init", "recompute_steps", "progress_every", "max_recoveries",
-                 "memory_context", "holdout")
+                 "depth", "norm", "dsa", "dsa_settings", "init", "recompute_steps", "progress_every", "max_recoveries")
 # each method's settings (its dataclass's fields: `--set` keys); dm and mtt are variants
 METHOD_SETTINGS = {"random": (), "datadam": _DATADAM_SETTINGS, "dm": _DATADAM_SETTINGS,
                    "pad": _PAD_SETTINGS, "mtt": _PAD_SETTINGS}
@@ -51,8 +50,13 @@ MEMORIES = {
     "herding-soft": "herding's exemplars with the learner's logits as soft targets, on the device",
     **{name: f"condensed: {CONDENSATION_METHODS[name]}" for name in CONDENSING_MEMORIES},
 }
-# each memory's settings (`--set` keys): a condensing memory's are its method's; the others take none
-MEMORY_SETTINGS = {name: METHOD_SETTINGS[name] if name in CONDENSING_MEMORIES else () for name in MEMORIES}
+# ccl.memory.MEMORIES' filler_keys: a condensing memory's settings beside its method's (`ccl run` only)
+FILLER_SETTINGS = {"dm": ("lasting_only", "holdout"), "datadam": ("lasting_only", "holdout"),
+                   "mtt": ("memory_context", "holdout"), "pad": ("memory_context", "holdout")}
+# each memory's settings (`--set` keys): a condensing memory's are its method's and its filler's; the
+# others take none
+MEMORY_SETTINGS = {name: METHOD_SETTINGS[name] + FILLER_SETTINGS[name] if name in CONDENSING_MEMORIES else ()
+                   for name in MEMORIES}
 
 # ccl.strategies.STRATEGIES, in its order
 STRATEGIES = {

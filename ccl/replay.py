@@ -9,7 +9,6 @@ memory, then the strategy's loss, which reads what the memory replayed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import torch
@@ -18,12 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ccl import config as cfgmod
+from ccl.assembly import FeatureMemory, ReplayParts, WithEmbed, build_replay  # noqa: F401 (WithEmbed: public here)
 from ccl.condense import dsa
-from ccl.condense.methods import METHODS, method_settings
+from ccl.condense.methods import METHODS
 from ccl.errors import CclError
 from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
-from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory import MEMORIES, FillerSettings, ReplayMemoryPlugin, split_settings
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
@@ -78,8 +78,10 @@ class CondensedReplay(SupervisedPlugin):
             class-balanced-reservoir (CBRS over the stream).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
-            that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass
-            (`ccl.condense.datadam.DataDAMSettings`, ...).
+            that preset (e.g. {"iterations": 20}; the keys of the memory's filler, such as
+            "holdout", too: `ccl.memory.fillers.FillerSettings`), or an instance of its
+            settings dataclass (`ccl.condense.datadam.DataDAMSettings`, ...; the filler's
+            defaults then).
         mem_batch: memory images appended to every training minibatch (0: none).
         augment: "dsa" (differentiable Siamese augmentation, one random family a call),
             "none", or a function x -> x applied to the replayed images of a minibatch.
@@ -112,7 +114,7 @@ class CondensedReplay(SupervisedPlugin):
             what = "is not an on-device memory" if method in MEMORIES.names() else "is not a memory ccl has"
             raise ValueError(f"method {method!r} {what}; choose one of: {', '.join(on_device)}")
         self.spec = MEMORIES.get(method).value
-        self.settings = _method_settings(method, self.spec, settings)
+        self.settings, self.filler_settings = _method_settings(method, self.spec, settings)
         if callable(augment) or augment is None:
             self.augment = augment
         elif augment in AUGMENTS:
@@ -134,6 +136,7 @@ class CondensedReplay(SupervisedPlugin):
                        or settings_problem(self.strategy_settings, f"strategy_settings of {strategy!r}")):
             raise ValueError(problem)  # a dataclass given as it is: NaN passes its own range checks
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
+        self.parts: ReplayParts | None = None  # built when training starts
         self.memory: ReplayMemoryPlugin | None = None
         self.loss: SupervisedPlugin | None = None
         # `ccl run`'s check of the training loss: NaN or infinite raises `ccl.guards.Diverged`
@@ -144,24 +147,18 @@ class CondensedReplay(SupervisedPlugin):
         _refuse_second_replay(self, strategy)
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
-            self.memory, self.loss = self._build(torch.device(strategy.device), strategy.model)
+            self.parts = self._build(torch.device(strategy.device), strategy.model)
+            self.memory, self.loss = self.parts.memory, self.parts.loss
         self._each("before_training", strategy, **kwargs)
 
-    def _build(self, device: torch.device, model: nn.Module) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
-        needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
-        if self.spec.policy == "stream":
-            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
-                                           buffer=self.spec.buffer)
-        else:
-            stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
-            spec = self.spec
-            if getattr(self.settings, "network", None) == "learner":  # DataDAM on the model's own architecture
-                spec = dataclasses.replace(spec, method=functools.partial(spec.method, network=model))
-            memory = _FeatureMemory(self.mem_size, self.mem_batch,
-                                    spec.make_filler(device, self.settings, self.progress), self._real_images,
-                                    device, augment=self.augment, stream_slots=stream_slots, needs=needs)
-        loss = self.entry.plugin(memory, self.strategy_settings) if self.entry is not None else None
-        return memory, loss
+    def _build(self, device: torch.device, model: nn.Module) -> ReplayParts:
+        stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
+        return build_replay(spec=self.spec, settings=self.settings, filler_settings=self.filler_settings,
+                            strategy=self.entry,
+                            strategy_settings=self.strategy_settings, mem_size=self.mem_size, mem_batch=self.mem_batch,
+                            device=device, learner=model, real_images=self._real_images, augment=self.augment,
+                            stream_slots=stream_slots, progress=self.progress,
+                            guard=self.guard)
 
     def before_training_exp(self, strategy, **kwargs):
         experience = strategy.experience
@@ -178,7 +175,7 @@ class CondensedReplay(SupervisedPlugin):
                              f"{'of the stream' if schedule else 'seen so far'} a slot: raise mem_size")
         _refuse_oversized_memory(self.mem_size, self.mem_batch, experience, strategy.device)
         self._experience = experience
-        if isinstance(self.memory, _FeatureMemory):
+        if isinstance(self.memory, FeatureMemory):
             self.memory.schedule = schedule
         self._each("before_training_exp", strategy, **kwargs)
 
@@ -187,12 +184,11 @@ class CondensedReplay(SupervisedPlugin):
         self._experience = None  # its images go back
 
     def _each(self, hook: str, strategy, **kwargs) -> None:
-        """Call `hook` on the divergence guard (first, as in `ccl run`: a diverged
-        experience stops before its memory update), the memory, then the strategy's loss
-        (which reads what was replayed)."""
-        for part in (self.guard, self.memory, self.loss):
-            if part is not None:
-                getattr(part, hook)(strategy, **kwargs)
+        """Call `hook` on the parts in `ccl.assembly.PLUGIN_ORDER`: the divergence guard
+        (as in `ccl run`: a diverged experience stops before its memory update), the
+        memory, then the strategy's loss (which reads what was replayed)."""
+        for part in self.parts.plugins() if self.parts is not None else [self.guard]:
+            getattr(part, hook)(strategy, **kwargs)
 
     def _real_images(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, ...) images and (N,) labels of `classes` in the experience training now."""
@@ -216,41 +212,6 @@ def _delegate(hook: str):
 for _hook in (name for name in dir(SupervisedPlugin) if name.startswith(("before_", "after_"))):
     if _hook not in vars(CondensedReplay):  # the hooks above do more than delegate
         setattr(CondensedReplay, _hook, _delegate(_hook))
-
-
-class _FeatureMemory(DeviceMemoryPlugin):
-    """The class-balanced memory, whose fillers see a model without `embed` through
-    `WithEmbed` (the input of its last nn.Linear)."""
-
-    def update(self, new_classes: list[int], learner: nn.Module) -> None:
-        if not hasattr(learner, "embed") and last_linear(learner) is not None:
-            learner = WithEmbed(learner)  # (a model with neither was refused unless its memory needs no features)
-        super().update(new_classes, learner)
-
-
-class WithEmbed(nn.Module):
-    """`model`, with `embed(x)`: the (N, D) input of its last nn.Linear, caught by a forward
-    hook that lives for one call (so a deep copy of this module carries no hook)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.head = last_linear(model)  # the name of the layer, looked up on every call
-        if self.head is None:
-            raise ValueError(f"{type(model).__name__} has no nn.Linear layer to take features before")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        caught: list[torch.Tensor] = []
-        handle = self.model.get_submodule(self.head).register_forward_hook(
-            lambda module, args, output: caught.append(args[0]))
-        try:
-            self.model(x)
-        finally:
-            handle.remove()
-        return caught[-1].flatten(1)  # (N, D)
 
 
 def _check_model(model: nn.Module, needs_features: bool, strategy: str | None) -> None:
@@ -319,20 +280,21 @@ def _refuse_oversized_memory(mem_size: int, mem_batch: int, experience, device) 
             raise ValueError(str(e)) from None
 
 
-def _method_settings(method: str, spec, settings: Settings) -> Any:
-    """The method's settings: the preset `ccl run` replays with (its `replay_preset`, else
-    its own) with `settings` over it, or the dataclass given (with the variant's defining
-    values: DM is DataDAM without attention)."""
+def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, FillerSettings]:
+    """The method's settings and its filler's: the preset `ccl run` replays with (its
+    `replay_preset`, else its own) with `settings` over it, split as `ccl run` splits them
+    (`ccl.memory.split_settings`), or the dataclass given (with the variant's defining
+    values: DM is DataDAM without attention) and the filler's defaults."""
     cls = spec.settings
     if cls is None:
         if settings:
             raise ValueError(f"method {method!r} takes no settings")
-        return None
+        return None, FillerSettings()
     if isinstance(settings, cls):
-        return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
+        return dataclasses.replace(settings, **METHODS.get(method).value.fixed), FillerSettings()
     if settings is None or isinstance(settings, dict):
         try:
-            return method_settings(method, spec.replay_preset, dict(settings or {}))
+            return split_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
     raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ccl import config as cfgmod
+from ccl.assembly import build_replay, check_plugin_order
 from ccl.checkpoint import (CHECKPOINT, RunShape, load_checkpoint, metric_states, restore_metric_states, rng_state,
                             set_rng_state)
 from ccl.condense import dsa
@@ -67,15 +68,15 @@ def _load_checkpoint(p: Prepared, run_dir: Path, model: torch.nn.Module) -> dict
 
 
 def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | None = None, save_within=None):
-    """The Avalanche benchmark, strategy and memory plugin of a prepared run. Its first
-    plugin saves checkpoints inside an experience when `clock` says (by `save_within`;
-    default: never) and resumes one (`CheckpointsWithin`)."""
+    """The Avalanche benchmark, strategy and plugins (`ccl.assembly.ReplayParts`, in its
+    PLUGIN_ORDER) of a prepared run. Its checkpoints part saves checkpoints inside an
+    experience when `clock` says (by `save_within`; default: never) and resumes one
+    (`CheckpointsWithin`)."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
     from avalanche.training import JointTraining, Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    from ccl.memory import AugmentPlugin
     from ccl.memory.codec import MemoryCodec
 
     cfg, data = p.config, p.data
@@ -106,30 +107,25 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
         return train_x[mask], train_y[mask]
     clock = clock or CheckpointClock()
     condensation = CondensationCheckpoint(clock) if p.spec.method is not None else None
-    memory = p.spec.make_plugin(cfg.mem_size, cfg.mem_batch, p.device,
-                                MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
-                                augments[cfg.mem_augment], p.settings, progress, real_images, p.experience_classes,
-                                cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings),
-                                checkpoint=condensation)
-
-    plugins = [Progress(progress, cfg.memory, plan_run(p, bench, memory)), DivergenceGuard()]
-    if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples
-        plugins.append(AugmentPlugin(augments[cfg.stream_augment]))
-    if not p.strategy.memory_alone and memory is not None:
-        plugins.append(memory)  # appends memory samples to every minibatch, fills itself
-    loss = p.strategy.plugin(memory, p.strategy_settings) if p.strategy.plugin is not None else None
-    if loss is not None:
-        plugins.append(loss)  # after the memory: it reads what was replayed
-    # First: it saves at a minibatch's start, before any other plugin has seen it.
-    plugins.insert(0, CheckpointsWithin(clock, save_within or (lambda state: None), memory, loss, condensation))
-    if cfg.finetune_epochs:
-        plugins.append(FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                      cfg.batch_size))
+    parts = build_replay(spec=p.spec, settings=p.settings, filler_settings=p.filler_settings, strategy=p.strategy,
+                         strategy_settings=p.strategy_settings,
+                         mem_size=cfg.mem_size, mem_batch=cfg.mem_batch, device=p.device, learner=model,
+                         real_images=real_images, codec=MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
+                         augment=augments[cfg.mem_augment], stream_augment=augments[cfg.stream_augment],
+                         schedule=p.experience_classes, stream_slots=cfg.stream_slots, batch_size=cfg.batch_size,
+                         progress=progress, checkpoint=condensation, guard=DivergenceGuard())
+    memory = parts.memory
+    parts = parts.with_parts(
+        checkpoints=CheckpointsWithin(clock, save_within or (lambda state: None), memory, parts.loss, condensation),
+        progress=Progress(progress, cfg.memory, plan_run(p, bench, memory)),
+        finetune=FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                cfg.batch_size) if cfg.finetune_epochs else None)
     strategy_cls = JointTraining if p.spec.joint else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,
-                            device=p.device, plugins=plugins, evaluator=evaluator)
-    return bench, strategy, memory
+                            device=p.device, plugins=parts.plugins(), evaluator=evaluator)
+    check_plugin_order(strategy.plugins, parts)
+    return bench, strategy, parts
 
 
 RESULT_SERIES = ("accuracy_matrix", "seen_accuracy", "average_accuracy", "forgetting", "bwt", "train_seconds",
@@ -182,8 +178,8 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
             save_torch(run_dir / CHECKPOINT, {"experience": i - 1, "results": results, "class_order": p.order,
                                               **state})
 
-    bench, strategy, memory = _build(p, run_dir, progress, clock, save_within)
-    within = strategy.plugins[0]  # `_build` puts `CheckpointsWithin` first
+    bench, strategy, parts = _build(p, run_dir, progress, clock, save_within)
+    memory, within = parts.memory, parts.checkpoints
     n = len(p.experience_classes)
     steps = [bench.train_stream] if p.spec.joint else list(bench.train_stream)
     results: dict[str, Any] = {key: [] for key in RESULT_SERIES}

@@ -238,6 +238,21 @@ def test_condense_turns_off_what_needs_the_replay_learner(tmp_path):
     saved = torch.load(out, weights_only=True)
     assert saved["settings"]["guide_weight"] == 0.0 and saved["dataset"] == "digits"  # the scenario's data set
     result = CliRunner().invoke(main, [*args, "--set", "guide_weight=5"])
-    assert result.exit_code == 2 and "need the replay learner" in result.output
+    assert result.exit_code == 2 and "needs the replay learner" in result.output
+    result = CliRunner().invoke(main, [*args, "--set", "holdout=0.1"])  # the memory's filler: `ccl run` only
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "`ccl run` only" in result.output
     result = CliRunner().invoke(main, [*args, "--set", "network=learner"])
     assert result.exit_code == 2 and "`ccl condense` has none" in result.output
+
+
+def test_run_condenses_with_datadam_on_the_learners_architecture(tmp_path):
+    """`--set network=learner`: DataDAM's random networks are copies of the run's own learner
+    (ccl's ConvNet here, two blocks on 8x8 digits: its stages are their ReLUs at 8x8 and 4x4,
+    and every stage but the last is matched), as `ccl.CondensedReplay` hands it its model."""
+    result = invoke(tmp_path, "run", "--scenario", "split-digits", *TINY, "--memory", "datadam", "--set",
+                    "network=learner", "--set", "iterations=2", "--set", "guide_weight=0")
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "config.json").read_text())["memory_settings"]["network"] == "learner"
+    updates = json.loads((run_dir / "results.json").read_text())["memory_updates"]
+    assert [u["stages"] for u in updates] == [["blocks.0.2"]] * 5

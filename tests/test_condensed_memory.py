@@ -135,20 +135,16 @@ def test_pad_on_the_learner_refuses_a_memory_filled_before_training(tiny_run):
         prepare(make_config(**tiny_run, strategy="gdumb", memory="pad", memory_settings={"expert": "learner"}))
 
 
-def test_datadam_on_the_learners_architecture_is_the_python_plugins(tiny_run):
-    from ccl.errors import CclError
-    with pytest.raises(CclError, match="`ccl run` matches on ccl's ConvNet"):
-        prepare(make_config(**tiny_run, memory="datadam", memory_settings={"network": "learner"}))
-
-
 def test_lasting_only_condenses_what_the_next_cut_keeps_and_keeps_the_rest_real():
     from ccl.condense import datadam
-    from ccl.memory.fillers import CondenseFiller, herding_exemplars
+    from ccl.memory.fillers import CondenseFiller, FillerSettings, herding_exemplars
     torch.manual_seed(0)
     learner = ConvNet(num_classes=2, channels=1, image_size=8, width=8, depth=2)
     real, labels = torch.rand(40, 1, 8, 8), torch.arange(2).repeat_interleave(20)
-    settings = datadam.DataDAMSettings(**{**TINY_DATADAM, "holdout": 0.0, "lasting_only": True, "lr_images": 10.0})
-    filler = CondenseFiller(torch.device("cpu"), settings, datadam.condense, progress=False)
+    settings = datadam.DataDAMSettings(**{**{k: v for k, v in TINY_DATADAM.items() if k != "holdout"},
+                                          "lr_images": 10.0})
+    filler = CondenseFiller(torch.device("cpu"), settings, datadam.condense, progress=False,
+                            filler_settings=FillerSettings(lasting_only=True))
     budget, later = {0: 4, 1: 4}, {0: [2, 1], 1: [2, 1]}
     images, image_labels = filler.fill(real, labels, budget, learner, later=later)
     start, _ = herding_exemplars(real, labels, budget, learner)
@@ -157,3 +153,39 @@ def test_lasting_only_condenses_what_the_next_cut_keeps_and_keeps_the_rest_real(
     for c in range(2):  # per class: two condensed images, then herding's next two, untouched
         assert not torch.equal(images[4 * c:4 * c + 2], start[4 * c:4 * c + 2])
         assert torch.equal(images[4 * c + 2:4 * c + 4], start[4 * c + 2:4 * c + 4])
+
+
+@pytest.mark.parametrize("memory", ["pad", "mtt"])
+def test_a_class_with_fewer_images_than_slots_fills_what_it_has(tmp_path, tiny_run, memory):
+    """16 training images a class and 40 slots: the first experience's two classes have 20
+    slots each. The condenser starts from herding's exemplars, of which there are 16 (mtt's
+    preset holds a fifth out first: 13 left); it condenses those, as the herding memory
+    keeps its 16, instead of refusing that the start does not fill the slots."""
+    from ccl.runner import _build
+    settings = {"iterations": 2, "expert_epochs": 1, "num_experts": 1}
+    p = prepare(make_config(**{**tiny_run, "train_per_class": 16, "mem_size": 40}, memory=memory,
+                            memory_settings=settings))
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    strategy.train(bench.train_stream[0])
+    memory_plugin = parts.memory
+    first = p.experience_classes[0]
+    assert memory_plugin.update_log[0]["slots"] == {str(c): 20 for c in first}
+    held_out = round(0.2 * 16) if memory == "mtt" else 0  # mtt's preset: holdout = 0.2
+    assert torch.bincount(memory_plugin.labels, minlength=10)[first].tolist() == [16 - held_out] * 2
+    assert torch.isfinite(memory_plugin.codec.decode(memory_plugin.images)).all()
+
+
+def test_a_presets_filler_keys_go_to_the_filler_and_the_rest_to_the_method():
+    """One preset and one `--set` write both; `split_settings` parts them, and a key of
+    another memory's filler is as unknown as any typo."""
+    from ccl.errors import CclError
+    from ccl.memory import split_settings
+    from ccl.memory.fillers import FillerSettings
+    settings, filler = split_settings("mtt", None, {})  # configs/mtt.toml extends pad.toml: holdout = 0.2
+    assert filler == FillerSettings(holdout=0.2) and not hasattr(settings, "holdout") and settings.alpha == 0.0
+    settings, filler = split_settings("datadam", None, {"holdout": 0.1, "iterations": 3})
+    assert filler == FillerSettings(holdout=0.1, lasting_only=True) and settings.iterations == 3
+    with pytest.raises(CclError, match="unknown key 'memory_context'"):
+        split_settings("datadam", None, {"memory_context": True})  # PAD's filler takes the old classes, DataDAM's not
+    with pytest.raises(CclError, match=r"holdout must be in \[0, 1\)"):
+        split_settings("pad", None, {"holdout": 1.0})

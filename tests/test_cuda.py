@@ -35,7 +35,8 @@ def test_memory_and_learner_live_on_the_gpu(tmp_path, tiny_run, memory):
     p = prepare(make_config(**tiny_run, memory=memory, memory_settings=settings, device="cuda"))
     assert p.device == torch.device("cuda", torch.cuda.current_device())  # compares equal to tensors'
     seed_everything(0)
-    bench, strategy, plugin = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    plugin = parts.memory
     assert next(strategy.model.parameters()).device == p.device
     strategy.train(bench.train_stream[0])
     assert plugin.images.device == p.device and plugin.labels.device == p.device

@@ -130,7 +130,7 @@ def test_a_run_counts_its_plan_and_prints_the_estimate_once_off_a_terminal(tmp_p
     from ccl.experiment import make_config, prepare
     from ccl.runner import _build
     p = prepare(make_config(**tiny_run, memory="herding"))
-    bench, strategy, memory = _build(p, tmp_path, progress=True)
+    bench, strategy, _ = _build(p, tmp_path, progress=True)
     plan = next(x.clock for x in strategy.plugins if isinstance(getattr(x, "clock", None), RunClock)).plan
     assert plan.steps == (3,) * 5 and plan.stream_batch == 16 and plan.replayed == (0, 8, 8, 8, 8)
     assert plan.update_work == pytest.approx((2 * 20 / 3,) * 5)

@@ -54,7 +54,8 @@ def test_gdumbs_own_epochs_minibatches_and_optimiser_train_the_fresh_learner(tmp
     p = prepare(make_config(**{**tiny_run, "epochs": 1, "batch_size": 16}, memory="random", strategy="gdumb",
                             mem_augment="none", strategy_settings=settings))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     seen = []
 
     class Spy(SupervisedPlugin):

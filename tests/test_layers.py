@@ -15,7 +15,7 @@ LAYERS = [
     {"condense"},
     {"memory"},
     {"strategies"},
-    {"replay"},
+    {"replay", "assembly"},
     {"experiment", "checkpoint", "estimate", "logs", "resume"},
     {"runner"},
     {"report", "cells"},

@@ -48,7 +48,8 @@ def test_same_seed_same_numbers(tmp_path, tiny_run):
 def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
     p = prepare(make_config(**tiny_run, memory="random"))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     seen = []
 
     class Spy(SupervisedPlugin):
@@ -72,7 +73,8 @@ def test_memory_samples_reach_the_loss(tmp_path, tiny_run):
 def test_replayed_samples_are_augmented_only_when_asked(tmp_path, tiny_run, augment):
     p = prepare(make_config(**tiny_run, memory="random", mem_augment=augment))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     strategy.train(bench.train_stream[0])
     replayed = []
 
@@ -94,7 +96,8 @@ def test_gdumb_trains_on_the_memory_alone_augmented_when_asked(tmp_path, tiny_ru
     p = prepare(make_config(**tiny_run, memory="random", protocol="gdumb", mem_augment=augment,
                             strategy_settings={"epochs": 2}))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     seen = []
 
     class Spy(SupervisedPlugin):
@@ -112,7 +115,8 @@ def test_gdumb_trains_on_the_memory_alone_augmented_when_asked(tmp_path, tiny_ru
 def test_memory_stays_within_budget_and_balanced(tmp_path, tiny_run):
     p = prepare(make_config(**{**tiny_run, "mem_size": 23}, memory="herding"))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     for i, exp in enumerate(bench.train_stream):
         strategy.train(exp)
         counts = torch.bincount(memory.labels, minlength=10)
@@ -191,7 +195,8 @@ def test_pad_with_memory_context_condenses_against_the_old_classes(tmp_path, tin
 def test_gdumb_protocol_trains_on_the_memory_alone(tmp_path, tiny_run):
     p = prepare(make_config(**tiny_run, memory="random", protocol="gdumb", strategy_settings={"epochs": 32}))
     seed_everything(0)
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     assert memory not in strategy.plugins  # nothing is appended to minibatches
     run_dir = run(p, tmp_path, progress=False)
     r = json.loads((run_dir / "results.json").read_text())
@@ -250,9 +255,9 @@ def test_memory_augmentation_defaults_to_dsa_on_the_device_and_is_recorded():
 def test_a_variant_keeps_its_defining_settings_whatever_the_preset():
     from ccl.memory import MEMORIES
     from ccl.experiment import memory_settings
-    dm = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
+    dm, _ = memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_config="datadam-paper"))
     assert dm.sam_weight == 0.0  # the preset's attention weight (1.0) does not make dm DataDAM
-    mtt = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))
+    mtt, _ = memory_settings(MEMORIES.get("mtt").value, make_config(memory="mtt", memory_config="pad-paper"))
     assert mtt.scheduler is False and mtt.alpha == 0.0
     with pytest.raises(CclError, match="dm is defined by sam_weight = 0.0"):
         memory_settings(MEMORIES.get("dm").value, make_config(memory="dm", memory_settings={"sam_weight": 1.0}))

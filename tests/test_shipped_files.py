@@ -118,7 +118,9 @@ def test_the_light_name_lists_match_the_registries():
     assert names.DATASETS == tuple(DATASETS.names())
     assert names.STRATEGY_SETTINGS == {e.name: fields(e.value.settings) for e in STRATEGIES.entries()}
     assert names.METHOD_SETTINGS == {e.name: fields(e.value.settings) for e in METHODS.entries()}
-    assert names.MEMORY_SETTINGS == {e.name: fields(e.value.settings) for e in MEMORIES.entries()}
+    assert names.MEMORY_SETTINGS == {e.name: fields(e.value.settings) + e.value.filler_keys
+                                     for e in MEMORIES.entries()}
+    assert names.FILLER_SETTINGS == {e.name: e.value.filler_keys for e in MEMORIES.entries() if e.value.filler_keys}
     assert names.scenarios() == {name: s.description for name, s in scenarios().items()}
     assert all(names.scenario_dataset(name) == s.dataset for name, s in scenarios().items())
 
@@ -131,11 +133,15 @@ def test_the_readme_is_a_guide_of_at_most_265_lines():
 def test_every_method_preset_loads_into_its_settings():
     """configs/<method>[-variant].toml: a typo in a shipped preset fails here, not in a user's run."""
     from ccl.condense.methods import method_settings
+    from ccl.memory import MEMORIES, split_settings
     presets = sorted((ROOT / "configs").glob("*.toml"))
     assert {"datadam.toml", "pad.toml", "pad-learner.toml"} <= {p.name for p in presets}
     for path in presets:
-        settings = method_settings(path.stem.split("-")[0], path.stem, {})
+        method = path.stem.split("-")[0]
+        settings, _ = split_settings(method, path.stem, {})
         assert type(settings).__name__.endswith("Settings"), path
+        assert type(method_settings(method, path.stem, {}, aside=MEMORIES.get(method).value.filler_keys)) is \
+            type(settings)  # as `ccl condense` reads it
 
 
 def test_the_readme_creates_the_folder_it_extracts_into():

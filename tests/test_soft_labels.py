@@ -202,9 +202,10 @@ def test_herding_soft_stores_the_learners_logits_as_soft_targets(tmp_path, tiny_
 
 
 def test_pad_replays_with_its_replay_preset_and_gdumb_keeps_the_experts(tiny_run):
-    replay = prepare(make_config(**tiny_run, memory="pad")).settings
-    assert (replay.expert, replay.soft_labels, replay.lr_labels, replay.holdout, replay.iterations) == \
-        ("learner", True, 0.0, 0.0, 10)
+    prepared = prepare(make_config(**tiny_run, memory="pad"))
+    replay = prepared.settings
+    assert (replay.expert, replay.soft_labels, replay.lr_labels, prepared.filler_settings.holdout,
+            replay.iterations) == ("learner", True, 0.0, 0.0, 10)
     alone = prepare(make_config(**tiny_run, memory="pad", strategy="gdumb")).settings
     assert alone.expert == "trained" and not alone.soft_labels
     chosen = prepare(make_config(**tiny_run, memory="pad", memory_config="pad")).settings

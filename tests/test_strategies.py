@@ -116,8 +116,8 @@ def test_the_memory_is_built_with_what_the_strategy_declares_and_no_strategy_cha
         settings = entry.settings()
         needs = entry.memory_needs(settings)
         assert needs == declared.get(name, MemoryNeeds()), name
-        memory = MEMORIES.get(kind).value.make_plugin(20, 4, torch.device("cpu"), None, None, progress=False,
-                                                      needs=needs)
+        memory = MEMORIES.get(kind).value.make_plugin(mem_size=20, mem_batch=4, device=torch.device("cpu"),
+                                                      progress=False, needs=needs)
         assert (memory.draws, memory.record_logits, memory.replay_first_experience) == \
             (needs.draws, needs.logits, needs.first_experience), name
         before = dict(vars(memory))
@@ -243,7 +243,8 @@ def test_stream_slots_replay_new_classes_while_they_stream(tmp_path, tiny_run):
 
     from ccl.runner import _build
     p = prepare(make_config(**tiny_run, strategy="der++", stream_slots=True))
-    bench, strategy, memory = _build(p, tmp_path, progress=False)
+    bench, strategy, parts = _build(p, tmp_path, progress=False)
+    memory = parts.memory
     strategy.plugins.append(Spy())
     for i, step in enumerate(bench.train_stream[:2]):
         strategy.train(step)

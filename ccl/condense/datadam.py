@@ -106,18 +106,10 @@ class DataDAMSettings:
     # (a subset of a jointly optimised set is not one). The replay memory passes the sizes
     # its schedule will cut each class to; standalone condensation has none.
     nested: bool = False
-    # `ccl run` only, with `nested` and init "herding": condense only the images the next
-    # cut keeps; the rest of each class stays herding's real exemplars, replayed for one
-    # experience (ccl.memory.fillers). Standalone condensation has no cuts.
-    lasting_only: bool = False
     # Weight of a third term: the MMD of a guide network's L2-normalised embeddings (the
     # replay learner, as SSD matches on the model being trained), so the images also carry
     # what this learner uses, not only what random networks see. 0 = off, the paper's loss.
     guide_weight: float = 0.0
-    # `ccl run` only: hold out this share of each class's real images and keep a class's
-    # condensed images only where they represent the held-out ones better than the real
-    # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
-    holdout: float = 0.0
     # `ccl run` only: each condensed image's soft target is the guide network's (the
     # learner's) logits on it, which replay trains toward (ccl.memory.fillers).
     soft_labels: bool = False
@@ -165,8 +157,6 @@ class DataDAMSettings:
                              f"got {self.network!r}")
         if self.init not in ("real", "noise", "herding"):
             raise ValueError(f"DataDAMSettings.init must be 'real', 'noise' or 'herding', got {self.init!r}")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"DataDAMSettings.holdout must be in [0, 1), got {self.holdout}")
         if self.guide_weight < 0:
             raise ValueError(f"DataDAMSettings.guide_weight must be >= 0, got {self.guide_weight}")
 

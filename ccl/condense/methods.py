@@ -8,7 +8,7 @@ scheduler off and alpha 0), never copies of the code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 
@@ -52,14 +52,21 @@ METHODS.register("mtt", "MTT: plain trajectory matching (PAD without its two fil
     Method(pad.condense, pad.PADSettings, fixed={"scheduler": False, "alpha": 0.0}))
 
 
-def method_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> Any:
+def method_settings(name: str, preset: str | None, overrides: dict[str, Any], aside: Collection[str] = ()) -> Any:
     """A method's settings: its dataclass's defaults <- the preset (the method's own,
-    configs/<name>.toml, when None) <- overrides <- the variant's fixed settings."""
-    from ccl.config import preset_settings
+    configs/<name>.toml, when None) <- overrides <- the variant's fixed settings.
+
+    Args:
+        aside: keys of the preset and the overrides that are not the method's (a
+            condensing memory's filler settings, `ccl.memory.fillers.FillerSettings`,
+            which presets made for `ccl run` carry beside the method's): left out here.
+    """
+    from ccl.config import from_dict, preset_values, preset_where
     from ccl.errors import CclError
     entry = METHODS.get(name).value
     for key, value in overrides.items():
         if key in entry.fixed and value != entry.fixed[key]:
             raise CclError(f"{name} is defined by {key} = {entry.fixed[key]!r}; for {key} = {value!r} "
                            f"use another method")
-    return preset_settings(entry.settings, preset or name, {**overrides, **entry.fixed}, explicit=preset is not None)
+    values = {**preset_values(preset or name, explicit=preset is not None), **overrides, **entry.fixed}
+    return from_dict(entry.settings, {k: v for k, v in values.items() if k not in aside}, preset_where(preset or name))

@@ -148,13 +148,6 @@ class PADSettings:
     recompute_steps: bool = True
     progress_every: int = 50        # iterations between finiteness checks / bar updates
     max_recoveries: int = 3         # restarts from the last finite images on NaN/inf
-    # `ccl run` only: condense each experience's new classes with the memory's old-class
-    # images as fixed `context` (see the module docstring). `ccl condense` has no memory.
-    memory_context: bool = False
-    # `ccl run` only: hold out this share of each class's real images and keep a class's
-    # matched images only where they represent the held-out ones better than the real
-    # images they started from (ccl.memory.fillers.keep_if_better). 0 = always keep.
-    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("iterations", "syn_steps", "expert_epochs", "num_experts",
@@ -201,8 +194,6 @@ class PADSettings:
             raise ValueError(f"PADSettings.expert must be one of {', '.join(EXPERTS)}, got {self.expert!r}")
         if self.init not in INITS:
             raise ValueError(f"PADSettings.init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"PADSettings.holdout must be in [0, 1), got {self.holdout}")
         self.schedule  # noqa: B018 -- builds (and so validates) the schedule fractions
 
     def work(self, classes: int, synthetic: int, real_per_class: float, learner_width: int) -> float:

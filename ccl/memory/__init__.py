@@ -5,14 +5,15 @@ filler fills the slots and which settings dataclass configures it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ccl.condense import LoopCheckpoint
-from ccl.condense.methods import METHODS
+from ccl.condense.methods import METHODS, method_settings
 from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.buffers import ClassBalancedReservoirBuffer, ReservoirBuffer
-from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
+from ccl.memory.fillers import CondenseFiller, Filler, FillerSettings, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -35,6 +36,9 @@ class MemorySpec:
     replay_preset: str | None = None
     # policy "stream": which row each stream sample takes (ccl.memory.buffers)
     buffer: type[ReservoirBuffer] = ReservoirBuffer
+    # the keys of `FillerSettings` this memory takes beside its method's settings (a
+    # preset and `--set` write both alike; `split_settings` parts them)
+    filler_keys: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS or self.policy not in POLICIES:
@@ -55,19 +59,31 @@ class MemorySpec:
         """Slots shared out among the seen classes: a budget below the class count is an error."""
         return self.kind == "avalanche" or (self.on_device and self.policy == "end")
 
-    def make_filler(self, device, settings: Any, progress: bool = True,
-                    checkpoint: LoopCheckpoint | None = None) -> Filler:
+    def make_filler(self, device, settings: Any, progress: bool = True, checkpoint: LoopCheckpoint | None = None,
+                    filler_settings: FillerSettings = FillerSettings()) -> Filler:
         if self.method is not None:
-            return CondenseFiller(device, settings, self.method, progress, checkpoint)
+            return CondenseFiller(device, settings, self.method, progress, checkpoint, filler_settings)
         return self.filler(device, settings, progress)
 
-    def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
+    def recorded_settings(self, settings: Any, filler_settings: FillerSettings) -> dict[str, Any] | None:
+        """The settings as one flat dict, as a preset writes them (a run's config.json):
+        `split_settings` parts it again when the run resumes."""
+        if settings is None:
+            return None
+        return {**dataclasses.asdict(settings), **{k: getattr(filler_settings, k) for k in self.filler_keys}}
+
+    def make_plugin(self, *, mem_size: int, mem_batch: int, device, codec=None, augment=None, settings: Any = None,
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
                     batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds(),
-                    checkpoint: LoopCheckpoint | None = None):
+                    checkpoint: LoopCheckpoint | None = None, filler_settings: FillerSettings = FillerSettings(),
+                    device_memory: type[DeviceMemoryPlugin] = DeviceMemoryPlugin):
         """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
         the replay strategy asks of an on-device memory (its entry's `memory_needs`);
-        `checkpoint`: how a condensing filler's iterations are saved and resumed."""
+        `checkpoint`: how a condensing filler's iterations are saved and resumed;
+        `filler_settings`: what a condensing filler does around its method;
+        `device_memory`: the class of a class-balanced on-device memory (a subclass that
+        hands its fillers a view of the learner, `ccl.assembly.FeatureMemory`). Built by
+        `ccl.assembly.build_replay`, for `ccl run` and `ccl.CondensedReplay` alike."""
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
@@ -75,9 +91,9 @@ class MemorySpec:
             return None
         if self.policy == "stream":
             return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
-        filler = self.make_filler(device, settings, progress, checkpoint)
-        return DeviceMemoryPlugin(mem_size, mem_batch, filler, real_images, device, codec, augment,
-                                  schedule=schedule, stream_slots=stream_slots, needs=needs)
+        filler = self.make_filler(device, settings, progress, checkpoint, filler_settings)
+        return device_memory(mem_size, mem_batch, filler, real_images, device, codec, augment,
+                             schedule=schedule, stream_slots=stream_slots, needs=needs)
 
 
 MEMORIES: Registry[MemorySpec] = Registry("memory")
@@ -101,11 +117,29 @@ MEMORIES.register("herding-soft", "herding's exemplars with the learner's logits
 # PAD replays with its learner-matched preset (docs/results.md, 2026-12-04); its expert
 # preset stays for `ccl condense`, GDumb and GPUs.
 _REPLAY_PRESETS = {"pad": "pad-replay"}
+# Which filler settings each condensing memory takes: PAD takes the old classes as context
+# (`ccl.condense.pad`); lasting_only needs DataDAM's nested matching.
+_FILLER_KEYS = {"dm": ("lasting_only", "holdout"), "datadam": ("lasting_only", "holdout"),
+                "mtt": ("memory_context", "holdout"), "pad": ("memory_context", "holdout")}
 for _name in ("dm", "datadam", "mtt", "pad"):
     _method = METHODS.get(_name)
     MEMORIES.register(_name, f"condensed: {_method.description}")(
         MemorySpec("device", settings=_method.value.settings, method=_method.value.condense,
-                   replay_preset=_REPLAY_PRESETS.get(_name)))
+                   replay_preset=_REPLAY_PRESETS.get(_name), filler_keys=_FILLER_KEYS[_name]))
+
+
+def split_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> tuple[Any, FillerSettings]:
+    """A condensing memory's settings from one preset (its method's own, configs/<name>.toml,
+    when None) and one set of overrides, as a user writes them: (its method's settings,
+    `ccl.condense.methods.method_settings`; its filler's, the keys of its entry's
+    `filler_keys`). A key that is neither is an error, as in any preset."""
+    from ccl.config import from_dict, preset_values, preset_where
+    keys = MEMORIES.get(name).value.filler_keys
+    settings = method_settings(name, preset, overrides, aside=keys)
+    values = {**preset_values(preset or name, explicit=preset is not None), **overrides}
+    return settings, from_dict(FillerSettings, {k: v for k, v in values.items() if k in keys},
+                               preset_where(preset or name))
+
 
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
-           "Filler", "slots_per_class"]
+           "Filler", "FillerSettings", "slots_per_class", "split_settings"]

@@ -121,21 +121,47 @@ class SoftHerdingFiller(HerdingFiller):
         return Condensed(images, image_labels, logits, torch.arange(logits.shape[1], device=logits.device))
 
 
+@dataclass(frozen=True)
+class FillerSettings:
+    """What a condensing memory does around its method under `ccl run`, where there is a
+    learner, an old classes' memory and a schedule of cuts; a standalone condensation
+    (`ccl condense`) has none of them. Presets carry these keys beside the method's
+    (`ccl.memory.split_settings` splits them); which of them a memory takes is its
+    registry entry's `filler_keys`."""
+    # Hold out this share of each class's real images and keep a class's condensed images
+    # only where they represent the held-out ones better than the real images they started
+    # from (`keep_if_better`). 0 = always keep.
+    holdout: float = 0.0
+    # With the method's `nested` and init "herding": condense only the images the next cut
+    # keeps; the rest of each class stays herding's real exemplars, replayed for one
+    # experience.
+    lasting_only: bool = False
+    # Condense each experience's new classes with the memory's old-class images as fixed
+    # `context` (PAD: see `ccl.condense.pad`).
+    memory_context: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+
+
 class CondenseFiller(Filler):
     """Synthetic images from a `ccl.condense` method, in priority order.
 
-    Settings the condenser may carry, read here: `init = "herding"` starts from the
-    learner's herding exemplars (in herding order); `nested` matches every size the class
-    will be cut to, so its order is kept as the priority order; otherwise the images are
-    ranked by herding on the learner. `guide_weight > 0` hands the learner over as the
-    guide network; `memory_context` hands over the old classes' memory. `holdout > 0`
-    keeps that share of each class's real images out of condensation and, class by class,
-    keeps the condensed images only where they represent those held-out images better
-    than the real images they started from (`stats["kept"]` records the decision).
-    `lasting_only` (with `nested` and the herding start) condenses only the images the
-    next cut keeps and appends the rest of the herding start as real images: those are
-    replayed for one experience only. `expert = "learner"` (PAD) matches the learner's own trajectory, which the memory
-    records while the experience trains and hands over as `trajectory`.
+    Settings of the condenser read here: `init = "herding"` starts from the learner's
+    herding exemplars (in herding order); `nested` matches every size the class will be
+    cut to, so its order is kept as the priority order; otherwise the images are ranked
+    by herding on the learner. `guide_weight > 0` hands the learner over as the guide
+    network. `expert = "learner"` (PAD) matches the learner's own trajectory, which the
+    memory records while the experience trains and hands over as `trajectory`.
+
+    The filler's own settings (`FillerSettings`): `memory_context` hands over the old
+    classes' memory. `holdout > 0` keeps that share of each class's real images out of
+    condensation and, class by class, keeps the condensed images only where they represent
+    those held-out images better than the real images they started from (`stats["kept"]`
+    records the decision). `lasting_only` (with `nested` and the herding start) condenses
+    only the images the next cut keeps and appends the rest of the herding start as real
+    images: those are replayed for one experience only.
 
     `checkpoint` (a `ccl.condense.LoopCheckpoint`) is handed to the method, which saves
     and resumes its iterations through it (a run's checkpoints inside a condensation).
@@ -148,9 +174,9 @@ class CondenseFiller(Filler):
     method: Callable
 
     def __init__(self, device, settings, method: Callable, progress: bool = True,
-                 checkpoint: LoopCheckpoint | None = None):
+                 checkpoint: LoopCheckpoint | None = None, filler_settings: FillerSettings = FillerSettings()):
         super().__init__(device, settings, progress)
-        self.method, self.checkpoint = method, checkpoint
+        self.method, self.checkpoint, self.filler_settings = method, checkpoint, filler_settings
 
     def work(self, classes, slots, real_per_class, learner_width):
         condensing = getattr(self.settings, "work", None)  # a method's own cost, where it knows it
@@ -175,11 +201,15 @@ class CondenseFiller(Filler):
                                  "training run records (the memory plugin's hooks)")
             extra["trajectory"] = trajectory
         real, labels = real.to(self.device), labels.to(self.device)
-        holdout = option("holdout", 0.0)
+        holdout = self.filler_settings.holdout
         if holdout > 0:
             (real, labels), held = _split_per_class(real, labels, holdout)
+        # A class never fills more slots than it has real images (left after the holdout), as
+        # in the herding and random memories: a condensed set summarises its class's images
+        # (`ccl condense` refuses an --ipc above them), and a herding start has no more to give.
+        budget = {c: min(k, int((labels == c).sum())) for c, k in budget.items()}
         # on the learner's trajectory always: its minibatches mixed in the old classes
-        if (option("memory_context", False) or self.matches_learner) and context is not None and len(context[1]):
+        if (self.filler_settings.memory_context or self.matches_learner) and context is not None and len(context[1]):
             extra["context"] = context
         if option("init", None) == "herding":
             extra["init"] = herding_exemplars(real, labels, budget, learner)
@@ -193,7 +223,7 @@ class CondenseFiller(Filler):
         if self.checkpoint is not None:
             extra["checkpoint"] = self.checkpoint
         tail = None
-        if nested and option("lasting_only", False) and option("init", None) == "herding":
+        if nested and self.filler_settings.lasting_only and option("init", None) == "herding":
             budget, extra["init"], tail = _lasting(budget, extra["init"], later)
             stats["condensed_sizes"] = {str(c): n for c, n in budget.items()}
         result = self.method(real, labels, budget, self.device, self.settings,
