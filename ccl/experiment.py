@@ -144,6 +144,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.finetune_epochs and not replays:
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; {name} under "
                        f"--protocol {cfg.protocol} has nothing to finetune on")
+    if cfg.online:
+        online_problem(cfg, spec, entry)
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     with torch.device("meta"):  # counted, not allocated
         weights = sum(t.numel() for t in build_learner(cfg.model, data.num_classes, data.shape, cfg.width,
@@ -161,6 +163,27 @@ def prepare(cfg: RunConfig) -> Prepared:
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
     return Prepared(cfg, scenario, spec, settings, entry, hyper, data, device, order, groups)
+
+
+def online_problem(cfg: RunConfig, spec: MemorySpec, entry: Strategy) -> None:
+    """A CclError when what `cfg` runs cannot run on its online stream: joint training has
+    no stream, and while the boundaries are hidden, a memory filled at an experience's end,
+    a strategy that acts there, or finetuning there would each need to be told where."""
+    if spec.joint:
+        raise CclError(f"--online streams the experiences; memory {cfg.memory!r} trains on all the data at once")
+    if cfg.reveal_boundaries:
+        return
+    hint = "or add --reveal-boundaries"
+    if not spec.online:
+        raise CclError(f"--online hides where experiences end, and memory {cfg.memory!r} fills at an experience's "
+                       f"end: use reservoir or class-balanced-reservoir ({hint})")
+    if not entry.online:
+        online = ", ".join(e.name for e in STRATEGIES.entries() if e.value.online)
+        raise CclError(f"--online hides where experiences end, and --strategy {cfg.strategy} acts at an "
+                       f"experience's end: use {online} ({hint})")
+    if cfg.finetune_epochs:
+        raise CclError(f"--online hides where experiences end, and --finetune-epochs trains at an experience's "
+                       f"end ({hint})")
 
 
 def versions() -> dict[str, str]:

@@ -23,7 +23,8 @@ from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
 from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
-from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
+from ccl.memory import (MEMORIES, DeviceMemoryPlugin, MemoryNeeds, OnlineReservoirMemoryPlugin, ReplayMemoryPlugin,
+                        ReservoirMemoryPlugin)
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
@@ -89,6 +90,13 @@ class CondensedReplay(SupervisedPlugin):
         strategy_settings: that strategy's hyperparameters (a dict over its defaults, or
             its settings dataclass), e.g. {"alpha": 0.1, "beta": 0.5} for "der++".
         progress: progress bars while condensing.
+        online: an online stream that hides where experiences end (build the template with
+            `train_epochs=1` and the online minibatch size, e.g. `train_mb_size=10`): the
+            memory learns its classes from the stream minibatches, not at an experience's
+            end (`ccl.memory.OnlineReservoirMemoryPlugin`); only a memory and a strategy
+            that need no boundary are accepted (reservoir or class-balanced-reservoir; er,
+            er-ace, der, der++). False: told at every experience's end, as Avalanche's
+            `split_online_stream` experiences (one a minibatch) also tell it.
 
     Attributes:
         memory: the memory plugin (images, labels, classes, update_log), built when
@@ -102,7 +110,7 @@ class CondensedReplay(SupervisedPlugin):
 
     def __init__(self, mem_size: int = 200, method: str = "datadam", settings: Settings = None, mem_batch: int = 32,
                  augment: str | Callable[[torch.Tensor], torch.Tensor] | None = "dsa", strategy: str | None = "er",
-                 strategy_settings: Settings = None, progress: bool = False):
+                 strategy_settings: Settings = None, progress: bool = False, online: bool = False):
         super().__init__()
         if problem := size_problem(mem_size, "mem_size", 1) or size_problem(mem_batch, "mem_batch", 0):
             raise ValueError(problem)  # now, not an experience later (20.5 or NaN is no count)
@@ -133,6 +141,13 @@ class CondensedReplay(SupervisedPlugin):
         if problem := (settings_problem(self.settings, f"settings of {method!r}")
                        or settings_problem(self.strategy_settings, f"strategy_settings of {strategy!r}")):
             raise ValueError(problem)  # a dataclass given as it is: NaN passes its own range checks
+        self.online = online
+        if online and not self.spec.online:
+            raise ValueError(f"online=True hides where experiences end, and method {method!r} fills at an "
+                             "experience's end: use reservoir or class-balanced-reservoir")
+        if online and self.entry is not None and not self.entry.online:
+            raise ValueError(f"online=True hides where experiences end, and strategy {strategy!r} acts at an "
+                             f"experience's end: use {', '.join(e.name for e in STRATEGIES.entries() if e.value.online)}")
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
         self.memory: ReplayMemoryPlugin | None = None
         self.loss: SupervisedPlugin | None = None
@@ -142,6 +157,9 @@ class CondensedReplay(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs):
         _refuse_second_replay(self, strategy)
+        if self.online and strategy.train_epochs != 1:
+            raise ValueError(f"online=True streams each sample once: build the strategy with train_epochs=1, "
+                             f"not {strategy.train_epochs}")
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
             self.memory, self.loss = self._build(torch.device(strategy.device), strategy.model)
@@ -150,8 +168,9 @@ class CondensedReplay(SupervisedPlugin):
     def _build(self, device: torch.device, model: nn.Module) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
-            memory = ReservoirMemoryPlugin(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
-                                           buffer=self.spec.buffer)
+            reservoir = OnlineReservoirMemoryPlugin if self.online else ReservoirMemoryPlugin
+            memory = reservoir(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
+                               buffer=self.spec.buffer)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
             spec = self.spec

@@ -110,7 +110,7 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
                                 MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                                 augments[cfg.mem_augment], p.settings, progress, real_images, p.experience_classes,
                                 cfg.stream_slots, cfg.batch_size, p.strategy.memory_needs(p.strategy_settings),
-                                checkpoint=condensation)
+                                checkpoint=condensation, boundaries=not cfg.online or cfg.reveal_boundaries)
 
     plugins = [Progress(progress, cfg.memory, plan_run(p, bench, memory)), DivergenceGuard()]
     if augments[cfg.stream_augment] is not None:  # before the memory: only the stream samples
@@ -125,6 +125,10 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
     if cfg.finetune_epochs:
         plugins.append(FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
                                       cfg.batch_size))
+    # Online (cfg.online): the scenario's experiences, each trained for one epoch (epochs is
+    # 1) in minibatches of the online size, not Avalanche's `split_online_stream` of one
+    # experience a minibatch, whose per-experience set-up would run at every step; the
+    # boundaries are hidden from the memory by `make_plugin` (ccl.memory.online).
     strategy_cls = JointTraining if p.spec.joint else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,

@@ -13,6 +13,7 @@ from ccl.condense.methods import METHODS
 from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.buffers import ClassBalancedReservoirBuffer, ReservoirBuffer
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
+from ccl.memory.online import OnlineReservoirMemoryPlugin
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -55,6 +56,13 @@ class MemorySpec:
         """Slots shared out among the seen classes: a budget below the class count is an error."""
         return self.kind == "avalanche" or (self.on_device and self.policy == "end")
 
+    @property
+    def online(self) -> bool:
+        """Runs on an online stream that hides experience boundaries: no memory, or one
+        filled from the stream (one filled at an experience's end, Avalanche's included,
+        needs to be told where it ends)."""
+        return self.kind == "none" or (self.on_device and self.policy == "stream")
+
     def make_filler(self, device, settings: Any, progress: bool = True,
                     checkpoint: LoopCheckpoint | None = None) -> Filler:
         if self.method is not None:
@@ -64,17 +72,22 @@ class MemorySpec:
     def make_plugin(self, mem_size: int, mem_batch: int, device, codec, augment, settings: Any = None,
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
                     batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds(),
-                    checkpoint: LoopCheckpoint | None = None):
+                    checkpoint: LoopCheckpoint | None = None, boundaries: bool = True):
         """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
         the replay strategy asks of an on-device memory (its entry's `memory_needs`);
-        `checkpoint`: how a condensing filler's iterations are saved and resumed."""
+        `checkpoint`: how a condensing filler's iterations are saved and resumed;
+        `boundaries`: False on an online stream that hides where experiences end (only a
+        memory that is `online` runs there)."""
+        if not boundaries and not self.online:
+            raise ValueError(f"a memory of kind {self.kind!r}, policy {self.policy!r} needs experience boundaries")
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
         if not self.on_device:
             return None
         if self.policy == "stream":
-            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
+            plugin = ReservoirMemoryPlugin if boundaries else OnlineReservoirMemoryPlugin
+            return plugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
         filler = self.make_filler(device, settings, progress, checkpoint)
         return DeviceMemoryPlugin(mem_size, mem_batch, filler, real_images, device, codec, augment,
                                   schedule=schedule, stream_slots=stream_slots, needs=needs)
@@ -108,4 +121,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+           "OnlineReservoirMemoryPlugin",
            "Filler", "slots_per_class"]
