@@ -71,6 +71,10 @@ def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> An
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None
+    if spec.method is None:  # a memory's own settings, not a condensation method's: no preset file
+        if cfg.memory_config:
+            raise CclError(f"memory {cfg.memory!r} has no settings presets; give its settings with --set")
+        return cfgmod.from_dict(spec.settings, cfg.memory_settings, f"memory {cfg.memory}")
     preset = cfg.memory_config or (spec.replay_preset if replay else None)
     return method_settings(cfg.memory, preset, cfg.memory_settings)
 
@@ -158,6 +162,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     if spec.class_balanced and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
+    summaries = settings.summary_slots(cfg.mem_size) if hasattr(settings, "summary_slots") else None
+    if summaries is not None and 0 < summaries < data.num_classes:
+        raise CclError(f"{name} keeps {summaries} of its {cfg.mem_size} slots as summaries, fewer than the "
+                       f"{data.num_classes} classes: raise --mem-size or --set share=...")
     if (spec.on_device or spec.class_balanced) and cfg.mem_size > len(data.train_y):
         raise CclError(f"--mem-size {cfg.mem_size} is more than all the training images ({len(data.train_y)})")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)

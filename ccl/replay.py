@@ -23,8 +23,7 @@ from ccl.condense.methods import METHODS, method_settings
 from ccl.errors import CclError
 from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
-from ccl.memory import (MEMORIES, DeviceMemoryPlugin, MemoryNeeds, OnlineReservoirMemoryPlugin, ReplayMemoryPlugin,
-                        ReservoirMemoryPlugin)
+from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
@@ -75,8 +74,9 @@ class CondensedReplay(SupervisedPlugin):
         method: a memory ccl has: datadam (the default; its preset condenses a Split
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
             mtt, random, herding, herding-soft (class-balanced, filled at each experience's
-            end), reservoir (one reservoir over the stream, as the ER and DER papers) or
-            class-balanced-reservoir (CBRS over the stream).
+            end), reservoir (one reservoir over the stream, as the ER and DER papers),
+            class-balanced-reservoir (CBRS over the stream) or online-datadam (summaries
+            condensed from the stream as it passes, beside a reservoir).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
             that preset (e.g. {"iterations": 20}), or an instance of its settings dataclass
@@ -168,9 +168,8 @@ class CondensedReplay(SupervisedPlugin):
     def _build(self, device: torch.device, model: nn.Module) -> tuple[ReplayMemoryPlugin, SupervisedPlugin | None]:
         needs = self.entry.memory_needs(self.strategy_settings) if self.entry is not None else MemoryNeeds()
         if self.spec.policy == "stream":
-            reservoir = OnlineReservoirMemoryPlugin if self.online else ReservoirMemoryPlugin
-            memory = reservoir(self.mem_size, self.mem_batch, device, augment=self.augment, needs=needs,
-                               buffer=self.spec.buffer)
+            memory = self.spec.make_plugin(self.mem_size, self.mem_batch, device, None, self.augment, self.settings,
+                                           needs=needs, boundaries=not self.online)
         else:
             stream_slots = self.entry is not None and self.entry.stream_slots and self.mem_batch > 0
             spec = self.spec
@@ -347,6 +346,8 @@ def _method_settings(method: str, spec, settings: Settings) -> Any:
         if settings:
             raise ValueError(f"method {method!r} takes no settings")
         return None
+    if spec.method is None:  # a memory's own settings (online-datadam's), not a condensation method's
+        return _settings(cls, settings, f"settings of {method!r}")
     if isinstance(settings, cls):
         return dataclasses.replace(settings, **METHODS.get(method).value.fixed)
     if settings is None or isinstance(settings, dict):

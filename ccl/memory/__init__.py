@@ -14,6 +14,7 @@ from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.buffers import ClassBalancedReservoirBuffer, ReservoirBuffer
 from ccl.memory.fillers import CondenseFiller, Filler, HerdingFiller, RandomFiller, SoftHerdingFiller
 from ccl.memory.online import OnlineReservoirMemoryPlugin
+from ccl.memory.online_condensing import OnlineCondensingMemoryPlugin, OnlineCondensingSettings
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -85,6 +86,8 @@ class MemorySpec:
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
         if not self.on_device:
             return None
+        if self.policy == "stream" and self.settings is OnlineCondensingSettings:  # knows no boundary either way
+            return OnlineCondensingMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, settings)
         if self.policy == "stream":
             plugin = ReservoirMemoryPlugin if boundaries else OnlineReservoirMemoryPlugin
             return plugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
@@ -102,6 +105,9 @@ MEMORIES.register("reservoir", "a uniform sample of the whole stream by reservoi
 MEMORIES.register("class-balanced-reservoir", "class-balanced reservoir sampling of the stream (CBRS: no class above "
                   "its share, however imbalanced the stream), with DER's logits, on the device (2020)")(
     MemorySpec("device", policy="stream", buffer=ClassBalancedReservoirBuffer))
+MEMORIES.register("online-datadam", "condensing while the stream passes: a share of the slots are summaries matched "
+                  "every few steps to recent stream samples on the learner (DataDAM's terms, SSD's setting), the rest "
+                  "a reservoir")(MemorySpec("device", policy="stream", settings=OnlineCondensingSettings))
 MEMORIES.register("avalanche-reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
     MemorySpec("avalanche"))
 MEMORIES.register("random", "class-balanced random real images, on the device")(
@@ -121,5 +127,5 @@ for _name in ("dm", "datadam", "mtt", "pad"):
                    replay_preset=_REPLAY_PRESETS.get(_name)))
 
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
-           "OnlineReservoirMemoryPlugin",
+           "OnlineReservoirMemoryPlugin", "OnlineCondensingMemoryPlugin", "OnlineCondensingSettings",
            "Filler", "slots_per_class"]
