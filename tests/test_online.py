@@ -23,7 +23,7 @@ from ccl.cli import main
 from ccl.errors import CclError
 from ccl.estimate import plan_run
 from ccl.experiment import make_config, prepare
-from ccl.memory import OnlineReservoirMemoryPlugin
+from ccl.memory import OnlineCondensingMemoryPlugin, OnlineReservoirMemoryPlugin
 from ccl.resume import CheckpointClock, RecordedOrder
 from ccl.runner import _build, run
 from ccl.strategies import ACEPlugin
@@ -59,7 +59,7 @@ def test_online_streams_once_in_minibatches_of_ten_over_the_scenarios_defaults()
 
 
 @pytest.mark.parametrize("strategy", ["er", "er-ace", "der++"])
-@pytest.mark.parametrize("memory", ["reservoir", "class-balanced-reservoir"])
+@pytest.mark.parametrize("memory", ["reservoir", "class-balanced-reservoir", "online-datadam"])
 def test_an_online_run_trains_on_every_sample_once(tmp_path, streamed, strategy, memory):
     p = prepare(make_config(**TINY, strategy=strategy, memory=memory))
     run_dir = run(p, tmp_path, progress=False)
@@ -122,7 +122,8 @@ class StopAfter(CheckpointClock):
 
 # Saves at experience 0's 5th minibatch, then (the clock restarted by its end's checkpoint)
 # experience 1's 5th: the 2nd save stops the run inside experience 1, at iteration 4.
-@pytest.mark.parametrize("strategy, memory", [("er-ace", "reservoir"), ("der++", "class-balanced-reservoir")])
+@pytest.mark.parametrize("strategy, memory", [("er-ace", "reservoir"), ("der++", "class-balanced-reservoir"),
+                                              ("der++", "online-datadam")])  # stopped 3 steps past an update
 def test_a_run_stopped_inside_the_stream_resumes_to_the_uninterrupted_matrix(tmp_path, strategy, memory):
     values = dict(**TINY, strategy=strategy, memory=memory)
     whole = json.loads((run(prepare(make_config(**values)), tmp_path / "whole", progress=False)
@@ -181,11 +182,11 @@ def test_the_estimate_counts_one_pass_in_minibatches_of_ten(tmp_path):
 def test_compare_online_runs_every_memory_that_needs_no_boundary(tmp_path):
     out = tmp_path / "cmp"
     result = CliRunner().invoke(main, ["compare", "--online", "--scenario", "split-digits", "--experiences", "2",
-                                       "--train-per-class", "10", "--mem-size", "10", "--width", "8", "--seeds", "1",
+                                       "--train-per-class", "10", "--mem-size", "20", "--width", "8", "--seeds", "1",
                                        "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     cells = sorted(p.name for p in (out / "cells").iterdir())
-    assert cells == ["class-balanced-reservoir-s0", "none-s0", "reservoir-s0"]
+    assert cells == ["class-balanced-reservoir-s0", "none-s0", "online-datadam-s0", "reservoir-s0"]
     (config,) = (out / "cells" / "reservoir-s0").glob("*/config.json")
     assert json.loads(config.read_text())["run"]["online"] is True
 
@@ -206,7 +207,7 @@ def _naive(plugin, epochs: int = 1):
                  train_epochs=epochs, plugins=[plugin], evaluator=EvaluationPlugin(loggers=[]), device="cpu")
 
 
-@pytest.mark.filterwarnings("ignore:No loggers specified")
+@pytest.mark.filterwarnings("ignore:No loggers specified", "ignore:DataDAM. Sequential has 0 stage")
 def test_the_python_plugin_online_learns_its_classes_from_the_stream():
     torch.manual_seed(0)
     replay = CondensedReplay(mem_size=12, method="class-balanced-reservoir", strategy="er-ace", online=True)
@@ -215,6 +216,10 @@ def test_the_python_plugin_online_learns_its_classes_from_the_stream():
     strategy.train(first)
     assert isinstance(replay.memory, OnlineReservoirMemoryPlugin) and len(replay.memory.labels) == 12
     assert sorted(replay.memory.classes) == sorted(first.classes_in_this_experience)
+    condensing = CondensedReplay(mem_size=12, method="online-datadam", settings={"every": 2}, online=True)
+    _naive(condensing).train(first)
+    assert isinstance(condensing.memory, OnlineCondensingMemoryPlugin)
+    assert condensing.memory.update_log[-1]["summary_updates"] == 3  # 60 samples: 6 steps of 10
     with pytest.raises(ValueError, match="online=True streams each sample once: build the strategy with "
                                          "train_epochs=1, not 2"):
         _naive(CondensedReplay(mem_size=12, method="reservoir", online=True), epochs=2).train(first)
@@ -231,3 +236,51 @@ def test_the_online_preset_is_the_issues_protocol():
     assert (cfg.scenario, cfg.online, cfg.epochs, cfg.batch_size, cfg.mem_batch) == ("split-cifar10", True, 1, 10, 10)
     assert (cfg.train_per_class, cfg.width, cfg.mem_size, cfg.memory, cfg.lr) == (1000, 64, 100, "reservoir", 0.1)
     assert math.isclose(cfg.momentum, 0.0) and not cfg.reveal_boundaries
+
+
+def test_the_condensing_memory_keeps_balanced_summaries_that_moved_and_reports_their_cost(tmp_path):
+    settings = {"share": 0.5, "every": 4, "iterations": 3}
+    p = prepare(make_config(**TINY, memory="online-datadam", memory_settings=settings))
+    run_dir = run(p, tmp_path, progress=False)
+    results = json.loads((run_dir / "results.json").read_text())
+    memory = torch.load(run_dir / "memory.pt", weights_only=True)
+    summaries = memory["labels"][:10]  # 10 of the 20 slots, one a class once all 10 have arrived
+    assert sorted(summaries.tolist()) == list(range(10)) and len(memory["labels"]) == 20
+    real = torch.as_tensor(p.data.normalise(p.data.train_x))  # (N, C, H, W)
+    distances = torch.cdist(memory["images"].flatten(1), real.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    nearest = distances.min(1).values  # (20,) to the nearest training image
+    assert bool((nearest[:10] > 1e-3).all())  # every summary moved away from the stream sample it started as
+    assert bool((nearest[10:] == 0).all())  # the reservoir's rows are stream samples as they came
+    logged = results["memory_updates"]
+    assert [entry["summary_updates"] for entry in logged] == [2, 1, 2]  # every 4th of the steps 1-8, 9-14, 15-20
+    assert all(entry["seconds"] > 0 and entry["seconds_per_step"] > 0 for entry in logged)
+    assert results["memory_update_seconds"] == [entry["seconds"] for entry in logged]
+
+
+def test_one_update_lowers_the_summaries_loss_against_the_window():
+    from ccl.condense.datadam import matching_statistics, stage_network
+    from ccl.memory.online_condensing import summary_loss
+    from ccl.models import build_learner
+    torch.manual_seed(0)
+    learner = build_learner("convnet", 3, (1, 8, 8), 16, 2, "instance")
+    network = stage_network(learner, (1, 8, 8), torch.device("cpu"))
+    window, groups = torch.randn(30, 1, 8, 8), torch.arange(3).repeat_interleave(10)
+    syn, syn_groups = torch.randn(6, 1, 8, 8, requires_grad=True), torch.arange(3).repeat_interleave(2)
+    with torch.no_grad():
+        real = matching_statistics(network, window, groups, 3, 4.0)
+    losses = []
+    for _ in range(5):
+        loss = summary_loss(real, matching_statistics(network, syn, syn_groups, 3, 4.0), 1.0, 0.01)
+        (grad,) = torch.autograd.grad(loss, syn)
+        with torch.no_grad():
+            syn -= 1.0 * grad
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_the_condensing_memory_needs_a_summary_a_class():
+    with pytest.raises(CclError, match=r"memory 'online-datadam' keeps 2 of its 20 slots as summaries, fewer than the "
+                                       r"10 classes: raise --mem-size or --set share=\.\.\.$"):
+        prepare(make_config(**TINY, memory="online-datadam", memory_settings={"share": 0.1}))
+    with pytest.raises(CclError, match="share must be in"):
+        prepare(make_config(**TINY, memory="online-datadam", memory_settings={"share": 1.5}))
