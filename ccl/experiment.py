@@ -183,8 +183,9 @@ def online_problem(cfg: RunConfig, spec: MemorySpec, entry: Strategy) -> None:
         return
     hint = "or add --reveal-boundaries"
     if not spec.online:
+        online = ", ".join(e.name for e in MEMORIES.entries() if e.value.online and e.value.on_device)
         raise CclError(f"--online hides where experiences end, and memory {cfg.memory!r} fills at an experience's "
-                       f"end: use reservoir or class-balanced-reservoir ({hint})")
+                       f"end: use {online} ({hint})")
     if not entry.online:
         online = ", ".join(e.name for e in STRATEGIES.entries() if e.value.online)
         raise CclError(f"--online hides where experiences end, and --strategy {cfg.strategy} acts at an "

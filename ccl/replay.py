@@ -94,8 +94,8 @@ class CondensedReplay(SupervisedPlugin):
             `train_epochs=1` and the online minibatch size, e.g. `train_mb_size=10`): the
             memory learns its classes from the stream minibatches, not at an experience's
             end (`ccl.memory.OnlineReservoirMemoryPlugin`); only a memory and a strategy
-            that need no boundary are accepted (reservoir or class-balanced-reservoir; er,
-            er-ace, der, der++). False: told at every experience's end, as Avalanche's
+            that need no boundary are accepted (reservoir, class-balanced-reservoir or
+            online-datadam; er, er-ace, der, der++). False: told at every experience's end, as Avalanche's
             `split_online_stream` experiences (one a minibatch) also tell it.
 
     Attributes:
@@ -144,7 +144,7 @@ class CondensedReplay(SupervisedPlugin):
         self.online = online
         if online and not self.spec.online:
             raise ValueError(f"online=True hides where experiences end, and method {method!r} fills at an "
-                             "experience's end: use reservoir or class-balanced-reservoir")
+                             "experience's end: use reservoir, class-balanced-reservoir or online-datadam")
         if online and self.entry is not None and not self.entry.online:
             raise ValueError(f"online=True hides where experiences end, and strategy {strategy!r} acts at an "
                              f"experience's end: use {', '.join(e.name for e in STRATEGIES.entries() if e.value.online)}")

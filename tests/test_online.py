@@ -144,7 +144,7 @@ def test_a_run_stopped_inside_the_stream_resumes_to_the_uninterrupted_matrix(tmp
 
 @pytest.mark.parametrize("values, message", [
     (dict(memory="herding"), "--online hides where experiences end, and memory 'herding' fills at an experience's "
-                             "end: use reservoir or class-balanced-reservoir (or add --reveal-boundaries)"),
+                             "end: use reservoir, class-balanced-reservoir, online-datadam (or add --reveal-boundaries)"),
     (dict(memory="datadam"), "memory 'datadam' fills at an experience's end"),
     (dict(memory="avalanche-reservoir"), "memory 'avalanche-reservoir' fills at an experience's end"),
     (dict(memory="reservoir", strategy="icarl"), "--strategy icarl acts at an experience's end: use er, "),
