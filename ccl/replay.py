@@ -95,8 +95,8 @@ class CondensedReplay(SupervisedPlugin):
             memory learns its classes from the stream minibatches, not at an experience's
             end (`ccl.memory.OnlineReservoirMemoryPlugin`); only a memory and a strategy
             that need no boundary are accepted (reservoir, class-balanced-reservoir or
-            online-datadam; er, er-ace, der, der++). False: told at every experience's end, as Avalanche's
-            `split_online_stream` experiences (one a minibatch) also tell it.
+            online-datadam; er, er-ace, der, der++). False: told at every experience's
+            end, as Avalanche's `split_online_stream` experiences (one a minibatch) tell it.
 
     Attributes:
         memory: the memory plugin (images, labels, classes, update_log), built when
