@@ -95,7 +95,7 @@ def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, 
                  stream_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  schedule: list[list[int]] | None = None, stream_slots: bool = False, batch_size: int = 32,
                  progress: bool = False, checkpoint: LoopCheckpoint | None = None,
-                 guard: Any = None) -> ReplayParts:
+                 guard: Any = None, boundaries: bool = True) -> ReplayParts:
     """The memory, the strategy's loss over it and the stream's augmentation of a run.
 
     Args:
@@ -120,6 +120,7 @@ def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, 
         progress: progress bars while condensing.
         checkpoint: how a condensation saves and resumes its iterations.
         guard: the divergence guard (`ccl.guards.DivergenceGuard`), or None.
+        boundaries: False on an online stream that hides where experiences end.
     """
     needs = strategy.memory_needs(strategy_settings) if strategy is not None else MemoryNeeds()
     if getattr(settings, "network", None) == "learner":  # DataDAM's random networks take the learner's architecture
@@ -127,7 +128,7 @@ def build_replay(*, spec: MemorySpec, settings: Any, strategy: Strategy | None, 
     memory = spec.make_plugin(mem_size=mem_size, mem_batch=mem_batch, device=device, codec=codec, augment=augment,
                               settings=settings, progress=progress, real_images=real_images, schedule=schedule,
                               stream_slots=stream_slots, batch_size=batch_size, needs=needs, checkpoint=checkpoint,
-                              filler_settings=filler_settings, device_memory=FeatureMemory)
+                              filler_settings=filler_settings, device_memory=FeatureMemory, boundaries=boundaries)
     loss = strategy.plugin(memory, strategy_settings) if strategy is not None and strategy.plugin is not None else None
     return ReplayParts(memory=memory, loss=loss, memory_replays=strategy is None or not strategy.memory_alone,
                        guard=guard, stream_augment=AugmentPlugin(stream_augment) if stream_augment else None)

@@ -124,6 +124,8 @@ def compare(ctx, memories, seeds, seed_list, out, executor, ray_address, cpus_pe
     if ignored:
         click.echo(f"note: {' and '.join(ignored)} from {config_file} ignored; use --memory and --seeds", err=True)
     names = _names(memories) if memories else MEMORIES.names()
+    if not memories and values.get("online") and not values.get("reveal_boundaries"):
+        names = [e.name for e in MEMORIES.entries() if e.value.online]  # every memory that runs there
     # --strategy a,b is an axis of the grid; a single --strategy applies to every cell.
     strategies = tuple(_names(values.pop("strategy"))) if "," in str(values.get("strategy") or "") else ()
     grid = Grid(tuple(names), chosen_seeds, values, Path("."), strategies, strategy_tables, size_axis)

@@ -97,7 +97,7 @@ def int_list(text: str | None) -> list[int] | None:
 
 RUN_FLAGS = ("strategy", "protocol", "tensorboard", "wandb", "scenario", "memory", "mem_size", "mem_batch", "mem_dtype", "mem_augment", "stream_augment", "stream_slots", "finetune_epochs", "seed", "epochs", "batch_size", "lr",
              "model", "width", "depth", "norm", "device", "data_dir", "experiences", "train_per_class", "test_per_class",
-             "memory_config", "checkpoint_every")
+             "memory_config", "checkpoint_every", "online", "reveal_boundaries")
 
 
 def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images in memory, all classes together [200]")):
@@ -106,7 +106,7 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
     opts = [
         click.option("--scenario", help="scenario name (see `ccl list`); default split-digits"),
         mem_size,
-        click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32]"),
+        click.option("--mem-batch", type=int, help="memory samples appended to every minibatch [32; online 10]"),
         click.option("--strategy", help=f"how the loss uses memory samples: {', '.join(known.STRATEGIES)} "
                                          "(see `ccl list`) [er]"),
         click.option("--protocol", type=Choice(list(PROTOCOLS)),
@@ -127,8 +127,15 @@ def run_options(fn, mem_size=click.option("--mem-size", type=int, help="images i
                           "them over at the experience's end [on for er-ace, else off]"),
         click.option("--finetune-epochs", type=int,
                      help="replay: then this many epochs on the memory alone at lr/10, class-balanced [0]"),
-        click.option("--epochs", type=int, help="training epochs per experience [5; split-digits 10]"),
-        click.option("--batch-size", type=int, help="current-experience samples per minibatch [32]"),
+        click.option("--online", is_flag=True, default=None,
+                     help="online continual learning: each experience streams once in minibatches of "
+                          "--batch-size, and the memory and strategy are told no boundary (used only to "
+                          "evaluate); reservoir or class-balanced-reservoir, er, er-ace, der or der++ [off]"),
+        click.option("--reveal-boundaries", is_flag=True, default=None,
+                     help="with --online: tell the memory and strategy where experiences end, so memories "
+                          "filled at an experience's end run too [off]"),
+        click.option("--epochs", type=int, help="training epochs per experience [5; split-digits 10; online 1]"),
+        click.option("--batch-size", type=int, help="current-experience samples per minibatch [32; online 10]"),
         click.option("--lr", type=float, help="learner learning rate [0.01]"),
         click.option("--model", type=Choice(known.LEARNERS), help="learner [convnet]"),
         click.option("--width", type=int, help="ConvNet width [128]"),

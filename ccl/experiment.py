@@ -70,6 +70,10 @@ def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> tu
         if cfg.memory_settings or cfg.memory_config:
             raise CclError(f"memory {cfg.memory!r} takes no settings")
         return None, FillerSettings()
+    if spec.method is None:  # a memory's own settings, not a condensation method's: no preset file
+        if cfg.memory_config:
+            raise CclError(f"memory {cfg.memory!r} has no settings presets; give its settings with --set")
+        return cfgmod.from_dict(spec.settings, cfg.memory_settings, f"memory {cfg.memory}"), FillerSettings()
     preset = cfg.memory_config or (spec.replay_preset if replay else None)
     return split_settings(cfg.memory, preset, cfg.memory_settings)
 
@@ -142,6 +146,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.finetune_epochs and not replays:
         raise CclError(f"--finetune-epochs follows replay with the on-device memory; {name} under "
                        f"--protocol {cfg.protocol} has nothing to finetune on")
+    if cfg.online:
+        online_problem(cfg, spec, entry)
     data = load_dataset(scenario.dataset, cfg.data_dir, cfg.download)
     with torch.device("meta"):  # counted, not allocated
         weights = sum(t.numel() for t in build_learner(cfg.model, data.num_classes, data.shape, cfg.width,
@@ -154,11 +160,37 @@ def prepare(cfg: RunConfig) -> Prepared:
     if spec.class_balanced and cfg.mem_size < data.num_classes:
         raise CclError(f"--mem-size {cfg.mem_size} is smaller than the number of classes "
                        f"({data.num_classes}): every class needs at least one slot")
+    summaries = settings.summary_slots(cfg.mem_size) if hasattr(settings, "summary_slots") else None
+    if summaries is not None and 0 < summaries < data.num_classes:
+        raise CclError(f"{name} keeps {summaries} of its {cfg.mem_size} slots as summaries, fewer than the "
+                       f"{data.num_classes} classes: raise --mem-size or --set share=...")
     if (spec.on_device or spec.class_balanced) and cfg.mem_size > len(data.train_y):
         raise CclError(f"--mem-size {cfg.mem_size} is more than all the training images ({len(data.train_y)})")
     order = class_order(data.num_classes, cfg.seed, cfg.class_order)
     groups = split_classes(order, cfg.experiences or scenario.experiences)
     return Prepared(cfg, scenario, spec, settings, entry, hyper, data, device, order, groups, filler_settings)
+
+
+def online_problem(cfg: RunConfig, spec: MemorySpec, entry: Strategy) -> None:
+    """A CclError when what `cfg` runs cannot run on its online stream: joint training has
+    no stream, and while the boundaries are hidden, a memory filled at an experience's end,
+    a strategy that acts there, or finetuning there would each need to be told where."""
+    if spec.joint:
+        raise CclError(f"--online streams the experiences; memory {cfg.memory!r} trains on all the data at once")
+    if cfg.reveal_boundaries:
+        return
+    hint = "or add --reveal-boundaries"
+    if not spec.online:
+        online = ", ".join(e.name for e in MEMORIES.entries() if e.value.online and e.value.on_device)
+        raise CclError(f"--online hides where experiences end, and memory {cfg.memory!r} fills at an experience's "
+                       f"end: use {online} ({hint})")
+    if not entry.online:
+        online = ", ".join(e.name for e in STRATEGIES.entries() if e.value.online)
+        raise CclError(f"--online hides where experiences end, and --strategy {cfg.strategy} acts at an "
+                       f"experience's end: use {online} ({hint})")
+    if cfg.finetune_epochs:
+        raise CclError(f"--online hides where experiences end, and --finetune-epochs trains at an experience's "
+                       f"end ({hint})")
 
 
 def versions() -> dict[str, str]:

@@ -74,8 +74,9 @@ class CondensedReplay(SupervisedPlugin):
         method: a memory ccl has: datadam (the default; its preset condenses a Split
             CIFAR-10 experience in one to two and a half minutes on 2 CPU cores), dm, pad,
             mtt, random, herding, herding-soft (class-balanced, filled at each experience's
-            end), reservoir (one reservoir over the stream, as the ER and DER papers) or
-            class-balanced-reservoir (CBRS over the stream).
+            end), reservoir (one reservoir over the stream, as the ER and DER papers),
+            class-balanced-reservoir (CBRS over the stream) or online-datadam (summaries
+            condensed from the stream as it passes, beside a reservoir).
         settings: the method's settings: None for the preset `ccl run` replays with
             (configs/<method>.toml; pad: configs/pad-replay.toml), a dict of overrides over
             that preset (e.g. {"iterations": 20}; the keys of the memory's filler, such as
@@ -91,6 +92,13 @@ class CondensedReplay(SupervisedPlugin):
         strategy_settings: that strategy's hyperparameters (a dict over its defaults, or
             its settings dataclass), e.g. {"alpha": 0.1, "beta": 0.5} for "der++".
         progress: progress bars while condensing.
+        online: an online stream that hides where experiences end (build the template with
+            `train_epochs=1` and the online minibatch size, e.g. `train_mb_size=10`): the
+            memory learns its classes from the stream minibatches, not at an experience's
+            end (`ccl.memory.OnlineReservoirMemoryPlugin`); only a memory and a strategy
+            that need no boundary are accepted (reservoir, class-balanced-reservoir or
+            online-datadam; er, er-ace, der, der++). False: told at every experience's
+            end, as Avalanche's `split_online_stream` experiences (one a minibatch) tell it.
 
     Attributes:
         memory: the memory plugin (images, labels, classes, update_log), built when
@@ -104,7 +112,7 @@ class CondensedReplay(SupervisedPlugin):
 
     def __init__(self, mem_size: int = 200, method: str = "datadam", settings: Settings = None, mem_batch: int = 32,
                  augment: str | Callable[[torch.Tensor], torch.Tensor] | None = "dsa", strategy: str | None = "er",
-                 strategy_settings: Settings = None, progress: bool = False):
+                 strategy_settings: Settings = None, progress: bool = False, online: bool = False):
         super().__init__()
         if problem := size_problem(mem_size, "mem_size", 1) or size_problem(mem_batch, "mem_batch", 0):
             raise ValueError(problem)  # now, not an experience later (20.5 or NaN is no count)
@@ -135,6 +143,13 @@ class CondensedReplay(SupervisedPlugin):
         if problem := (settings_problem(self.settings, f"settings of {method!r}")
                        or settings_problem(self.strategy_settings, f"strategy_settings of {strategy!r}")):
             raise ValueError(problem)  # a dataclass given as it is: NaN passes its own range checks
+        self.online = online
+        if online and not self.spec.online:
+            raise ValueError(f"online=True hides where experiences end, and method {method!r} fills at an "
+                             "experience's end: use reservoir, class-balanced-reservoir or online-datadam")
+        if online and self.entry is not None and not self.entry.online:
+            raise ValueError(f"online=True hides where experiences end, and strategy {strategy!r} acts at an "
+                             f"experience's end: use {', '.join(e.name for e in STRATEGIES.entries() if e.value.online)}")
         self.needs_features = self.spec.policy == "end" and self.spec.filler is not RandomFiller
         self.parts: ReplayParts | None = None  # built when training starts
         self.memory: ReplayMemoryPlugin | None = None
@@ -145,6 +160,9 @@ class CondensedReplay(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs):
         _refuse_second_replay(self, strategy)
+        if self.online and strategy.train_epochs != 1:
+            raise ValueError(f"online=True streams each sample once: build the strategy with train_epochs=1, "
+                             f"not {strategy.train_epochs}")
         if self.memory is None:
             _check_model(strategy.model, self.needs_features, self.strategy_name)
             self.parts = self._build(torch.device(strategy.device), strategy.model)
@@ -158,7 +176,7 @@ class CondensedReplay(SupervisedPlugin):
                             strategy_settings=self.strategy_settings, mem_size=self.mem_size, mem_batch=self.mem_batch,
                             device=device, learner=model, real_images=self._real_images, augment=self.augment,
                             stream_slots=stream_slots, progress=self.progress,
-                            guard=self.guard)
+                            guard=self.guard, boundaries=not self.online)
 
     def before_training_exp(self, strategy, **kwargs):
         experience = strategy.experience
@@ -290,6 +308,8 @@ def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, Filler
         if settings:
             raise ValueError(f"method {method!r} takes no settings")
         return None, FillerSettings()
+    if spec.method is None:  # a memory's own settings (online-datadam's), not a condensation method's
+        return _settings(cls, settings, f"settings of {method!r}"), FillerSettings()
     if isinstance(settings, cls):
         return dataclasses.replace(settings, **METHODS.get(method).value.fixed), FillerSettings()
     if settings is None or isinstance(settings, dict):

@@ -62,6 +62,13 @@ class RunConfig:
     # `--resume` continues from; 0: only at each experience's end. A save takes well under
     # a second for the learners and memories ccl builds.
     checkpoint_every: float = 300.0
+    # Online continual learning: each experience streams once (one epoch) in minibatches of
+    # batch_size (ONLINE_DEFAULTS: 10 unless given), and neither the memory nor the strategy
+    # is told where an experience ends; the boundaries only say when the run evaluates.
+    online: bool = False
+    # online: tell the memory and the strategy where experiences end, so that memories filled
+    # at an experience's end run too (their filler reads its images once more at that end).
+    reveal_boundaries: bool = False
 
     def __post_init__(self):
         positive = ["mem_size", "epochs", "batch_size", "width", "depth"]
@@ -86,6 +93,12 @@ class RunConfig:
         if self.mem_batch > max(self.mem_size, self.batch_size):
             raise ValueError(f"--mem-batch {self.mem_batch} is more than the memory holds (--mem-size "
                              f"{self.mem_size}) and than a stream batch (--batch-size {self.batch_size})")
+        if self.online and self.epochs != 1:
+            raise ValueError(f"--online streams each sample once: --epochs must be 1 (the default online), "
+                             f"got {self.epochs}")
+        if self.reveal_boundaries and not self.online:
+            raise ValueError("--reveal-boundaries applies to an online stream (--online); offline runs always "
+                             "know where experiences end")
         if self.experiences is not None and self.experiences < 1:
             raise ValueError(f"--experiences must be at least 1, got {self.experiences}")
         for name in ("train_per_class", "test_per_class"):
@@ -108,6 +121,11 @@ MAX_LR = 10.0  # SGD beyond this diverges on every learner ccl has: a typo, not 
 PROTOCOLS = {"replay": None, "gdumb": "gdumb"}
 MEM_DTYPE_NAMES = ("float32", "float16", "uint8")  # ccl.experiment.MEM_DTYPES maps them to torch
 MEM_AUGMENTS = ("auto", "none", "dsa", "crop-flip")
+# What `--online` changes unless given (over a scenario's defaults): one pass, and minibatches
+# of 10 stream samples with 10 replayed, the field's online setting (mammoth's ER-ACE online
+# configuration, datasets/configs/seq-cifar10/er_ace.yaml: batch_size 10, n_epochs 1, and
+# its minibatch_size defaulting to batch_size).
+ONLINE_DEFAULTS = {"epochs": 1, "batch_size": 10, "mem_batch": 10}
 STREAM_AUGMENTS = ("none", "crop-flip")
 
 
@@ -117,7 +135,8 @@ def given_config(**values: Any) -> RunConfig:
     scenario = values.get("scenario", RunConfig.scenario)
     check_name("scenario", scenario, scenarios())
     defaults = read_toml(resource_dir("scenarios") / f"{scenario}.toml").get("defaults", {})
-    cfg = from_dict(RunConfig, {**defaults, **values}, "run")
+    online = ONLINE_DEFAULTS if values.get("online") else {}
+    cfg = from_dict(RunConfig, {**defaults, **online, **values}, "run")
     sized = [f"--{k}" for k in ("width", "depth") if values.get(k) is not None]
     if cfg.model != "convnet" and sized:  # given, not a scenario's default: it would be ignored
         raise CclError(f"{' and '.join(sized)} size{'s' if len(sized) == 1 else ''} the convnet; --model {cfg.model} "

@@ -113,13 +113,18 @@ def _build(p: Prepared, run_dir: Path, progress: bool, clock: CheckpointClock | 
                          real_images=real_images, codec=MemoryCodec(MEM_DTYPES[cfg.mem_dtype], data.mean, data.std),
                          augment=augments[cfg.mem_augment], stream_augment=augments[cfg.stream_augment],
                          schedule=p.experience_classes, stream_slots=cfg.stream_slots, batch_size=cfg.batch_size,
-                         progress=progress, checkpoint=condensation, guard=DivergenceGuard())
+                         progress=progress, checkpoint=condensation, guard=DivergenceGuard(),
+                         boundaries=not cfg.online or cfg.reveal_boundaries)
     memory = parts.memory
     parts = parts.with_parts(
         checkpoints=CheckpointsWithin(clock, save_within or (lambda state: None), memory, parts.loss, condensation),
         progress=Progress(progress, cfg.memory, plan_run(p, bench, memory)),
         finetune=FinetunePlugin(memory, cfg.finetune_epochs, cfg.lr, cfg.momentum, cfg.weight_decay,
                                 cfg.batch_size) if cfg.finetune_epochs else None)
+    # Online (cfg.online): the scenario's experiences, each trained for one epoch (epochs is
+    # 1) in minibatches of the online size, not Avalanche's `split_online_stream` of one
+    # experience a minibatch, whose per-experience set-up would run at every step; the
+    # boundaries are hidden from the memory by `make_plugin` (ccl.memory.online).
     strategy_cls = JointTraining if p.spec.joint else Naive
     strategy = strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=512,

@@ -233,7 +233,7 @@ def test_settings_resolve_over_the_shipped_preset():
 
 
 def test_the_method_and_strategy_errors_offer_only_what_the_plugin_takes():
-    on_device = "reservoir, class-balanced-reservoir, random, herding, herding-soft, dm, datadam, mtt, pad"
+    on_device = "reservoir, class-balanced-reservoir, online-datadam, random, herding, herding-soft, dm, datadam, mtt, pad"
     for method in ("nope", "none", "avalanche-reservoir", "joint"):
         with pytest.raises(ValueError) as error:
             CondensedReplay(method=method)

@@ -110,7 +110,7 @@ def test_a_run_preset_is_named_from_any_folder_and_a_path_wins(tmp_path, monkeyp
         run_preset("cpu-protocl")
     with pytest.raises(CclError, match="elsewhere/cpu-quick.toml: no such file, .*; did you mean cpu-quick"):
         run_preset("elsewhere/cpu-quick.toml")  # a path that is not there is not a name
-    with pytest.raises(CclError, match="; the run presets: cpu-long, cpu-protocol, cpu-quick, mammoth"):
+    with pytest.raises(CclError, match="; the run presets: cpu-long, cpu-online, cpu-protocol, cpu-quick, mammoth"):
         run_preset("settings")
     result = CliRunner().invoke(main, ["run", "--config", "cpu-protocl", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "did you mean cpu-protocol?" in result.output

@@ -14,6 +14,8 @@ from ccl.condense.methods import METHODS, method_settings
 from ccl.memory.batch import MemoryView, ReplayBatch
 from ccl.memory.buffers import ClassBalancedReservoirBuffer, ReservoirBuffer
 from ccl.memory.fillers import CondenseFiller, Filler, FillerSettings, HerdingFiller, RandomFiller, SoftHerdingFiller
+from ccl.memory.online import OnlineReservoirMemoryPlugin
+from ccl.memory.online_condensing import OnlineCondensingMemoryPlugin, OnlineCondensingSettings
 from ccl.memory.plugin import AugmentPlugin, DeviceMemoryPlugin, MemoryNeeds, ReplayMemoryPlugin, ReservoirMemoryPlugin
 from ccl.memory.slots import slots_per_class
 from ccl.registry import Registry
@@ -59,6 +61,13 @@ class MemorySpec:
         """Slots shared out among the seen classes: a budget below the class count is an error."""
         return self.kind == "avalanche" or (self.on_device and self.policy == "end")
 
+    @property
+    def online(self) -> bool:
+        """Runs on an online stream that hides experience boundaries: no memory, or one
+        filled from the stream (one filled at an experience's end, Avalanche's included,
+        needs to be told where it ends)."""
+        return self.kind == "none" or (self.on_device and self.policy == "stream")
+
     def make_filler(self, device, settings: Any, progress: bool = True, checkpoint: LoopCheckpoint | None = None,
                     filler_settings: FillerSettings = FillerSettings()) -> Filler:
         if self.method is not None:
@@ -76,21 +85,28 @@ class MemorySpec:
                     progress: bool = True, real_images=None, schedule=None, stream_slots: bool = False,
                     batch_size: int = 32, needs: MemoryNeeds = MemoryNeeds(),
                     checkpoint: LoopCheckpoint | None = None, filler_settings: FillerSettings = FillerSettings(),
-                    device_memory: type[DeviceMemoryPlugin] = DeviceMemoryPlugin):
+                    device_memory: type[DeviceMemoryPlugin] = DeviceMemoryPlugin, boundaries: bool = True):
         """The memory's Avalanche plugin, or None (no memory, joint training). `needs`: what
         the replay strategy asks of an on-device memory (its entry's `memory_needs`);
         `checkpoint`: how a condensing filler's iterations are saved and resumed;
         `filler_settings`: what a condensing filler does around its method;
         `device_memory`: the class of a class-balanced on-device memory (a subclass that
-        hands its fillers a view of the learner, `ccl.assembly.FeatureMemory`). Built by
-        `ccl.assembly.build_replay`, for `ccl run` and `ccl.CondensedReplay` alike."""
+        hands its fillers a view of the learner, `ccl.assembly.FeatureMemory`); `boundaries`:
+        False on an online stream that hides where experiences end (only an `online` memory
+        runs there). Built by `ccl.assembly.build_replay`, for `ccl run` and
+        `ccl.CondensedReplay` alike."""
+        if not boundaries and not self.online:
+            raise ValueError(f"a memory of kind {self.kind!r}, policy {self.policy!r} needs experience boundaries")
         if self.kind == "avalanche":
             from ccl.memory.reservoir import TimedReplayPlugin
             return TimedReplayPlugin(mem_size, batch_size, mem_batch)
         if not self.on_device:
             return None
+        if self.policy == "stream" and self.settings is OnlineCondensingSettings:  # knows no boundary either way
+            return OnlineCondensingMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, settings)
         if self.policy == "stream":
-            return ReservoirMemoryPlugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
+            plugin = ReservoirMemoryPlugin if boundaries else OnlineReservoirMemoryPlugin
+            return plugin(mem_size, mem_batch, device, codec, augment, needs, self.buffer)
         filler = self.make_filler(device, settings, progress, checkpoint, filler_settings)
         return device_memory(mem_size, mem_batch, filler, real_images, device, codec, augment,
                              schedule=schedule, stream_slots=stream_slots, needs=needs)
@@ -105,6 +121,9 @@ MEMORIES.register("reservoir", "a uniform sample of the whole stream by reservoi
 MEMORIES.register("class-balanced-reservoir", "class-balanced reservoir sampling of the stream (CBRS: no class above "
                   "its share, however imbalanced the stream), with DER's logits, on the device (2020)")(
     MemorySpec("device", policy="stream", buffer=ClassBalancedReservoirBuffer))
+MEMORIES.register("online-datadam", "condensing while the stream passes: a share of the slots are summaries matched "
+                  "every few steps to recent stream samples on the learner (DataDAM's terms, SSD's setting), the rest "
+                  "a reservoir")(MemorySpec("device", policy="stream", settings=OnlineCondensingSettings))
 MEMORIES.register("avalanche-reservoir", "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)")(
     MemorySpec("avalanche"))
 MEMORIES.register("random", "class-balanced random real images, on the device")(
@@ -142,4 +161,5 @@ def split_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> 
 
 
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
+           "OnlineReservoirMemoryPlugin", "OnlineCondensingMemoryPlugin", "OnlineCondensingSettings",
            "Filler", "FillerSettings", "slots_per_class", "split_settings"]

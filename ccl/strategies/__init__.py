@@ -9,7 +9,7 @@ from __future__ import annotations
 from ccl.strategies.base import STRATEGIES, ERPlugin, NoSettings, ReplayLoss, SoftTargetSettings, Strategy, er_plugin
 
 STRATEGIES.register("er", "experience replay: one cross-entropy over stream and memory samples")(
-    Strategy(er_plugin, SoftTargetSettings, needs_replay=False))
+    Strategy(er_plugin, SoftTargetSettings, needs_replay=False, online=True))
 
 from ccl.strategies import agem, bic, der, er_ace, gdumb, icarl  # noqa: E402, F401  (each registers itself)
 from ccl.strategies.agem import AGEMPlugin  # noqa: E402

@@ -67,6 +67,8 @@ class Strategy:
     memory_needs: settings -> what it needs of an on-device memory (`MemoryNeeds`: memory
         batches per minibatch, the learner's logits per row), passed to the memory when it
         is built.
+    online: it reads no experience boundary (no step at an experience's end, no class list
+        but the memory's), so it runs on an online stream that hides them (`ccl run --online`).
     own_training: settings -> (epochs, minibatch size) when its learner trains with its own
         instead of the run's (GDumb's fresh learner); None: the run's. The run's checkpoint
         checks and time estimate read them.
@@ -77,6 +79,7 @@ class Strategy:
     needs_replay: bool = True
     memory_alone: bool = False
     memory_needs: Callable[[Any], MemoryNeeds] = plain_replay
+    online: bool = False
     own_training: Callable[[Any], tuple[int, int]] | None = None
 
 

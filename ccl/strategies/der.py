@@ -71,6 +71,6 @@ class DERPPSettings(DERSettings):
 
 
 STRATEGIES.register("der", "dark experience replay: MSE to the logits stored with memory images (2020)")(
-    Strategy(DERPlugin, DERSettings, memory_needs=der_memory))
+    Strategy(DERPlugin, DERSettings, memory_needs=der_memory, online=True))
 STRATEGIES.register("der++", "DER plus cross-entropy on a second memory batch (2020)")(
-    Strategy(DERPlugin, DERPPSettings, memory_needs=der_memory))
+    Strategy(DERPlugin, DERPPSettings, memory_needs=der_memory, online=True))

@@ -33,7 +33,13 @@ class ACEPlugin(ReplayLoss):
     classes as arriving in index order); one forward over stream and memory samples
     together (mammoth makes two; the same under instance norm); and a plain linear head
     (mammoth's ER-ACE defaults to a cosine one). Memory rows with soft targets (PAD's
-    learned labels) take cross-entropy to them (`SoftTargetSettings`)."""
+    learned labels) take cross-entropy to them (`SoftTargetSettings`).
+
+    On an online stream that hides experience boundaries (`ccl run --online`) the memory's
+    classes are those its stream minibatches have brought so far
+    (`ccl.memory.online.OnlineReservoirMemoryPlugin`): the mask then hides every class
+    seen before that this batch does not hold, and the memory term starts at the second
+    step, as mammoth's ER-ACE with `task_free` on (its online setting) does."""
 
     def __init__(self, memory, settings=None):
         super().__init__(memory, settings)
@@ -58,4 +64,4 @@ class ACEPlugin(ReplayLoss):
 
 
 STRATEGIES.register("er-ace", "ER with asymmetric cross-entropy (Caccia et al. 2022)")(
-    Strategy(ACEPlugin, SoftTargetSettings, stream_slots=True, memory_needs=ace_memory))
+    Strategy(ACEPlugin, SoftTargetSettings, stream_slots=True, memory_needs=ace_memory, online=True))
