@@ -213,11 +213,14 @@ def _dataset_options(fn):
 @click.option("--memory-config", "--config", "preset",
               help="settings preset (name in configs/) or TOML file [the method's]; as `ccl run --memory-config`")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")
+@click.option("--init-set", type=click.Path(path_type=Path),
+              help="start from this set file's images (IPC of each class, as `ccl condense` writes them) "
+                   "instead of the method's own start")
 @click.option("--out", type=click.Path(path_type=Path), help="output .pt [sets/<dataset>-<method>-ipc<N>-s<seed>.pt]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_dataset_options
 @friendly_errors
-def condense(method, ipc, classes, train_per_class, preset, overrides, out, quiet, dataset, data_dir,
+def condense(method, ipc, classes, train_per_class, preset, overrides, init_set, out, quiet, dataset, data_dir,
              download, device, seed):
     """Condense a data set's training images into IPC synthetic images per class."""
     from ccl.config import parse_override
@@ -234,6 +237,10 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
     known.check_settings("--set", "condensation method", [method], known.METHOD_SETTINGS, given)
     dataset = _dataset_name(dataset)
     wanted = int_list(classes)
+    if init_set is not None and method == "random":
+        raise CclError("--init-set is a start for a method that optimises images; random has none")
+    if init_set is not None and not init_set.exists():
+        raise CclError(f"{init_set}: file not found")
 
     import math
     import time
@@ -250,6 +257,8 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
 
     entry = METHODS.get(method).value
     settings = method_settings(method, preset, given, aside=known.FILLER_SETTINGS.get(method, ()))
+    # Without --classes the set names them: its classes are checked against the data's below.
+    init = None if init_set is None else _initial_set(init_set, dataset, wanted, ipc)
     if getattr(settings, "network", None) == "learner":
         raise CclError("network = \"learner\" matches on the architecture of the model ccl.CondensedReplay is "
                        "given; `ccl condense` has none (use network = \"convnet\")")
@@ -274,11 +283,16 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
         raise CclError(f"--ipc {ipc} is more than the {counts[fewest]} training images of class {fewest}")
     real, labels = data.normalise(data.train_x), torch.from_numpy(data.train_y)
     mask = torch.isin(labels, torch.tensor(wanted))
+    if init is not None and tuple(init[0].shape[1:]) != tuple(data.shape):
+        raise CclError(f"{init_set}: images of {tuple(init[0].shape[1:])}, {dataset}'s are {tuple(data.shape)}")
+    if init is not None and len(init[1]) != ipc * len(wanted):
+        raise CclError(f"{init_set}: holds classes {','.join(map(str, init[1].unique().tolist()))}; condensing all "
+                       f"{len(wanted)} classes of {dataset} needs {ipc} image(s) of each (or name them with --classes)")
     seed_everything(seed)
     stats: dict = {}
     start = time.perf_counter()
     result = entry.condense(real[mask], labels[mask], {c: ipc for c in wanted}, dev, settings,
-                            progress=not quiet, stats=stats)
+                            init=init, progress=not quiet, stats=stats)
     images, image_labels = result
     seconds = time.perf_counter() - start
     out = out or Path("sets") / f"{dataset}-{method}-ipc{ipc}-s{seed}.pt"
@@ -287,7 +301,7 @@ def condense(method, ipc, classes, train_per_class, preset, overrides, out, quie
                      **({"soft_labels": soft.cpu()} if soft is not None else {}), "dataset": dataset, "method": method,
                      "ipc": ipc, "seed": seed, "settings": to_dict(settings), "stats": stats, "seconds": seconds,
                      "mean": data.mean, "std": data.std, "class_names": data.classes,
-                     "train_per_class": train_per_class})
+                     "train_per_class": train_per_class, "init_set": None if init_set is None else str(init_set)})
     save_image_grid(images.cpu(), image_labels.cpu(), data.mean, data.std, data.classes, out.with_suffix(".png"),
                     title=f"{dataset} {method} IPC {ipc}")
     click.echo(f"{method}: {len(images)} images in {seconds:.0f} s -> {out} (grid: {out.with_suffix('.png')})")
@@ -351,6 +365,31 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, d
     accs = ", ".join(f"{a:.4f}" for a in result["accuracies"])
     click.echo(f"{set_file}: test accuracy {result['mean']:.4f} +- {result['std']:.4f} over {networks} networks "
                f"({accs}; {epochs} epochs)")
+
+
+def _initial_set(path: Path, dataset: str, classes: list[int] | None, ipc: int):
+    """(images, labels) of a set file to start condensing from: `ipc` images of each of
+    `classes` (None: of the set's classes), grouped by class in that order (the layout every
+    method returns); one CclError line for each way it does not fit. The caller checks
+    the image shape once the data is loaded."""
+    import torch
+    from ccl.io import load_torch
+    saved = load_torch(path, "synthetic set", links=True)
+    try:
+        images, labels, made_for = saved["images"], saved["labels"], saved["dataset"]
+    except (KeyError, TypeError) as e:
+        raise CclError(f"{path}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
+    _check_set(path, images, labels)
+    if _dataset_name(made_for) != dataset:
+        raise CclError(f"{path}: a set of {made_for}, not of {dataset}")
+    if classes is None:  # the set's own, in order; the caller checks that they are all the data's
+        classes = labels.unique().tolist()
+    wanted = torch.tensor(classes).repeat_interleave(ipc)  # (K * ipc,) the result's layout
+    if not torch.equal(labels.long(), wanted):
+        raise CclError(f"{path}: needs {ipc} image(s) of each class {','.join(map(str, classes))}, grouped by "
+                       f"class in that order (--ipc {ipc}); it has {len(labels)} labelled "
+                       f"{','.join(map(str, labels.unique().tolist()))}")
+    return images.float(), labels.long()
 
 
 def _check_set(set_file: Path, images, labels) -> None:

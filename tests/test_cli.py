@@ -256,3 +256,34 @@ def test_run_condenses_with_datadam_on_the_learners_architecture(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["memory_settings"]["network"] == "learner"
     updates = json.loads((run_dir / "results.json").read_text())["memory_updates"]
     assert [u["stages"] for u in updates] == [["blocks.0.2"]] * 5
+
+
+def test_condense_starts_from_an_init_set(tmp_path):
+    # The reference DataDAM starts from its own initial sets: `--init-set` hands a set file's
+    # images to the method, which then moves them (here by a negligible step).
+    runner = CliRunner()
+    start, out = tmp_path / "start.pt", tmp_path / "dd.pt"
+    made = runner.invoke(main, ["condense", "--dataset", "digits", "--method", "random", "--ipc", "2",
+                                "--classes", "3,5", "--out", str(start), "--quiet"])
+    assert made.exit_code == 0, made.output
+    args = ["condense", "--dataset", "digits", "--method", "datadam", "--classes", "3,5", "--set", "iterations=2",
+            "--set", "width=8", "--set", "lr_images=1e-9", "--quiet", "--out", str(out), "--init-set", str(start)]
+    result = runner.invoke(main, [*args, "--ipc", "2"])
+    assert result.exit_code == 0, result.output
+    given, saved = torch.load(start, weights_only=True), torch.load(out, weights_only=True)
+    torch.testing.assert_close(saved["images"], given["images"], atol=1e-5, rtol=0)
+    assert saved["labels"].tolist() == [3, 3, 5, 5] and saved["init_set"] == str(start)
+    # A set that does not fit is one line, before any condensing.
+    for extra, says in [(["--ipc", "3"], "needs 3 image(s) of each class 3,5"),
+                        (["--ipc", "2", "--classes", "5,3"], "grouped by class in that order"),
+                        (["--ipc", "2", "--dataset", "cifar10", "--data-dir", str(tmp_path)], "a set of digits"),
+                        (["--ipc", "2", "--classes", "3,5,7"], "needs 2 image(s) of each class 3,5,7")]:
+        result = runner.invoke(main, [*args, *extra])
+        assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+        assert says is None or says in result.output
+    result = runner.invoke(main, ["condense", "--dataset", "digits", "--method", "random", "--init-set", str(start)])
+    assert result.exit_code == 2 and "random has none" in result.output
+    result = runner.invoke(main, [*args[:5], *args[7:], "--ipc", "2"])  # no --classes: all ten are condensed
+    assert result.exit_code == 2 and "holds classes 3,5; condensing all 10 classes" in result.output
+    result = runner.invoke(main, [*args[:-1], str(tmp_path / "none.pt"), "--ipc", "2"])
+    assert result.exit_code == 2 and "file not found" in result.output
