@@ -161,17 +161,19 @@ def first_rows(rows: Rows, budget: dict[int, int]) -> Rows:
     return rows.take(torch.cat(idx) if idx else rows.labels.new_zeros(0))
 
 
-def class_balanced_slots(old: Rows, new: Rows, budget: dict[int, int]) -> Rows:
+def class_balanced_slots(old: Rows, new: Rows | None, budget: dict[int, int]) -> Rows:
     """A class-balanced memory's next rows: each old class cut to its first `budget[c]`
     rows (the filler ranked them, so shrinking drops the last-ranked), then the `new`
     classes' rows (filled to their slots, or stream slots to fill).
 
     Args:
         old: the memory's rows.
-        new: the new classes' rows.
+        new: the new classes' rows, or None (no new class).
         budget: {old class: rows it keeps}, in arrival order (`slots_per_class`).
     """
     kept = first_rows(old, budget)
+    if new is None:
+        return kept
     return Rows.cat([kept, new] if len(kept) else [new])  # an empty memory's tensors have no image shape
 
 

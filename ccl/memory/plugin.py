@@ -227,35 +227,37 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         self.update(sorted(new), strategy.model)
 
     def update(self, new_classes: list[int], learner: torch.nn.Module) -> None:
-        """Shrink the old classes' slots and fill the new classes' ones."""
+        """Shrink the old classes' slots and fill the new classes' ones (`class_balanced_slots`)."""
         start = time.perf_counter()
         budget = slots_per_class(self.mem_size, self.classes + new_classes)
         old = {c: budget[c] for c in self.classes}
         self.classes += new_classes
-        stats: dict = {}
+        new, stats = None, {}
         if new_classes:
-            kept = first_rows(self.store.rows, old)
-            context = (self.codec.decode(kept.images), kept.labels) if len(kept) else None
-            real, labels = self.real_images(new_classes)
-            seen = set(self.classes)
-            upcoming = [g for g in self.schedule if not seen.issuperset(g)]
-            later = future_shares(self.mem_size, self.classes, upcoming)
-            trajectory = self.recorder.take(learner) if self.recorder is not None else None
-            filled = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
-                                      context, {c: later[c] for c in new_classes}, trajectory)
-            images, image_labels = filled
+            new = self._fill(new_classes, budget, first_rows(self.store.rows, old), learner)
             stats = dict(self.filler.stats)
-            stored = self.codec.encode(images.to(self.device))
-            soft = getattr(filled, "soft_labels", None)  # rows without one get NaN (Rows.cat)
-            self.store.keep(class_balanced_slots(self.store.rows, Rows(
-                stored, image_labels.to(self.device), self._logits_of(stored, learner),
-                soft.to(self.device) if soft is not None else None), old))
-        else:
-            self.store.keep(first_rows(self.store.rows, old))
+        self.store.keep(class_balanced_slots(self.store.rows, new, old))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time below is the real one
         self.update_log.append({"seconds": time.perf_counter() - start, "new_classes": new_classes,
                                 "slots": {str(c): n for c, n in budget.items()}, **stats})
+
+    def _fill(self, new_classes: list[int], budget: dict[int, int], kept: Rows, learner: torch.nn.Module) -> Rows:
+        """The new classes' rows from the filler, which sees the old classes' `kept` rows
+        and the sizes each new class will be cut to later."""
+        real, labels = self.real_images(new_classes)
+        context = (self.codec.decode(kept.images), kept.labels) if len(kept) else None
+        seen = set(self.classes)
+        upcoming = [g for g in self.schedule if not seen.issuperset(g)]
+        later = future_shares(self.mem_size, self.classes, upcoming)
+        trajectory = self.recorder.take(learner) if self.recorder is not None else None
+        filled = self.filler.fill(real, labels, {c: budget[c] for c in new_classes}, learner,
+                                  context, {c: later[c] for c in new_classes}, trajectory)
+        images, image_labels = filled
+        stored = self.codec.encode(images.to(self.device))
+        soft = getattr(filled, "soft_labels", None)  # rows without one get NaN (Rows.cat)
+        return Rows(stored, image_labels.to(self.device), self._logits_of(stored, learner),
+                    soft.to(self.device) if soft is not None else None)
 
     def _logits_of(self, stored: torch.Tensor, learner: torch.nn.Module) -> torch.Tensor | None:
         """(n, classes) logits of the images as stored (after the codec), as DER records
