@@ -214,7 +214,7 @@ class DeviceMemoryPlugin(ReplayMemoryPlugin):
         x, y = self._stream
         rows = self._reservoir.offer(y)  # (B,) the memory row each stream sample takes, -1: none
         kept = rows >= 0
-        logits = self._stream_logits.float()[kept] if self.record_logits else None  # (kept, classes) as DER records them
+        logits = self._stream_logits.float()[kept] if self.record_logits else None  # as DER records them
         self.store.write(rows[kept], x[kept], y[kept], logits)
         self._stream_logits = None
 
