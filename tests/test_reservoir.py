@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ccl.memory import MemoryNeeds, ReplayBatch, ReservoirMemoryPlugin
-from ccl.memory.plugin import last_wins, reservoir_slots
+from ccl.memory.buffers import last_wins, reservoir_slots
 from ccl.models import build_learner
 from ccl.experiment import make_config, prepare
 from ccl.runner import resume_run, run

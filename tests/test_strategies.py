@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ccl.memory import MEMORIES, DeviceMemoryPlugin, MemoryNeeds, ReplayBatch
 from ccl.memory.fillers import RandomFiller
+from ccl.memory.rows import Rows
 from ccl.experiment import make_config, prepare
 from ccl.runner import resume_run, run
 from ccl.strategies import ACEPlugin, DERPlugin, DERSettings, STRATEGIES
@@ -18,7 +19,7 @@ from ccl.errors import CclError
 def memory_with(images, labels, logits, mem_batch, needs=MemoryNeeds()):
     memory = DeviceMemoryPlugin(len(labels), mem_batch, RandomFiller(torch.device("cpu")), None, torch.device("cpu"),
                                 needs=needs)
-    memory.images, memory.labels, memory.logits = images, labels, logits
+    memory.store.keep(Rows(images, labels, logits))
     return memory
 
 
@@ -205,7 +206,7 @@ def test_strategies_that_cannot_work_are_one_line_errors(tiny_run, changes, mess
 
 
 def test_stream_reservoir_keeps_a_uniform_sample_of_each_class_in_its_own_rows():
-    from ccl.memory.plugin import StreamReservoir
+    from ccl.memory.buffers import StreamReservoir
     torch.manual_seed(0)
     hits = torch.zeros(2, 40)  # how often each of class 3's and class 7's samples was kept
     for _ in range(300):

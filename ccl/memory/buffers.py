@@ -1,14 +1,20 @@
-"""Stream buffer policies: which memory row each stream sample takes. A policy sees the
-labels of a minibatch's samples and answers with rows; the memory writes the samples
-(and their logits) there. No Avalanche here, and no tensors of images: a new policy is
-one class and one registry line (`ccl.memory.MEMORIES`).
+"""Buffer policies: which rows a memory keeps. No Avalanche here, and no storage: a policy
+answers with rows, the memory's store writes there, and a new policy is one class and one
+registry line (`ccl.memory.MEMORIES`).
 
-Every policy fills the rows in order while the memory is not full (row i is the i-th
-sample offered), so the filled rows are always the first min(seen, size).
+Stream policies see the labels of a minibatch's samples and answer with the memory row
+each takes: `ReservoirBuffer` and `ClassBalancedReservoirBuffer` over the whole stream
+(they fill the rows in order while the memory is not full, row i the i-th sample offered,
+so the filled rows are always the first min(seen, size)), and `StreamReservoir` for the
+new classes' slots of a class-balanced memory while their experience streams. The
+class-balanced memory's end-of-experience policy, `class_balanced_slots`, turns the old
+rows and the new classes' rows into the memory's next rows.
 """
 from __future__ import annotations
 
 import torch
+
+from ccl.memory.rows import Rows
 
 
 class ReservoirBuffer:
@@ -92,6 +98,83 @@ class ClassBalancedReservoirBuffer(ReservoirBuffer):
         self.held = {}
         for c in self.stored:
             self.held[c] = self.held.get(c, 0) + 1
+
+
+class StreamReservoir:
+    """Reservoir sampling (Vitter's algorithm R) of each class's stream samples into its
+    own fixed rows of the memory, `offset` onwards, all on the device: the new classes'
+    slots of a class-balanced memory while their experience streams.
+
+    Args:
+        budget: {class: rows}, in the order the rows are laid out.
+        offset: the memory row of the first slot.
+    """
+
+    def __init__(self, budget: dict[int, int], offset: int, device: torch.device):
+        caps = torch.tensor(list(budget.values()), device=device)  # (K,)
+        self.budget = dict(budget)
+        self.offset, self.size, self.offered = offset, int(caps.sum()), 0
+        self.caps, self.seen = caps, torch.zeros_like(caps)  # seen: samples of each class offered so far
+        self.starts = offset + caps.cumsum(0) - caps  # (K,) first row of each class
+        self.local = torch.full((max(budget) + 1,), -1, dtype=torch.long, device=device)
+        self.local[torch.tensor(list(budget), device=device)] = torch.arange(len(budget), device=device)
+        self.row_class = torch.repeat_interleave(torch.arange(len(budget), device=device), caps)  # (size,)
+        self.row_rank = torch.arange(self.size, device=device) - (self.starts - offset)[self.row_class]
+        self.labels = torch.tensor(list(budget), device=device)[self.row_class]  # (size,)
+
+    def state(self) -> dict:
+        """What the reservoir has taken so far, as tensors and plain values."""
+        return {"budget": [[c, n] for c, n in self.budget.items()], "offset": self.offset,
+                "offered": self.offered, "seen": self.seen}
+
+    @classmethod
+    def restored(cls, state: dict, device: torch.device) -> StreamReservoir:
+        reservoir = cls({int(c): int(n) for c, n in state["budget"]}, int(state["offset"]), device)
+        reservoir.offered, reservoir.seen = int(state["offered"]), state["seen"].to(device)
+        return reservoir
+
+    def filled(self) -> torch.Tensor:
+        """(size,) bool: which slots hold a sample."""
+        return self.row_rank < self.seen[self.row_class]
+
+    def replayable(self) -> torch.Tensor:
+        """(offset + size,) 1 for each memory row that holds a sample (the old classes' rows
+        and the slots filled so far), 0 for the others: replay's weights."""
+        return torch.cat([torch.ones(self.offset, device=self.caps.device), self.filled().float()])
+
+    def offer(self, y: torch.Tensor) -> torch.Tensor:
+        """The memory row each sample of a minibatch takes, or -1; as if offered one by one."""
+        self.offered += len(y)
+        k = torch.where(y < len(self.local), self.local[y.clamp(max=len(self.local) - 1)], -1)  # (B,) local class
+        new = k >= 0  # (B,) a sample of one of the streaming classes
+        k = k.clamp(min=0)
+        onehot = torch.nn.functional.one_hot(k, len(self.caps)) * new[:, None]  # (B, K)
+        nth = self.seen[k] + (onehot.cumsum(0) * onehot).sum(1)  # (B,) the n-th sample of its class
+        self.seen += onehot.sum(0)
+        slot = reservoir_slots(nth, self.caps[k])
+        return last_wins(torch.where(new & (slot >= 0), self.starts[k] + slot, -1))
+
+
+def first_rows(rows: Rows, budget: dict[int, int]) -> Rows:
+    """Each class of `budget`'s first budget[c] rows, class after class in its order (one gather)."""
+    idx = [torch.nonzero(rows.labels == c).flatten()[:k] for c, k in budget.items()]
+    return rows.take(torch.cat(idx) if idx else rows.labels.new_zeros(0))
+
+
+def class_balanced_slots(old: Rows, new: Rows | None, budget: dict[int, int]) -> Rows:
+    """A class-balanced memory's next rows: each old class cut to its first `budget[c]`
+    rows (the filler ranked them, so shrinking drops the last-ranked), then the `new`
+    classes' rows (filled to their slots, or stream slots to fill).
+
+    Args:
+        old: the memory's rows.
+        new: the new classes' rows, or None (no new class).
+        budget: {old class: rows it keeps}, in arrival order (`slots_per_class`).
+    """
+    kept = first_rows(old, budget)
+    if new is None:
+        return kept
+    return Rows.cat([kept, new] if len(kept) else [new])  # an empty memory's tensors have no image shape
 
 
 def _uniform(n: int) -> int:
