@@ -114,15 +114,11 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
 
     def after_update(self, strategy, **kwargs):
         x, y = self._stream  # (B, C, H, W), (B,) as they arrived
-        if self._rows is None:
-            self._allocate(x.shape[1:], strategy.mb_output.shape[1])
+        if not self.store.capacity:  # allocated at the first sample, when its shape is known
+            self.store.allocate(self.mem_size + 1, x.shape[1:], strategy.mb_output.shape[1])
         rows = self.buffer.rows(y)  # (B,) real row, -1: not kept
         rows = torch.where(rows >= 0, self.summaries + rows, self.mem_size)  # after the summaries; else the spare
-        images, labels, logits = self._rows
-        images[rows] = self.codec.encode(x)
-        labels[rows] = y
-        if self.record_logits:
-            logits[rows] = self._stream_logits.float()
+        self.store.write(rows, x, y, self._stream_logits.float() if self.record_logits else None)
         known = set(self.classes)
         arrived = sorted({c for c in y.tolist() if c not in known})
         self.classes += arrived
@@ -134,7 +130,7 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         self._since["steps"] += 1
         if self.summaries and self.steps % self.settings.every == 0:
             self._condense(strategy.model)
-        self._view(self._filled())
+        self.store.filled = self._filled()
 
     def _filled(self) -> int:
         """Rows in use: every summary once a class has arrived, and the real rows taken."""
@@ -147,12 +143,13 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         if len(self.classes) > self.summaries:
             raise ValueError(f"{self.summaries} summary slots cannot hold {len(self.classes)} classes: raise the "
                              "memory's size or its share of summaries")
-        images, labels, logits = self._rows
+        images, labels, logits = self.store.allocated  # logits None unless a strategy reads them
         budget = slots_per_class(self.summaries, self.classes)
         old_labels = labels[:self.summaries]
         kept = [torch.nonzero(old_labels == c).flatten()[:budget[c]] for c in self.classes if c not in arrived]
         kept = torch.cat(kept) if kept else torch.empty(0, dtype=torch.long, device=self.device)
-        new_images, new_labels, new_logits = [images[kept]], [labels[kept]], [logits[kept]]
+        new_images, new_labels = [images[kept]], [labels[kept]]
+        new_logits = [logits[kept]] if logits is not None else []
         for c in arrived:
             own = torch.nonzero(y == c).flatten()  # (n,) its samples in this minibatch
             pick = own[torch.arange(budget[c], device=self.device) % len(own)]  # (budget,) each once, then again
@@ -161,11 +158,12 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
             start = start + copies * self.settings.init_noise * torch.randn(start.shape, device=self.device)
             new_images.append(self.codec.encode(start))
             new_labels.append(torch.full((budget[c],), c, dtype=torch.long, device=self.device))
-            new_logits.append(self._stream_logits[pick].float() if self.record_logits
-                              else logits.new_zeros(budget[c], logits.shape[1]))
+            if logits is not None:
+                new_logits.append(self._stream_logits[pick].float())
         images[:self.summaries] = torch.cat(new_images)
         labels[:self.summaries] = torch.cat(new_labels)
-        logits[:self.summaries] = torch.cat(new_logits)
+        if logits is not None:
+            logits[:self.summaries] = torch.cat(new_logits)
 
     def _remember(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Write the step's stream samples into the window's ring."""
@@ -183,7 +181,7 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         """Move the summaries of the classes the window holds toward its samples of them:
         `iterations` SGD steps on DataDAM's loss over a copy of the learner as it is now."""
         start = now(self.device)
-        images, labels, logits = self._rows
+        images, labels, logits = self.store.allocated
         window_x, window_y = self._window
         filled = min(self.window_count, self.settings.window)
         window_x, window_y = window_x[:filled], window_y[:filled]
@@ -210,7 +208,7 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
                 syn -= self.settings.lr_images * grad
         syn = syn.detach()
         images[rows] = self.codec.encode(syn)
-        if self.record_logits:  # DER's target: what the learner gives the summary now
+        if logits is not None:  # DER's target: what the learner gives the summary now
             with torch.no_grad():
                 logits[rows] = learner_features(learner, self.codec.decode(images[rows]), logits=True).float()
         self._since["seconds"] += now(self.device) - start

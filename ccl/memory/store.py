@@ -70,6 +70,12 @@ class MemoryStore:
         return Rows(self.images, self.labels, self.logits if self.keeps_logits else None,
                     self.soft if len(self._soft) else None)
 
+    @property
+    def allocated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every row's columns, filled or not (images as stored, labels, logits or None), to
+        write in place: a memory that moves its own rows (online summaries) writes here."""
+        return self._images, self._labels, self._logits if self.keeps_logits else None
+
     def keep(self, rows: Rows) -> None:
         """Make `rows` the memory's rows; a column they lack stays as it was (a stream
         slot's logits join at its first write)."""
