@@ -329,15 +329,10 @@ def evaluate(set_file, epochs, networks, overrides, quiet, data_dir, download, d
     from ccl.config import from_dict, parse_override, to_dict
     from ccl.data import load_dataset
     from ccl.fields import soft_targets_problem
-    from ccl.io import load_torch, write_json
+    from ccl.io import write_json
     from ccl.training import pick_device, seed_everything
 
-    saved = load_torch(set_file, "synthetic set", links=True)
-    try:
-        images, labels, dataset = saved["images"], saved["labels"], saved["dataset"]
-    except (KeyError, TypeError) as e:
-        raise CclError(f"{set_file}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
-    _check_set(set_file, images, labels)
+    saved, images, labels, dataset = _load_set(set_file)
     soft = saved.get("soft_labels")  # learned with the images (PAD's soft_labels): trained on
     if soft is not None and (problem := soft_targets_problem(soft, len(images), None, "soft_labels")):
         raise CclError(f"{set_file}: {problem}")
@@ -373,13 +368,7 @@ def _initial_set(path: Path, dataset: str, classes: list[int] | None, ipc: int):
     method returns); one CclError line for each way it does not fit. The caller checks
     the image shape once the data is loaded."""
     import torch
-    from ccl.io import load_torch
-    saved = load_torch(path, "synthetic set", links=True)
-    try:
-        images, labels, made_for = saved["images"], saved["labels"], saved["dataset"]
-    except (KeyError, TypeError) as e:
-        raise CclError(f"{path}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
-    _check_set(path, images, labels)
+    _, images, labels, made_for = _load_set(path)
     if _dataset_name(made_for) != dataset:
         raise CclError(f"{path}: a set of {made_for}, not of {dataset}")
     if classes is None:  # the set's own, in order; the caller checks that they are all the data's
@@ -390,6 +379,19 @@ def _initial_set(path: Path, dataset: str, classes: list[int] | None, ipc: int):
                        f"class in that order (--ipc {ipc}); it has {len(labels)} labelled "
                        f"{','.join(map(str, labels.unique().tolist()))}")
     return images.float(), labels.long()
+
+
+def _load_set(path):
+    """(the file's dict, its images, labels and data set's name) of a set `ccl condense`
+    wrote, checked as `_check_set` does; one CclError line otherwise."""
+    from ccl.io import load_torch
+    saved = load_torch(path, "synthetic set", links=True)
+    try:
+        images, labels, dataset = saved["images"], saved["labels"], saved["dataset"]
+    except (KeyError, TypeError) as e:
+        raise CclError(f"{path}: not a synthetic set written by `ccl condense` ({type(e).__name__})") from None
+    _check_set(path, images, labels)
+    return saved, images, labels, dataset
 
 
 def _check_set(set_file: Path, images, labels) -> None:
