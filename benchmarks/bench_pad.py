@@ -27,7 +27,7 @@ import torch
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import make_network, train_experts
 from ccl.condense.pad import PADSettings, deep_parameter_start, distill
-from ccl.config import preset_settings
+from ccl.memory import split_settings
 
 
 def now(device: torch.device) -> float:
@@ -89,7 +89,7 @@ def bench_matching(args: argparse.Namespace) -> None:
 def bench_experience(args: argparse.Namespace, device: torch.device) -> None:
     """Seconds to EL2N-score and train experts on one experience (2 classes), `--preset`."""
     n = args.exp_images_per_class
-    settings = preset_settings(PADSettings, args.preset, {}, explicit=True)
+    settings, _ = split_settings("pad", args.preset, {})  # a replay preset's filler keys (holdout) set aside
     real = torch.randn(2 * n, 3, args.image_size, args.image_size, device=device)  # (N, C, H, W)
     labels = torch.arange(2, device=device).repeat_interleave(n)  # (N,)
     began = now(device)

@@ -24,7 +24,7 @@ import torch
 
 from ccl.condense.el2n import el2n_scores, order_by_difficulty
 from ccl.condense.experts import train_experts
-from ccl.condense.methods import method_settings
+from ccl.memory import split_settings
 from ccl.condense.pad import PADSettings, condense
 from ccl.config import parse_override, to_dict
 from ccl.data import load_dataset
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    settings = method_settings("pad", args.config, dict(parse_override(o) for o in args.overrides))
+    settings, _ = split_settings("pad", args.config, dict(parse_override(o) for o in args.overrides))
     if settings.expert != "trained":
         parser.error("PAD's cached experts are trained experts: expert = 'learner' needs `ccl run`")
     prefix = settings.max_start_epoch + settings.expert_epochs  # the last epoch matching reads

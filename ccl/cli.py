@@ -56,7 +56,7 @@ def _ago(saved: float) -> str:
     import time
 
     from ccl.units import duration
-    return f"{duration(time.time() - saved)} ago"
+    return f"{duration(round(time.time() - saved))} ago"  # whole seconds: an age, not an estimate
 
 
 @main.command()

@@ -536,12 +536,12 @@ def test_experts_of_the_shipped_preset_learn_digits():
     final expert gets most of its training images right and is confident on them. Before
     issue 47 they stayed at chance (0.10) with near-uniform logits: three blocks on 8x8
     images (the third normalising 2x2 maps) and 6 SGD steps an epoch (batch 256)."""
-    from ccl.config import preset_settings
     from ccl.data import load_dataset
+    from ccl.memory import split_settings
 
     data = load_dataset("digits")
     real, labels = data.normalise(data.train_x), torch.from_numpy(data.train_y)
-    settings = preset_settings(PADSettings, "pad", {"num_experts": 1})
+    settings, _ = split_settings("pad", "pad", {"num_experts": 1})  # the preset's method part (holdout is the memory's)
     torch.manual_seed(0)
     order = order_by_difficulty(el2n_scores(real, labels, 10, "cpu", settings), labels)
     (trajectory,) = train_experts(real, labels, 10, "cpu", settings, order)
@@ -557,12 +557,12 @@ def test_experts_of_the_shipped_preset_learn_digits():
 
 
 def test_image_rate_scales_with_area_from_the_side_it_is_set_for():
-    from ccl.config import preset_settings
+    from ccl.memory import split_settings
 
-    shipped = preset_settings(PADSettings, "pad", {})
+    shipped, _ = split_settings("pad", "pad", {})
     assert pad.image_lr(shipped, (32, 32)) == shipped.lr_img == 1000.0
     assert pad.image_lr(shipped, (8, 8)) == 62.5  # 1000 * 64 / 1024
-    learner = preset_settings(PADSettings, "pad-learner", {})
+    learner, _ = split_settings("pad", "pad-learner", {})
     assert pad.image_lr(learner, (8, 8)) == pad.image_lr(learner, (32, 32)) == learner.lr_img == 1.0
     assert pad.image_lr(tiny(lr_img=4.0), (8, 8)) == 4.0  # 0: as given
     with pytest.raises(ValueError, match="lr_img_side"):
