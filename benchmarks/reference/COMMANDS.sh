@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 47 item 2: the authors' reference code and ccl side by side on the CPU at the same
+# The authors' reference code and ccl side by side on the CPU at the same
 # budget; every set of both sides scored by the same `ccl evaluate --epochs 300 --networks 3`.
 # Each command line below is self-contained (it can go into the queue as it is, or run this
 # file whole); sets, logs, .eval.log and .eval.json go to $REF_DIR/out/.
