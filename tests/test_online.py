@@ -257,6 +257,19 @@ def test_the_condensing_memory_keeps_balanced_summaries_that_moved_and_reports_t
     assert results["memory_update_seconds"] == [entry["seconds"] for entry in logged]
 
 
+def test_every_summary_slot_starts_as_its_own_stream_sample(tmp_path):
+    """A class's slots beyond its samples in the minibatch that brings it hold noisy copies
+    only until its next samples take them: with no update, every summary is a distinct
+    training image (30 summaries, 3 a class at the end, 7-8 a class at the first step)."""
+    p = prepare(make_config(**{**TINY, "mem_size": 60}, memory="online-datadam", memory_settings={"every": 1000}))
+    memory = torch.load(run(p, tmp_path, progress=False) / "memory.pt", weights_only=True)
+    summaries = memory["images"][:30].flatten(1)
+    assert sorted(memory["labels"][:30].tolist()) == sorted(list(range(10)) * 3)
+    real = torch.as_tensor(p.data.normalise(p.data.train_x)).flatten(1)
+    assert bool((torch.cdist(summaries, real, compute_mode="donot_use_mm_for_euclid_dist").min(1).values == 0).all())
+    assert len(torch.unique(summaries, dim=0)) == 30
+
+
 def test_one_update_lowers_the_summaries_loss_against_the_window():
     from ccl.condense.datadam import matching_statistics, stage_network
     from ccl.memory.online_condensing import summary_loss

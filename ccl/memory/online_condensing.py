@@ -46,9 +46,10 @@ class OnlineCondensingSettings:
     p: float = 4.0            # attention exponent (DataDAM's paper)
     sam_weight: float = 1.0   # weight of the attention term (DataDAM's paper)
     mmd_weight: float = 0.01  # weight of the embedding term (DataDAM's lambda)
-    # A new class's slots beyond its samples in the minibatch that brings it start as copies
-    # of them with this much Gaussian noise (in normalised pixels): class-mean matching gives
-    # identical images identical gradients, so exact copies would stay copies.
+    # A new class's slots beyond its samples in the minibatch that brings it hold copies of
+    # them with this much Gaussian noise (in normalised pixels) until its next samples take
+    # them: class-mean matching gives identical images identical gradients, so exact copies
+    # would stay copies.
     init_noise: float = 0.1
 
     def __post_init__(self):
@@ -84,9 +85,10 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
     """An online memory of `mem_size` rows: the first `settings.summary_slots(mem_size)` hold
     summaries, shared out among the classes the stream has brought (`slots_per_class`:
     a new class takes slots from the largest, which keep their first rows), the rest a
-    reservoir of real stream samples (Vitter's algorithm R). A new class's slots start as
-    its samples in the minibatch that brings it; every `settings.every` steps they move to
-    match the window of recent stream samples of their class on the learner (module
+    reservoir of real stream samples (Vitter's algorithm R). A class's slots start as
+    distinct samples of it: those of the minibatch that brings it, then its next samples,
+    one a slot, in the place of placeholder copies. Every `settings.every` steps they move
+    to match the window of recent stream samples of their class on the learner (module
     docstring). Replay draws uniformly over all filled rows, summaries and real alike.
 
     Knows no experience boundary, as `OnlineReservoirMemoryPlugin`: its classes come from
@@ -104,6 +106,10 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         self.settings = settings
         self.summaries = settings.summary_slots(mem_size)  # rows 0..summaries-1
         self.buffer = ReservoirBuffer(mem_size - self.summaries)  # real rows after them
+        # Which summary rows hold a distinct stream sample (or its moved image) rather than
+        # a placeholder copy: seeding the copies from later samples gives every slot its own
+        # start, where copies of a minibatch's few samples would move alike.
+        self.seeded = torch.zeros(self.summaries, dtype=torch.bool, device=device)
         self._window: tuple[torch.Tensor, torch.Tensor] | None = None  # (W, C, H, W) images, (W,) labels: a ring
         self.window_count = 0  # stream samples written into the window so far
         self.steps = 0  # stream steps so far
@@ -121,6 +127,8 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         self.store.write(rows, x, y, self._stream_logits.float() if self.record_logits else None)
         known = set(self.classes)
         arrived = sorted({c for c in y.tolist() if c not in known})
+        if known and self.summaries and not bool(self.seeded.all()):  # rows are a class's once one came
+            self._seed_summaries(x, y)
         self.classes += arrived
         if arrived and self.summaries:
             self._share_summaries(arrived, x, y)
@@ -136,19 +144,37 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         """Rows in use: every summary once a class has arrived, and the real rows taken."""
         return (self.summaries if self.classes else 0) + min(self.seen, self.mem_size - self.summaries)
 
+    def _seed_summaries(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Write the step's samples (`x`, `y`) of the classes already holding slots into
+        their placeholder rows, one sample a row, in row order."""
+        images, labels, logits = self.store.allocated
+        open_rows = torch.nonzero(~self.seeded).flatten()
+        for c in sorted(set(labels[open_rows].tolist()) & set(y.tolist())):
+            rows = open_rows[labels[open_rows] == c]
+            own = torch.nonzero(y == c).flatten()
+            rows, own = rows[:len(own)], own[:len(rows)]
+            images[rows] = self.codec.encode(x[own])
+            if logits is not None:
+                logits[rows] = self._stream_logits[own].float()
+            self.seeded[rows] = True
+
     def _share_summaries(self, arrived: list[int], x: torch.Tensor, y: torch.Tensor) -> None:
         """Re-share the summary slots among the classes seen (`self.classes`, `arrived` last):
-        the older classes keep their first rows, the arrived ones start from their samples
-        in this minibatch (`x`, `y`), copies with noise beyond them."""
+        the older classes keep their seeded rows first, the arrived ones start from their
+        samples in this minibatch (`x`, `y`), placeholder copies with noise beyond them."""
         if len(self.classes) > self.summaries:
             raise ValueError(f"{self.summaries} summary slots cannot hold {len(self.classes)} classes: raise the "
                              "memory's size or its share of summaries")
         images, labels, logits = self.store.allocated  # logits None unless a strategy reads them
         budget = slots_per_class(self.summaries, self.classes)
         old_labels = labels[:self.summaries]
-        kept = [torch.nonzero(old_labels == c).flatten()[:budget[c]] for c in self.classes if c not in arrived]
+        kept = []
+        for c in self.classes:
+            if c not in arrived:
+                rows = torch.nonzero(old_labels == c).flatten()
+                kept.append(rows[torch.argsort((~self.seeded[rows]).int(), stable=True)][:budget[c]])
         kept = torch.cat(kept) if kept else torch.empty(0, dtype=torch.long, device=self.device)
-        new_images, new_labels = [images[kept]], [labels[kept]]
+        new_images, new_labels, new_seeded = [images[kept]], [labels[kept]], [self.seeded[kept]]
         new_logits = [logits[kept]] if logits is not None else []
         for c in arrived:
             own = torch.nonzero(y == c).flatten()  # (n,) its samples in this minibatch
@@ -158,10 +184,12 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
             start = start + copies * self.settings.init_noise * torch.randn(start.shape, device=self.device)
             new_images.append(self.codec.encode(start))
             new_labels.append(torch.full((budget[c],), c, dtype=torch.long, device=self.device))
+            new_seeded.append(copies.flatten() == 0)
             if logits is not None:
                 new_logits.append(self._stream_logits[pick].float())
         images[:self.summaries] = torch.cat(new_images)
         labels[:self.summaries] = torch.cat(new_labels)
+        self.seeded = torch.cat(new_seeded)
         if logits is not None:
             logits[:self.summaries] = torch.cat(new_logits)
 
@@ -234,12 +262,13 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         state = super().checkpoint()
         if self._window is not None:
             state["window_images"], state["window_labels"] = self._window
-        return {**state, "window_count": self.window_count, "steps": self.steps,
+        return {**state, "window_count": self.window_count, "steps": self.steps, "seeded": self.seeded,
                 "since": [self._since["seconds"], self._since["updates"], self._since["steps"]]}
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         self.window_count, self.steps = int(state["window_count"]), int(state["steps"])
+        self.seeded = state["seeded"].to(self.device) if "seeded" in state else ~self.seeded  # older runs: all seeded
         seconds, updates, steps = state["since"]
         self._since = {"seconds": float(seconds), "updates": int(updates), "steps": int(steps)}
         if "window_images" in state:
