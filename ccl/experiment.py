@@ -25,7 +25,8 @@ from ccl import config as cfgmod
 from ccl.data import ImageSet, load_dataset
 from ccl.data.scenarios import Scenario, class_order, get_scenario, split_classes
 from ccl.errors import CclError
-from ccl.memory import MEMORIES, FillerSettings, MemorySpec, split_settings
+from ccl.memory import MEMORIES, FillerSettings, MemorySpec
+from ccl.memory import memory_settings as memory_settings_of
 from ccl.models import build_learner
 from ccl.run_config import MAX_LR, MEM_AUGMENTS, PROTOCOLS, STREAM_AUGMENTS, RunConfig, given_config  # noqa: F401
 from ccl.strategies import STRATEGIES, Strategy
@@ -62,20 +63,12 @@ def make_config(**values: Any) -> RunConfig:
 
 
 def memory_settings(spec: MemorySpec, cfg: RunConfig, replay: bool = True) -> tuple[Any, FillerSettings]:
-    """The memory method's settings (dataclass defaults <- preset <- overrides <- the
-    variant's fixed settings; every memory with settings is a condensation method) and its
-    filler's (`FillerSettings`), split from the same preset and overrides. The preset is
-    --memory-config, else under replay the memory's own (`replay_preset`), else the method's."""
-    if spec.settings is None:
-        if cfg.memory_settings or cfg.memory_config:
-            raise CclError(f"memory {cfg.memory!r} takes no settings")
-        return None, FillerSettings()
-    if spec.method is None:  # a memory's own settings, not a condensation method's: no preset file
-        if cfg.memory_config:
-            raise CclError(f"memory {cfg.memory!r} has no settings presets; give its settings with --set")
-        return cfgmod.from_dict(spec.settings, cfg.memory_settings, f"memory {cfg.memory}"), FillerSettings()
+    """The memory's settings (dataclass defaults <- preset <- overrides <- the variant's
+    fixed settings) and its filler's (`FillerSettings`), as `ccl.memory.memory_settings`
+    splits them. The preset is --memory-config, else under replay the memory's own
+    (`replay_preset`), else the method's."""
     preset = cfg.memory_config or (spec.replay_preset if replay else None)
-    return split_settings(cfg.memory, preset, cfg.memory_settings)
+    return memory_settings_of(cfg.memory, preset, cfg.memory_settings)
 
 
 def strategy_settings(entry: Strategy, cfg: RunConfig) -> Any:

@@ -23,7 +23,7 @@ from ccl.condense.methods import METHODS
 from ccl.errors import CclError
 from ccl.fields import settings_problem, size_problem
 from ccl.guards import DivergenceGuard
-from ccl.memory import MEMORIES, FillerSettings, ReplayMemoryPlugin, split_settings
+from ccl.memory import MEMORIES, FillerSettings, ReplayMemoryPlugin, memory_settings
 from ccl.memory.fillers import RandomFiller
 from ccl.models.stages import last_linear
 from ccl.strategies import STRATEGIES
@@ -304,20 +304,16 @@ def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, Filler
     (`ccl.memory.split_settings`), or the dataclass given (with the variant's defining
     values: DM is DataDAM without attention) and the filler's defaults."""
     cls = spec.settings
-    if cls is None:
-        if settings:
-            raise ValueError(f"method {method!r} takes no settings")
-        return None, FillerSettings()
-    if spec.method is None:  # a memory's own settings (online-datadam's), not a condensation method's
-        return _settings(cls, settings, f"settings of {method!r}"), FillerSettings()
-    if isinstance(settings, cls):
-        return dataclasses.replace(settings, **METHODS.get(method).value.fixed), FillerSettings()
+    if cls is not None and isinstance(settings, cls):  # the variant's defining values over it (none for a memory's own)
+        fixed = METHODS.get(method).value.fixed if spec.method is not None else {}
+        return dataclasses.replace(settings, **fixed), FillerSettings()
     if settings is None or isinstance(settings, dict):
         try:
-            return split_settings(method, spec.replay_preset, dict(settings or {}))
+            return memory_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
-    raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")
+    raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__ if cls else 'None'}, "
+                    f"got {type(settings).__name__}")
 
 
 def _settings(cls: type, settings: Settings, where: str) -> Any:

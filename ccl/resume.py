@@ -174,10 +174,21 @@ class CheckpointsWithin(SupervisedPlugin):
         self.at_update: dict | None = None  # the state when the memory's update began
         self.resuming: dict | None = None  # the checkpoint to continue from, until it is reached
         self.epochs: int | None = None  # the strategy's epochs, while a resume skips some
+        # This experience's training seconds before the run stopped inside it (from the
+        # checkpoint resumed) and the clock since: the run's train_seconds count both, as
+        # the memory's restored update seconds do.
+        self.seconds_before = 0.0
+        self._started = time.perf_counter()
 
     def resume_from(self, ckpt: dict) -> None:
         """Continue the next experience trained from `ckpt`, a checkpoint inside it."""
         self.resuming = ckpt
+        self.seconds_before = float(ckpt["position"].get("seconds", 0.0))  # none in an older ccl's
+
+    def take_seconds_before(self) -> float:
+        """The seconds this experience trained before a resume (0 without one), once."""
+        seconds, self.seconds_before = self.seconds_before, 0.0
+        return seconds
 
     # --- training ---------------------------------------------------------------------
 
@@ -187,6 +198,7 @@ class CheckpointsWithin(SupervisedPlugin):
             phase = self.resuming["position"]["phase"]
             strategy.train_epochs -= self.resuming["position"]["epoch"] if phase == "training" else self.epochs
         self.start_model = _copy(strategy.model.state_dict())  # a signal may ask for a save at any minibatch
+        self._started = time.perf_counter()
 
     def before_training_epoch(self, strategy, **kwargs):
         skip = 0
@@ -248,7 +260,8 @@ class CheckpointsWithin(SupervisedPlugin):
                 "strategy": self.strategy_state(),
                 "metric_states": metric_states(evaluator.metrics), "rng": rng_state(),
                 "experience_start_model": self.start_model,
-                "position": {**position, "clock": {name: getattr(strategy.clock, name) for name in CLOCK_COUNTERS},
+                "position": {**position, "seconds": self.seconds_before + time.perf_counter() - self._started,
+                             "clock": {name: getattr(strategy.clock, name) for name in CLOCK_COUNTERS},
                              "running_metrics": running_metric_states(evaluator.metrics)}}
 
     def _write(self, state: dict) -> None:

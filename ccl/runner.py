@@ -221,7 +221,7 @@ def train_and_evaluate(p: Prepared, run_dir: Path, progress: bool = True, on_exp
     for i in range(first, len(steps)):
         start = time.perf_counter()
         train_metrics = strategy.train(steps[i])
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start + within.take_seconds_before()
         update = memory.update_log[-1] if memory and memory.update_log else {"seconds": 0.0}
         start = time.perf_counter()
         metrics = strategy.eval(bench.test_stream)

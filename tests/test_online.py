@@ -140,6 +140,9 @@ def test_a_run_stopped_inside_the_stream_resumes_to_the_uninterrupted_matrix(tmp
     resumed = json.loads((run_dir / "results.json").read_text())
     for key in ("accuracy_matrix", "forgetting", "bwt", "final_average_accuracy"):
         assert resumed[key] == whole[key], key
+    # experience 1's seconds count those before the stop, as its restored update seconds do
+    # (counting only those after it left train_seconds below 0 under load)
+    assert resumed["train_seconds"][1] + resumed["memory_update_seconds"][1] >= position["seconds"] > 0
 
 
 @pytest.mark.parametrize("values, message", [

@@ -160,6 +160,25 @@ def split_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> 
                                preset_where(preset or name))
 
 
+def memory_settings(name: str, preset: str | None, overrides: dict[str, Any]) -> tuple[Any, FillerSettings]:
+    """Any memory's settings from one preset and one set of overrides, as `split_settings`
+    (CclError on bad input): none for a memory that takes none; a memory's own settings
+    (online-datadam's, `spec.method` None) from the overrides alone, as it has no preset
+    file; a condensing memory's split into its method's and its filler's."""
+    from ccl.config import from_dict
+    from ccl.errors import CclError
+    spec = MEMORIES.get(name).value
+    if spec.settings is None:
+        if overrides or preset:
+            raise CclError(f"memory {name!r} takes no settings")
+        return None, FillerSettings()
+    if spec.method is None:
+        if preset:
+            raise CclError(f"memory {name!r} has no settings presets; give its settings with --set")
+        return from_dict(spec.settings, overrides, f"memory {name}"), FillerSettings()
+    return split_settings(name, preset, overrides)
+
+
 __all__ = ["MEMORIES", "MemorySpec", "MemoryNeeds", "MemoryView", "ReplayBatch", "AugmentPlugin", "ReplayMemoryPlugin", "DeviceMemoryPlugin", "ReservoirMemoryPlugin",
            "OnlineReservoirMemoryPlugin", "OnlineCondensingMemoryPlugin", "OnlineCondensingSettings",
-           "Filler", "FillerSettings", "slots_per_class", "split_settings"]
+           "Filler", "FillerSettings", "slots_per_class", "split_settings", "memory_settings"]
