@@ -108,19 +108,16 @@ def summary_loss(real: tuple[list[torch.Tensor], torch.Tensor], summaries: tuple
     return sam_weight * attention + mmd_weight * (real_embed - embed).pow(2).sum()
 
 
-def weight_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     create_graph: bool = False) -> list[torch.Tensor]:
-    """The gradients of the cross-entropy of `model` on (`x`, `y`) over its convolution
-    weights (parameters of 3 or more dimensions: SSD skips biases, norms and linear layers);
-    with `create_graph` differentiable in `x`."""
+def gradient_loss(model: torch.nn.Module, real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
+                  syn_labels: torch.Tensor) -> torch.Tensor:
+    """SSD's gradient matching for one class: sum over the convolution weights (parameters
+    of 3 or more dimensions; SSD skips biases, norms and linear layers) of the squared
+    difference between the cross-entropy's gradients on `real` and on `syn`, the latter
+    differentiable in `syn` (create_graph)."""
     weights = [w for w in model.parameters() if w.dim() > 2]
-    return list(torch.autograd.grad(F.cross_entropy(model(x), y), weights, create_graph=create_graph))
-
-
-def gradient_loss(real_grads: list[torch.Tensor], syn_grads: list[torch.Tensor]) -> torch.Tensor:
-    """SSD's gradient matching for one class: the summed squared difference of the two
-    classes' `weight_gradients` (SSD's metric "mse")."""
-    return sum(((r.detach() - s).pow(2).sum() for r, s in zip(real_grads, syn_grads)), syn_grads[0].new_zeros(()))
+    real_grads = torch.autograd.grad(F.cross_entropy(model(real), real_labels), weights)
+    syn_grads = torch.autograd.grad(F.cross_entropy(model(syn), syn_labels), weights, create_graph=True)
+    return sum(((r.detach() - s).pow(2).sum() for r, s in zip(real_grads, syn_grads)), syn.new_zeros(()))
 
 
 def relation_loss(real_embed: torch.Tensor, syn_embed: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
@@ -320,25 +317,19 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         model = self._gradient_network
         model.load_state_dict(learner.state_dict())
         model.train(learner.training)
-        relation = len(others) > 0 and self.settings.relation_weight > 0
-        classes = syn_y.unique().tolist()
-        real_grads, real_embed = {}, {}  # the window's side, once an update
-        for c in classes:
-            real = window_x[window_y == c]
-            real_grads[c] = [g.detach() for g in weight_gradients(model, real, window_y[window_y == c])]
-            if relation:
-                with torch.no_grad():
-                    real_embed[c] = model.embed(real)
         with torch.no_grad():
-            other_embed = model.embed(self.codec.decode(others)) if relation else None
+            other_embed = model.embed(self.codec.decode(others)) if len(others) else None
+        classes = syn_y.unique().tolist()
 
         def loss_of(syn: torch.Tensor) -> torch.Tensor:
             loss = syn.new_zeros(())
             for c in classes:
-                own = syn[syn_y == c]
-                loss = loss + gradient_loss(real_grads[c], weight_gradients(model, own, syn_y[syn_y == c], True))
-                if relation:
-                    loss = loss + self.settings.relation_weight * relation_loss(real_embed[c], model.embed(own),
+                real, own = window_x[window_y == c], syn[syn_y == c]
+                loss = loss + gradient_loss(model, real, window_y[window_y == c], own, syn_y[syn_y == c])
+                if other_embed is not None and self.settings.relation_weight > 0:
+                    with torch.no_grad():
+                        real_embed = model.embed(real)
+                    loss = loss + self.settings.relation_weight * relation_loss(real_embed, model.embed(own),
                                                                                 other_embed)
             return loss
         return loss_of
