@@ -45,8 +45,8 @@ MEMORIES = {
     "class-balanced-reservoir": "class-balanced reservoir sampling of the stream (CBRS: no class above its share, "
                                 "however imbalanced the stream), with DER's logits, on the device (2020)",
     "online-datadam": "condensing while the stream passes: a share of the slots are summaries matched every few "
-                      "steps to recent stream samples on the learner (DataDAM's terms or SSD's, SSD's setting), the "
-                      "rest a reservoir",
+                      "steps to recent stream samples on the learner (DataDAM's terms, SSD's setting), the rest a "
+                      "reservoir",
     "avalanche-reservoir": "Avalanche's own ReplayPlugin with a reservoir buffer (CPU-side)",
     "random": "class-balanced random real images, on the device",
     "herding": "iCaRL herding on the learner's features, on the device",
@@ -61,8 +61,7 @@ FILLER_SETTINGS = {"dm": ("lasting_only", "holdout"), "datadam": ("lasting_only"
 MEMORY_SETTINGS = {name: METHOD_SETTINGS[name] + FILLER_SETTINGS[name] if name in CONDENSING_MEMORIES else ()
                    for name in MEMORIES}
 MEMORY_SETTINGS["online-datadam"] = ("share", "every", "iterations", "window", "lr_images", "p", "sam_weight",
-                                     "mmd_weight", "init_noise", "objective", "relation_weight",
-                                     "relation_samples")  # ccl.memory.online_condensing
+                                     "mmd_weight", "init_noise")  # ccl.memory.online_condensing
 
 # ccl.strategies.STRATEGIES, in its order
 STRATEGIES = {

@@ -241,9 +241,8 @@ def test_the_online_preset_is_the_issues_protocol():
     assert math.isclose(cfg.momentum, 0.0) and not cfg.reveal_boundaries
 
 
-@pytest.mark.parametrize("objective", ["attention", "gradient"])
-def test_the_condensing_memory_keeps_balanced_summaries_that_moved_and_reports_their_cost(tmp_path, objective):
-    settings = {"share": 0.5, "every": 4, "iterations": 3, "objective": objective}
+def test_the_condensing_memory_keeps_balanced_summaries_that_moved_and_reports_their_cost(tmp_path):
+    settings = {"share": 0.5, "every": 4, "iterations": 3}
     p = prepare(make_config(**TINY, memory="online-datadam", memory_settings=settings))
     run_dir = run(p, tmp_path, progress=False)
     results = json.loads((run_dir / "results.json").read_text())
@@ -291,27 +290,6 @@ def test_one_update_lowers_the_summaries_loss_against_the_window():
         (grad,) = torch.autograd.grad(loss, syn)
         with torch.no_grad():
             syn -= 1.0 * grad
-        losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0]
-
-
-def test_ssds_gradient_objective_is_zero_on_the_window_itself_and_falls_under_its_updates():
-    from ccl.memory.online_condensing import gradient_loss, relation_loss
-    from ccl.models import build_learner
-    torch.manual_seed(0)
-    learner = build_learner("convnet", 3, (1, 8, 8), 16, 2, "instance")
-    real, labels = torch.randn(10, 1, 8, 8), torch.zeros(10, dtype=torch.long)
-    same = gradient_loss(learner, real, labels, real.clone().requires_grad_(True), labels).detach()
-    assert float(same) < 1e-9  # 4 for random images: the summed gradients differ in rounding only
-    others = learner.embed(torch.randn(4, 1, 8, 8)).detach()
-    syn = torch.randn(3, 1, 8, 8, requires_grad=True)
-    losses = []
-    for _ in range(5):
-        loss = (gradient_loss(learner, real, labels, syn, labels[:3])
-                + relation_loss(learner.embed(real).detach(), learner.embed(syn), others))
-        (grad,) = torch.autograd.grad(loss, syn)
-        with torch.no_grad():
-            syn -= 0.3 * grad
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 

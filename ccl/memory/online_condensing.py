@@ -4,34 +4,22 @@ sees in them, class by class, what it sees in a window of recent stream samples;
 slots are a reservoir of real stream samples.
 
 The setting is SSD's (Gu et al., AAAI 2024, "Summarizing Stream Data for Memory-Constrained
-Online Continual Learning"; code: vimar-gu/SSD, utils/buffer/summarize_update.py):
-summaries initialised from distinct real samples, updated every k steps against the model
-being trained, on recent stream data. Two objectives, on a copy of the learner with its
-current weights:
-
-- `objective = "attention"` (the default): DataDAM's (`ccl.condense.datadam`, Sajedi et al.
-  2023), its attention term over the learner's intermediate stages and its embedding
-  (linear-kernel MMD) term (`network = "learner"`'s stage taps, `ccl.models.stages`).
-  Departs from DataDAM: no DSA on the two sides (a window of tens of samples a class,
-  matched once per update), and the network is the learner, not a fresh random one each
-  iteration.
-- `objective = "gradient"`: SSD's. Per class, the squared distance between the gradients of
-  the cross-entropy on the window's samples and on the summaries, over the convolution
-  weights (SSD skips 1- and 2-D parameters), plus `relation_weight` times its relation
-  term: the L1 distance between the distances from the summaries' and the window's mean
-  normalised embedding to `relation_samples` summaries of other classes. Departs from SSD:
-  the network is the learner, not a second ConvNet trained beside it; no DSA; plain SGD on
-  the pixels (SSD: momentum 0.9 kept over a task's updates, one step a class an update).
+Online Continual Learning"): summaries initialised from real samples, updated every k steps
+against the model being trained, on recent stream data. The objective here is DataDAM's
+(`ccl.condense.datadam`, Sajedi et al. 2023): its attention term over the learner's
+intermediate stages and its embedding (linear-kernel MMD) term, on a copy of the learner with
+its current weights (`network = "learner"`'s stage taps, `ccl.models.stages`), instead of
+SSD's gradient matching with relation terms (not built here). Departs from DataDAM: no DSA
+on the two sides (a window of tens of samples a class, matched once per update), and the
+network is the learner, not a fresh random one each iteration.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ccl.condense.datadam import matching_statistics, stage_network
 from ccl.memory.buffers import ReservoirBuffer
@@ -54,8 +42,7 @@ class OnlineCondensingSettings:
     every: int = 10           # k: stream steps between two updates of the summaries
     iterations: int = 2       # SGD steps on the summaries an update (the network is fixed within one)
     window: int = 100         # the most recent stream samples the summaries are matched to
-    # SGD rate of the summaries' pixels; None: the objective's own (`image_rate`)
-    lr_images: float | None = None
+    lr_images: float = 1.0    # SGD rate of the summaries' pixels (DataDAM's default)
     p: float = 4.0            # attention exponent (DataDAM's paper)
     sam_weight: float = 1.0   # weight of the attention term (DataDAM's paper)
     mmd_weight: float = 0.01  # weight of the embedding term (DataDAM's lambda)
@@ -64,30 +51,16 @@ class OnlineCondensingSettings:
     # them: class-mean matching gives identical images identical gradients, so exact copies
     # would stay copies.
     init_noise: float = 0.1
-    objective: str = "attention"  # or "gradient": SSD's (module docstring)
-    relation_weight: float = 1.0  # SSD's mem_weight (its default; added to the gradient term, mem_extra 1)
-    relation_samples: int = 10    # SSD's mem_sim_num: other classes' summaries the relation term measures against
 
     def __post_init__(self):
-        if self.objective not in ("attention", "gradient"):
-            raise ValueError(f"objective must be 'attention' or 'gradient', got {self.objective!r}")
         if not 0 <= self.share <= 1:
             raise ValueError(f"share must be in [0, 1], got {self.share}")
-        for name in ("every", "iterations", "window", "relation_samples"):
+        for name in ("every", "iterations", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr_images", "p", "sam_weight", "mmd_weight", "init_noise", "relation_weight"):
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) < math.inf:
+        for name in ("lr_images", "p", "sam_weight", "mmd_weight", "init_noise"):
+            if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
-
-    @property
-    def image_rate(self) -> float:
-        """`lr_images`, or by default the objective's: DataDAM's 1.0; for "gradient" SSD's
-        lr_img 4e-3 with momentum 0.9 in [0, 1] pixels, about 4e-3 / 0.25^2 / (1 - 0.9) = 0.64
-        an update in normalised pixels (std about 0.25), over the default 2 iterations."""
-        if self.lr_images is not None:
-            return self.lr_images
-        return 1.0 if self.objective == "attention" else 0.32
 
     def summary_slots(self, mem_size: int) -> int:
         """How many of `mem_size` slots hold summaries."""
@@ -106,29 +79,6 @@ def summary_loss(real: tuple[list[torch.Tensor], torch.Tensor], summaries: tuple
     (real_maps, real_embed), (maps, embed) = real, summaries
     attention = sum(((a - b).pow(2).sum() for a, b in zip(real_maps, maps)), embed.new_zeros(()))
     return sam_weight * attention + mmd_weight * (real_embed - embed).pow(2).sum()
-
-
-def gradient_loss(model: torch.nn.Module, real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
-                  syn_labels: torch.Tensor) -> torch.Tensor:
-    """SSD's gradient matching for one class: sum over the convolution weights (parameters
-    of 3 or more dimensions; SSD skips biases, norms and linear layers) of the squared
-    difference between the cross-entropy's gradients on `real` and on `syn`, the latter
-    differentiable in `syn` (create_graph)."""
-    weights = [w for w in model.parameters() if w.dim() > 2]
-    real_grads = torch.autograd.grad(F.cross_entropy(model(real), real_labels), weights)
-    syn_grads = torch.autograd.grad(F.cross_entropy(model(syn), syn_labels), weights, create_graph=True)
-    return sum(((r.detach() - s).pow(2).sum() for r, s in zip(real_grads, syn_grads)), syn.new_zeros(()))
-
-
-def relation_loss(real_embed: torch.Tensor, syn_embed: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """SSD's relation term for one class: the L1 distance between the Euclidean distances
-    from the summaries' and from the real samples' mean normalised embedding (`syn_embed`
-    (n, D), `real_embed` (m, D)) to each of `others` (k, D), other classes' summaries'
-    embeddings."""
-    others = F.normalize(others, dim=1)
-    syn_mean = F.normalize(syn_embed, dim=1).mean(0, keepdim=True)  # (1, D)
-    real_mean = F.normalize(real_embed, dim=1).mean(0, keepdim=True)
-    return (torch.cdist(syn_mean, others) - torch.cdist(real_mean, others)).abs().sum()
 
 
 class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
@@ -164,7 +114,6 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         self.window_count = 0  # stream samples written into the window so far
         self.steps = 0  # stream steps so far
         self._network = None  # a copy of the learner with its stages tapped, built at the first update
-        self._gradient_network = None  # a plain copy of the learner (objective "gradient"), built likewise
         self._since = {"seconds": 0.0, "updates": 0, "steps": 0}  # since the last update_log entry
 
     # --- the stream ----------------------------------------------------------------------
@@ -270,17 +219,21 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
         real_group = position[window_y]  # (filled,) every window sample's class is one of `classes`
         rows = torch.nonzero(position[labels[:self.summaries]] >= 0).flatten()  # summaries of those classes
         syn_group = position[labels[rows]]
+        network = self._matching_network(learner, window_x.shape[1:])
+        attention = self.settings.sam_weight > 0
+        with torch.no_grad():
+            real = matching_statistics(network, window_x, real_group, len(classes), self.settings.p, attention)
+        present = torch.zeros(len(classes), dtype=torch.bool, device=self.device)
+        present[syn_group] = True  # a class of the window without a summary (share too small) is left out
         syn = self.codec.decode(images[rows]).detach().requires_grad_(True)  # (n, C, H, W)
-        if self.settings.objective == "attention":
-            loss_of = self._attention_objective(learner, window_x, real_group, syn_group, len(classes))
-        else:
-            others = torch.nonzero(position[labels[:self.summaries]] < 0).flatten()  # other classes' summaries
-            others = others[torch.randperm(len(others), device=self.device)[:self.settings.relation_samples]]
-            loss_of = self._gradient_objective(learner, window_x, window_y, labels[rows], images[others])
         for _ in range(self.settings.iterations):
-            (grad,) = torch.autograd.grad(loss_of(syn), syn)
+            stats = matching_statistics(network, syn, syn_group, len(classes), self.settings.p, attention)
+            loss = summary_loss(([m[present] for m in real[0]], real[1][present]),
+                                ([m[present] for m in stats[0]], stats[1][present]),
+                                self.settings.sam_weight, self.settings.mmd_weight)
+            (grad,) = torch.autograd.grad(loss, syn)
             with torch.no_grad():
-                syn -= self.settings.image_rate * grad
+                syn -= self.settings.lr_images * grad
         syn = syn.detach()
         images[rows] = self.codec.encode(syn)
         if logits is not None:  # DER's target: what the learner gives the summary now
@@ -288,51 +241,6 @@ class OnlineCondensingMemoryPlugin(OnlineReservoirMemoryPlugin):
                 logits[rows] = learner_features(learner, self.codec.decode(images[rows]), logits=True).float()
         self._since["seconds"] += now(self.device) - start
         self._since["updates"] += 1
-
-    def _attention_objective(self, learner: torch.nn.Module, window_x: torch.Tensor, real_group: torch.Tensor,
-                             syn_group: torch.Tensor, groups: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """DataDAM's loss of the summaries (grouped by `syn_group`) against the window's
-        class-mean statistics, computed once an update."""
-        network = self._matching_network(learner, window_x.shape[1:])
-        attention = self.settings.sam_weight > 0
-        with torch.no_grad():
-            real = matching_statistics(network, window_x, real_group, groups, self.settings.p, attention)
-        present = torch.zeros(groups, dtype=torch.bool, device=self.device)
-        present[syn_group] = True  # a class of the window without a summary (share too small) is left out
-
-        def loss_of(syn: torch.Tensor) -> torch.Tensor:
-            stats = matching_statistics(network, syn, syn_group, groups, self.settings.p, attention)
-            return summary_loss(([m[present] for m in real[0]], real[1][present]),
-                                ([m[present] for m in stats[0]], stats[1][present]),
-                                self.settings.sam_weight, self.settings.mmd_weight)
-        return loss_of
-
-    def _gradient_objective(self, learner: torch.nn.Module, window_x: torch.Tensor, window_y: torch.Tensor,
-                            syn_y: torch.Tensor, others: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """SSD's loss of the summaries (labels `syn_y`), summed over their classes: gradient
-        matching against the window's samples of the class, plus the relation term against
-        `others` (encoded rows of other classes' summaries; none: no relation term)."""
-        if self._gradient_network is None:
-            self._gradient_network = copy.deepcopy(learner).to(self.device)
-        model = self._gradient_network
-        model.load_state_dict(learner.state_dict())
-        model.train(learner.training)
-        with torch.no_grad():
-            other_embed = model.embed(self.codec.decode(others)) if len(others) else None
-        classes = syn_y.unique().tolist()
-
-        def loss_of(syn: torch.Tensor) -> torch.Tensor:
-            loss = syn.new_zeros(())
-            for c in classes:
-                real, own = window_x[window_y == c], syn[syn_y == c]
-                loss = loss + gradient_loss(model, real, window_y[window_y == c], own, syn_y[syn_y == c])
-                if other_embed is not None and self.settings.relation_weight > 0:
-                    with torch.no_grad():
-                        real_embed = model.embed(real)
-                    loss = loss + self.settings.relation_weight * relation_loss(real_embed, model.embed(own),
-                                                                                other_embed)
-            return loss
-        return loss_of
 
     def _matching_network(self, learner: torch.nn.Module, shape: torch.Size):
         """A copy of the learner with its stages tapped, built once, its weights the learner's now."""
