@@ -4,13 +4,14 @@ sees in them, class by class, what it sees in a window of recent stream samples;
 slots are a reservoir of real stream samples.
 
 The setting is SSD's (Gu et al., AAAI 2024, "Summarizing Stream Data for Memory-Constrained
-Online Continual Learning"): summaries initialised from real samples, updated every k steps
-against the model being trained, on recent stream data. The objective here is DataDAM's
-(`ccl.condense.datadam`, Sajedi et al. 2023): its attention term over the learner's
-intermediate stages and its embedding (linear-kernel MMD) term, on a copy of the learner with
-its current weights (`network = "learner"`'s stage taps, `ccl.models.stages`), instead of
-SSD's gradient matching with relation terms (not built here). Departs from DataDAM: no DSA
-on the two sides (a window of tens of samples a class, matched once per update), and the
+Online Continual Learning"): summaries initialised from distinct real samples, updated every
+k steps against the model being trained, on recent stream data. The objective here is
+DataDAM's (`ccl.condense.datadam`, Sajedi et al. 2023): its attention term over the
+learner's intermediate stages and its embedding (linear-kernel MMD) term, on a copy of the
+learner with its current weights (`network = "learner"`'s stage taps, `ccl.models.stages`),
+instead of SSD's gradient matching with relation terms (built, measured behind it at more
+than the training's cost, and reverted: docs/results.md). Departs from DataDAM: no DSA on
+the two sides (a window of tens of samples a class, matched once per update), and the
 network is the learner, not a fresh random one each iteration.
 """
 from __future__ import annotations
