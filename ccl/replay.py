@@ -301,10 +301,14 @@ def _refuse_oversized_memory(mem_size: int, mem_batch: int, experience, device) 
 def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, FillerSettings]:
     """The method's settings and its filler's: the preset `ccl run` replays with (its
     `replay_preset`, else its own) with `settings` over it, split as `ccl run` splits them
-    (`ccl.memory.split_settings`), or the dataclass given (with the variant's defining
+    (`ccl.memory.memory_settings`), or the dataclass given (with the variant's defining
     values: DM is DataDAM without attention) and the filler's defaults."""
     cls = spec.settings
-    if cls is not None and isinstance(settings, cls):  # the variant's defining values over it (none for a memory's own)
+    if cls is None:  # as the Python API names it: a method, not a memory
+        if settings:
+            raise ValueError(f"method {method!r} takes no settings")
+        return None, FillerSettings()
+    if isinstance(settings, cls):  # the variant's defining values over it (none for a memory's own)
         fixed = METHODS.get(method).value.fixed if spec.method is not None else {}
         return dataclasses.replace(settings, **fixed), FillerSettings()
     if settings is None or isinstance(settings, dict):
@@ -312,8 +316,7 @@ def _method_settings(method: str, spec, settings: Settings) -> tuple[Any, Filler
             return memory_settings(method, spec.replay_preset, dict(settings or {}))
         except CclError as e:
             raise ValueError(str(e)) from None
-    raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__ if cls else 'None'}, "
-                    f"got {type(settings).__name__}")
+    raise TypeError(f"settings of {method!r}: a dict or a {cls.__name__}, got {type(settings).__name__}")
 
 
 def _settings(cls: type, settings: Settings, where: str) -> Any:
